@@ -1,0 +1,348 @@
+"""Typed configuration: one dataclass per part, named presets, a config file and ``--set section.key=value``.
+
+Resolution order: dataclass defaults < preset < config file (TOML or JSON) < ``--set`` overrides. The resolved
+config is validated once, saved in the run directory and inside every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeba", "folder")
+RESIZE_MODES = ("pad", "resize")
+BETA_SCHEDULE_NAMES = ("linear", "cosine")
+PREDICTIONS = ("eps", "x0", "v")
+LOSSES = ("mse", "l1", "bce")
+VARIANCES = ("posterior", "beta")
+PRECISIONS = ("fp32", "bf16", "fp16")
+IN_MEMORY = ("auto", "yes", "no")
+BEST_BY = ("heldout_loss",)
+SAMPLER_NAMES = ("ddpm", "deterministic", "ddim")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"   # mnist, fashion_mnist, cifar10, celeba or folder
+    root: str = ""                   # folder to read from (or download to); "" = the default places, see data.py
+    image_size: int = 32             # side of the square images the model sees
+    resize_mode: str = "pad"         # 28 -> 32 by zero-padding ("pad", keeps pixels exact) or by "resize"
+    hflip: bool = False              # random horizontal flips (on for natural images, off for digits)
+    channels: int = 0                # 0 = the dataset's own (1 for (Fashion-)MNIST, 3 otherwise); 1 or 3 converts
+    zero_one: bool = False           # scale pixels to [0, 1] instead of [-1, 1]; required by the bce loss
+    max_images: int = 0              # use only the first N training images; 0 = all
+    in_memory: str = "auto"          # hold the whole set as one tensor on the device: auto (if < 2 GB), yes, no
+    num_workers: int = 2             # DataLoader workers when not in memory
+    download: bool = True            # let torchvision download the dataset when it is not found locally
+
+
+@dataclass
+class ModelConfig:
+    base_channels: int = 64                     # channels at the first level
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # channels per level = base_channels * mult; len = number of levels
+    num_res_blocks: int = 2                     # residual blocks per level
+    attention_resolutions: tuple[int, ...] = (16,)  # feature-map sides with self-attention; () = UNet-mini
+    attention_heads: int = 1                    # heads of each self-attention layer
+    dropout: float = 0.0                        # dropout in residual blocks (DDPM CIFAR-10: 0.1)
+    norm_groups: int = 32                       # GroupNorm groups; must divide every channel count
+    downsample: str = "conv"                    # conv (strided 3x3) or space_to_depth
+    upsample: str = "nearest"                   # nearest (+ 3x3 conv) or transposed (4x4 transposed conv)
+    weight_standardization: bool = False        # weight-standardised 3x3 convolutions
+    class_conditional: bool = False             # feed labels through a label embedding (needs a labelled dataset)
+
+
+@dataclass
+class DiffusionConfig:
+    num_timesteps: int = 1000        # T
+    beta_schedule: str = "linear"    # linear (DDPM) or cosine (IDDPM)
+    beta_start: float = 1e-4         # linear schedule's first beta at T = 1000 (scaled by 1000 / T, as in IDDPM)
+    beta_end: float = 0.02           # linear schedule's last beta at T = 1000 (scaled by 1000 / T)
+    cosine_s: float = 0.008          # cosine schedule's offset s (IDDPM eq. 17)
+    prediction: str = "eps"          # what the network predicts: eps, x0 or v
+    loss: str = "mse"                # mse, l1, or bce (only with prediction = x0 and data.zero_one = true)
+    variance: str = "posterior"      # ancestral sampling's sigma_t^2: posterior (tilde-beta_t) or beta (beta_t)
+    clip_x0: bool = True             # clip predicted x_0 to the data range while sampling
+    label_dropout: float = 0.1       # conditional models: probability of training on the null label instead
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 50_000              # optimizer steps
+    batch_size: int = 128            # images per micro-batch
+    grad_accum: int = 1              # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
+    lr: float = 2e-4                 # peak learning rate (DDPM: 2e-4)
+    weight_decay: float = 0.0        # AdamW decoupled weight decay
+    adam_betas: tuple[float, ...] = (0.9, 0.999)
+    warmup_steps: int = 1000         # linear warm-up from 0 to lr
+    min_lr_ratio: float = 0.1        # cosine decay ends at lr * min_lr_ratio; 1.0 = constant after warm-up
+    grad_clip: float = 1.0           # clip the global gradient norm; 0 = off
+    ema_decay: float = 0.9999        # EMA decay of the weights used for sampling
+    ema_warmup: bool = True          # decay = min(ema_decay, (1 + step) / (10 + step)) so early EMA tracks the model
+    precision: str = "fp32"          # fp32, bf16 (autocast) or fp16 (autocast + gradient scaler)
+    compile: bool = False            # torch.compile the network
+    channels_last: bool = True       # NHWC memory layout: faster convolutions on CPU (oneDNN) and tensor cores
+    seed: int = 0                    # seeds weights, data order and noise: same seed, same run
+    device: str = "auto"             # auto (cuda if present, else cpu), cpu, cuda, cuda:1, mps
+    log_every: int = 50              # steps between log lines, TensorBoard scalars and loss reads
+    sample_every: int = 5000         # steps between sample grids; 0 = only at the end
+    checkpoint_every: int = 5000     # steps between 'latest' checkpoints
+    eval_every: int = 5000           # steps between held-out loss evaluations (for 'best'); 0 = off
+    eval_images: int = 512           # held-out images for the evaluation loss
+    best_by: str = "heldout_loss"    # what 'best' means: lowest EMA loss on held-out images
+    grid_images: int = 64            # images in each training sample grid
+    grid_sampler: str = "ddim"       # sampler for training grids: ddpm, deterministic or ddim
+    grid_steps: int = 50             # its number of steps
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Named presets: only what differs from the defaults above.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # A small attention-free U-Net that draws recognisable clothes after ~5 minutes on a 2-core CPU.
+    "quick": {
+        "data": {"dataset": "fashion_mnist"},
+        "model": {"base_channels": 16, "channel_mults": (1, 2, 4), "num_res_blocks": 1,
+                  "attention_resolutions": (), "norm_groups": 8},
+        "train": {"steps": 1000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 100, "min_lr_ratio": 0.05,
+                  "ema_decay": 0.995, "log_every": 25, "sample_every": 0, "checkpoint_every": 250,
+                  "eval_every": 250, "eval_images": 256, "grid_sampler": "ddpm", "grid_steps": 100},
+    },
+    "mnist": {
+        "data": {"dataset": "mnist"},
+        "model": {"base_channels": 64, "channel_mults": (1, 2, 2), "num_res_blocks": 2,
+                  "attention_resolutions": (16,)},
+        "train": {"steps": 30_000, "batch_size": 128, "lr": 2e-4, "warmup_steps": 1000, "ema_decay": 0.9995},
+    },
+    "fashion": {
+        "data": {"dataset": "fashion_mnist"},
+        "model": {"base_channels": 64, "channel_mults": (1, 2, 2), "num_res_blocks": 2,
+                  "attention_resolutions": (16,)},
+        "train": {"steps": 50_000, "batch_size": 128, "lr": 2e-4, "warmup_steps": 1000, "ema_decay": 0.9995},
+    },
+    # DDPM paper, CIFAR-10 (Ho et al. 2020, §4 and appendix B): 35.7M parameters, 800k steps at batch 128.
+    "cifar10": {
+        "data": {"dataset": "cifar10", "hflip": True},
+        "model": {"base_channels": 128, "channel_mults": (1, 2, 2, 2), "num_res_blocks": 2,
+                  "attention_resolutions": (16,), "dropout": 0.1},
+        "train": {"steps": 800_000, "batch_size": 128, "lr": 2e-4, "warmup_steps": 5000, "min_lr_ratio": 1.0,
+                  "ema_decay": 0.9999, "precision": "bf16", "sample_every": 20_000, "checkpoint_every": 10_000,
+                  "eval_every": 10_000},
+    },
+    # CelebA center-cropped to 64x64, the DDPM CIFAR-10 recipe with one more level for the larger images.
+    "celeba64": {
+        "data": {"dataset": "celeba", "image_size": 64, "hflip": True, "in_memory": "no"},
+        "model": {"base_channels": 128, "channel_mults": (1, 2, 2, 2, 4), "num_res_blocks": 2,
+                  "attention_resolutions": (16,), "dropout": 0.1},
+        "train": {"steps": 500_000, "batch_size": 64, "lr": 2e-4, "warmup_steps": 5000, "min_lr_ratio": 1.0,
+                  "ema_decay": 0.9999, "precision": "bf16", "sample_every": 20_000, "checkpoint_every": 10_000,
+                  "eval_every": 10_000},
+    },
+}
+
+
+# -- building a Config from dicts, files and strings --------------------------------------------------------------
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert ``value`` (from TOML, JSON or a --set string) to the field type ``typ``, or raise ConfigError."""
+    origin = typing.get_origin(typ)
+    try:
+        if origin is tuple:
+            item_type = typing.get_args(typ)[0]
+            if isinstance(value, str):
+                text = value.strip().strip("[]()")
+                value = [] if text.lower() in ("", "none") else [v for v in text.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return tuple(_coerce(key, v, item_type) for v in value)
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on"):
+                return True
+            if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value.strip()
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise ConfigError(f"{key}: unsupported field type {typ}")
+    raise ConfigError(f"{key}: {value!r} is not a valid {getattr(typ, '__name__', str(typ))}")
+
+
+def merge_into(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
+    """Apply a nested ``{section: {key: value}}`` dict onto ``cfg`` in place; unknown keys are errors."""
+    sections = typing.get_type_hints(Config)  # section name -> dataclass
+    for section, values in overrides.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown section {section!r}; allowed: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a table of key = value")
+        types = typing.get_type_hints(sections[section])
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(f"{source}: unknown key {section}.{key}; allowed: {', '.join(types)}")
+            setattr(target, key, _coerce(f"{section}.{key}", value, types[key]))
+    return cfg
+
+
+def parse_set(assignments: list[str]) -> dict[str, dict[str, str]]:
+    """``["train.lr=1e-4", "model.channel_mults=1,2,2"]`` -> ``{"train": {"lr": "1e-4"}, ...}``."""
+    nested: dict[str, dict[str, str]] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=1e-4")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.suffix not in (".json", ".toml"):
+        raise ConfigError(f"config file {path}: use a .toml or .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        d = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"config file {path} could not be parsed: {err}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {path}: expected a table of sections, e.g. {{\"train\": {{\"lr\": 1e-4}}}}")
+    return d
+
+
+def config_from_dict(d: dict[str, Any], source: str = "config") -> Config:
+    return validate(merge_into(Config(), d, source))
+
+
+def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
+                   overrides: list[str] | None = None) -> Config:
+    """Defaults < preset < config file < --set overrides, validated."""
+    cfg = Config()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        merge_into(cfg, PRESETS[preset], f"preset {preset}")
+    if config_file is not None:
+        merge_into(cfg, load_config_file(config_file), str(config_file))
+    if overrides:
+        merge_into(cfg, parse_set(overrides), "--set")
+    return validate(cfg)
+
+
+# -- validation ------------------------------------------------------------------------------------------------------
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg: Config) -> Config:
+    d, m, f, t = cfg.data, cfg.model, cfg.diffusion, cfg.train
+    _choice("data.dataset", d.dataset, DATASETS)
+    _choice("data.resize_mode", d.resize_mode, RESIZE_MODES)
+    _choice("data.in_memory", d.in_memory, IN_MEMORY)
+    _choice("model.downsample", m.downsample, ("conv", "space_to_depth"))
+    _choice("model.upsample", m.upsample, ("nearest", "transposed"))
+    _choice("diffusion.beta_schedule", f.beta_schedule, BETA_SCHEDULE_NAMES)
+    _choice("diffusion.prediction", f.prediction, PREDICTIONS)
+    _choice("diffusion.loss", f.loss, LOSSES)
+    _choice("diffusion.variance", f.variance, VARIANCES)
+    _choice("train.precision", t.precision, PRECISIONS)
+    _choice("train.best_by", t.best_by, BEST_BY)
+    _choice("train.grid_sampler", t.grid_sampler, SAMPLER_NAMES)
+    for key, value in [("data.image_size", d.image_size), ("model.base_channels", m.base_channels),
+                       ("model.num_res_blocks", m.num_res_blocks), ("model.attention_heads", m.attention_heads),
+                       ("model.norm_groups", m.norm_groups), ("diffusion.num_timesteps", f.num_timesteps),
+                       ("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
+                       ("train.lr", t.lr), ("train.log_every", t.log_every), ("train.checkpoint_every", t.checkpoint_every),
+                       ("train.grid_images", t.grid_images), ("train.grid_steps", t.grid_steps)]:
+        _positive(key, value)
+    for key, value in [("data.max_images", d.max_images), ("data.num_workers", d.num_workers),
+                       ("model.dropout", m.dropout), ("train.weight_decay", t.weight_decay),
+                       ("train.warmup_steps", t.warmup_steps), ("train.grad_clip", t.grad_clip),
+                       ("train.sample_every", t.sample_every), ("train.eval_every", t.eval_every),
+                       ("train.eval_images", t.eval_images)]:
+        _positive(key, value, allow_zero=True)
+    if d.channels not in (0, 1, 3):
+        raise ConfigError(f"data.channels: must be 0 (the dataset's own), 1 or 3, got {d.channels}")
+    if not m.channel_mults or any(c <= 0 for c in m.channel_mults):
+        raise ConfigError(f"model.channel_mults: need one or more positive integers, got {m.channel_mults}")
+    levels = len(m.channel_mults)
+    if d.image_size % 2 ** (levels - 1):
+        raise ConfigError(f"data.image_size: {d.image_size} cannot be halved {levels - 1} times "
+                          f"(model.channel_mults has {levels} levels); use a multiple of {2 ** (levels - 1)}")
+    for c in {m.base_channels * k for k in m.channel_mults} | {m.base_channels}:
+        if c % m.norm_groups:
+            raise ConfigError(f"model.norm_groups: {m.norm_groups} does not divide {c} channels; "
+                              f"use a divisor of every base_channels * channel_mults value")
+        if c % m.attention_heads:  # the middle block always has self-attention
+            raise ConfigError(f"model.attention_heads: {m.attention_heads} does not divide {c} channels")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    if not 0 <= f.label_dropout < 1:
+        raise ConfigError(f"diffusion.label_dropout: must be in [0, 1), got {f.label_dropout}")
+    if not 0 < f.beta_start < f.beta_end < 1:
+        raise ConfigError(f"diffusion.beta_start/beta_end: need 0 < beta_start < beta_end < 1, "
+                          f"got {f.beta_start}, {f.beta_end}")
+    if f.beta_schedule == "linear" and f.beta_end * 1000 / f.num_timesteps >= 1:
+        raise ConfigError(f"diffusion.num_timesteps: the linear schedule scales beta_end={f.beta_end} by "
+                          f"1000/T to {f.beta_end * 1000 / f.num_timesteps:.3g} >= 1 at T={f.num_timesteps}; use a "
+                          f"larger T, a smaller beta_end, or diffusion.beta_schedule=cosine")
+    if not 0 < f.cosine_s < 1:
+        raise ConfigError(f"diffusion.cosine_s: must be in (0, 1), got {f.cosine_s}")
+    if t.grid_steps > f.num_timesteps:
+        raise ConfigError(f"train.grid_steps: {t.grid_steps} is more than diffusion.num_timesteps={f.num_timesteps}")
+    if t.eval_every and not t.eval_images:
+        raise ConfigError("train.eval_images: must be >= 1 while train.eval_every > 0 (set eval_every=0 to skip)")
+    if f.loss == "bce" and not (f.prediction == "x0" and d.zero_one):
+        raise ConfigError("diffusion.loss: bce compares probabilities, so it needs diffusion.prediction=x0 and "
+                          "data.zero_one=true (images in [0, 1]); use mse or l1 otherwise")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {t.ema_decay}")
+    if not 0 <= t.min_lr_ratio <= 1:
+        raise ConfigError(f"train.min_lr_ratio: must be in [0, 1], got {t.min_lr_ratio}")
+    if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
+        raise ConfigError(f"train.adam_betas: need two values in [0, 1), got {t.adam_betas}")
+    return cfg

@@ -1,0 +1,329 @@
+"""Datasets -> uint8 image tensors (+ labels), and the deterministic batch order the training loop draws from.
+
+Images are kept as uint8 (N, C, H, W) at the model's size; ``to_model_range`` turns a batch into floats in
+[-1, 1] (or [0, 1]) on the training device, so small sets can live on the device and never stall the loop.
+
+Where each dataset is looked for, in order:
+  MNIST / Fashion-MNIST: ``data.root`` (IDX files, .gz or not, directly or in torchvision's ``*/raw`` layout); for
+  Fashion-MNIST the Debian package's ``/usr/share/datasets/fashion-mnist``; torchvision's download into
+  ``data.root`` or ``~/.cache/ddpmkit/datasets``.
+  CIFAR-10, CelebA: torchvision's own folders under ``data.root`` or the cache, downloaded if allowed.
+  folder: ``data.root``; classes are its subfolders when it has any, else the images are unlabelled.
+"""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import datasets as tvd
+from torchvision.transforms import v2
+
+from .config import DataConfig
+from .errors import DdpmkitError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_ROOT = Path.home() / ".cache" / "ddpmkit" / "datasets"
+IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
+FASHION_MNIST_CLASSES = list(tvd.FashionMNIST.classes)
+MNIST_CLASSES = [str(i) for i in range(10)]
+IMAGE_SUFFIXES = set(tvd.folder.IMG_EXTENSIONS)
+
+
+@dataclass
+class ImageData:
+    """A dataset ready for training: either all images in memory, or a map-style dataset for a DataLoader."""
+
+    images: torch.Tensor | None     # (N, C, H, W) uint8 when held in memory
+    labels: torch.Tensor | None     # (N,) int64 class indices, or None when unlabelled
+    dataset: Dataset | None         # yields (uint8 CHW tensor, label or -1) when not in memory
+    class_names: list[str]          # [] when unlabelled
+    channels: int
+    source: str                     # where the images came from, for the log
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images is not None else len(self.dataset)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def to_model_range(images: torch.Tensor, zero_one: bool = False) -> torch.Tensor:
+    """uint8 images -> float32 in [-1, 1] (DDPM §4) or [0, 1]."""
+    x = images.float() / 255.0
+    return x if zero_one else x * 2 - 1
+
+
+def to_uint8(x: torch.Tensor, zero_one: bool = False) -> torch.Tensor:
+    """Inverse of ``to_model_range`` with rounding and clipping."""
+    x = x if zero_one else (x + 1) / 2
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+# -- IDX (MNIST-format) files --------------------------------------------------------------------------------------
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (LeCun's MNIST format), gzip-compressed or not, as a numpy array."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise DdpmkitError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(shape)) or len(shape) != ndim:
+        raise DdpmkitError(f"{path} is truncated: header says {shape}, file holds {max(len(raw) - offset, 0)} "
+                           f"values; download it again")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+def _find_idx_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
+    prefix = "train" if split == "train" else "t10k"
+    for base in [folder, *sorted(folder.glob("*/raw"))]:
+        for suffix in (".gz", ""):
+            images = base / f"{prefix}-images-idx3-ubyte{suffix}"
+            labels = base / f"{prefix}-labels-idx1-ubyte{suffix}"
+            if images.is_file() and labels.is_file():
+                return images, labels
+    return None
+
+
+def _load_mnist_like(cfg: DataConfig, split: str, fashion: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
+    name = "Fashion-MNIST" if fashion else "MNIST"
+    candidates = [Path(cfg.root).expanduser()] if cfg.root else []
+    if fashion:
+        candidates.append(DEBIAN_FASHION_MNIST)
+    for folder in candidates:
+        pair = _find_idx_pair(folder, split) if folder.is_dir() else None
+        if pair:
+            images, labels = read_idx(pair[0]), read_idx(pair[1])
+            return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64)), str(folder)
+    if cfg.download:
+        root = Path(cfg.root).expanduser() if cfg.root else DEFAULT_ROOT
+        cls = tvd.FashionMNIST if fashion else tvd.MNIST
+        try:
+            ds = cls(str(root), train=split == "train", download=True)
+            return ds.data[:, None].clone(), ds.targets.long().clone(), f"torchvision download in {root}"
+        except Exception as err:  # no network, a proxy, a half-written file: all mean "not available here"
+            reason = f"the download failed ({type(err).__name__}: {err})"
+    else:
+        reason = "download is off (data.download=false)"
+    where = ", ".join(str(c) for c in candidates) or "(no data.root given)"
+    debian = (" or install the Debian/Ubuntu package dataset-fashion-mnist (files land in "
+              f"{DEBIAN_FASHION_MNIST})" if fashion else "")
+    raise DdpmkitError(f"{name} {split} split not found in {where} and {reason}. Fix: put its IDX files "
+                       f"({'train' if split == 'train' else 't10k'}-images-idx3-ubyte[.gz] and -labels-) in a "
+                       f"folder and pass --set data.root=FOLDER{debian}, or run once with internet access so "
+                       f"torchvision can download it")
+
+
+def _fit_size(images: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """Bring uint8 (N, C, h, w) images to cfg.image_size: zero-pad ("pad", if smaller) or resize."""
+    n, c, h, w = images.shape
+    size = cfg.image_size
+    if (h, w) == (size, size):
+        return images
+    if cfg.resize_mode == "pad" and h <= size and w <= size:
+        top, left = (size - h) // 2, (size - w) // 2
+        return F.pad(images, (left, size - w - left, top, size - h - top))
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def _fit_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    if channels == 0 or images.shape[1] == channels:
+        return images
+    if channels == 3 and images.shape[1] == 1:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if channels == 1 and images.shape[1] == 3:  # ITU-R 601-2 luma, as Pillow's convert("L")
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * weights).sum(1, keepdim=True).round().to(torch.uint8)
+    raise DdpmkitError(f"data.channels must be 0, 1 or 3, got {channels}")
+
+
+# -- image folders and CelebA (decoded on the fly) ------------------------------------------------------------------
+
+class _FlatImageFolder(Dataset):
+    """Every image file under a folder, unlabelled."""
+
+    def __init__(self, root: Path, transform):
+        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return self.transform(tvd.folder.default_loader(str(self.files[i]))), -1
+
+
+class _Uint8Images(Dataset):
+    """Wraps a PIL-yielding dataset: -> (uint8 CHW at the model's size, label or -1)."""
+
+    def __init__(self, base: Dataset, labelled: bool):
+        self.base, self.labelled = base, labelled
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return image, (int(label) if self.labelled else -1)
+
+
+def _pil_transform(size: int, channels: int, center_crop: int | None = None):
+    steps = [v2.Grayscale(1) if channels == 1 else v2.RGB(), v2.PILToTensor()]
+    if center_crop:
+        steps.append(v2.CenterCrop(center_crop))
+    steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(steps)
+
+
+def _load_folder(cfg: DataConfig) -> tuple[Dataset, list[str]]:
+    if not cfg.root:
+        raise DdpmkitError("data.dataset=folder needs a folder: pass --set data.root=PATH/TO/IMAGES")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DdpmkitError(f"data.root {root} is not a folder; point it at a folder of images")
+    transform = _pil_transform(cfg.image_size, cfg.channels or 3)
+    has_classes = any(p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*"))
+                      for p in root.iterdir())
+    if has_classes:
+        try:
+            base = tvd.ImageFolder(str(root), transform=transform)
+        except FileNotFoundError as err:
+            raise DdpmkitError(f"{root}: {err}; every class subfolder needs at least one image") from None
+        return _Uint8Images(base, labelled=True), list(base.classes)
+    ds = _FlatImageFolder(root, transform)
+    if len(ds) == 0:
+        raise DdpmkitError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    return ds, []
+
+
+def _torchvision_dataset(cls, cfg: DataConfig, name: str, **kwargs):
+    root = Path(cfg.root).expanduser() if cfg.root else DEFAULT_ROOT
+    try:
+        return cls(str(root), download=False, **kwargs)
+    except (RuntimeError, FileNotFoundError, OSError):
+        pass
+    if not cfg.download:
+        raise DdpmkitError(f"{name} not found in {root} and download is off. Fix: --set data.download=true with "
+                           f"internet access, or --set data.root=FOLDER holding torchvision's {name} files")
+    try:
+        return cls(str(root), download=True, **kwargs)
+    except Exception as err:
+        raise DdpmkitError(f"{name} not found in {root} and the download failed ({type(err).__name__}: {err}). "
+                           f"Fix: run once with internet access, or place torchvision's {name} files under a "
+                           f"folder and pass --set data.root=FOLDER") from None
+
+
+# -- the entry point ---------------------------------------------------------------------------------------------------
+
+def load_images(cfg: DataConfig, split: str = "train") -> ImageData:
+    """Load ``split`` ("train" or "test") of the configured dataset at the configured size."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if cfg.dataset in ("mnist", "fashion_mnist"):
+        fashion = cfg.dataset == "fashion_mnist"
+        images, labels, source = _load_mnist_like(cfg, split, fashion)
+        names = FASHION_MNIST_CLASSES if fashion else MNIST_CLASSES
+        return _in_memory(images, labels, names, cfg, source)
+    if cfg.dataset == "cifar10":
+        ds = _torchvision_dataset(tvd.CIFAR10, cfg, "CIFAR-10", train=split == "train")
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return _in_memory(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), cfg, "torchvision")
+    if cfg.dataset == "celeba":
+        # CelebA's aligned faces are 178x218: crop the central 140x140 face region, then resize (as in DDIM).
+        base = _torchvision_dataset(tvd.CelebA, cfg, "CelebA", split="train" if split == "train" else "test",
+                                    transform=_pil_transform(cfg.image_size, cfg.channels or 3, center_crop=140))
+        dataset, names = _Uint8Images(base, labelled=False), []
+    elif split == "test":
+        raise DdpmkitError("an image folder has no test split; the training loop holds out its last images instead")
+    else:
+        dataset, names = _load_folder(cfg)
+    if cfg.max_images:
+        dataset = torch.utils.data.Subset(dataset, range(min(cfg.max_images, len(dataset))))
+    channels = cfg.channels or 3
+    size_bytes = len(dataset) * channels * cfg.image_size**2
+    if cfg.in_memory == "yes" or (cfg.in_memory == "auto" and size_bytes < IN_MEMORY_LIMIT_BYTES):
+        loader = DataLoader(dataset, batch_size=256, num_workers=cfg.num_workers)
+        pairs = [(x, y) for x, y in loader]
+        labels = torch.cat([y for _, y in pairs]) if names else None
+        return ImageData(torch.cat([x for x, _ in pairs]), labels, None, names, channels, cfg.root)
+    return ImageData(None, None, dataset, names, channels, cfg.root or str(DEFAULT_ROOT))
+
+
+def _in_memory(images: torch.Tensor, labels: torch.Tensor, names: list[str], cfg: DataConfig,
+               source: str) -> ImageData:
+    if cfg.max_images:
+        images, labels = images[: cfg.max_images], labels[: cfg.max_images]
+    images = _fit_channels(_fit_size(images, cfg), cfg.channels)
+    return ImageData(images, labels, None, names, images.shape[1], source)
+
+
+# -- batch order -----------------------------------------------------------------------------------------------------
+
+class BatchOrder:
+    """Which images make up micro-batch k, a pure function of (seed, k).
+
+    The training stream is a sequence of epochs, each a fresh permutation seeded by (seed, epoch). Because it
+    holds no state, a resumed run draws exactly the batches the uninterrupted run would have.
+    """
+
+    def __init__(self, num_images: int, batch_size: int, seed: int):
+        self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
+        self._epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.num_images, generator=g)
+        return self._perm
+
+    def indices(self, k: int) -> torch.Tensor:
+        positions = torch.arange(k * self.batch_size, (k + 1) * self.batch_size)
+        epochs, offsets = positions // self.num_images, positions % self.num_images
+        out = torch.empty_like(positions)
+        for epoch in epochs.unique().tolist():  # one epoch, or two when the batch straddles a boundary
+            mask = epochs == epoch
+            out[mask] = self._permutation(epoch)[offsets[mask]]
+        return out
+
+
+class _BatchOrderSampler(Sampler):
+    def __init__(self, order: BatchOrder, start: int, stop: int):
+        self.order, self.start, self.stop = order, start, stop
+
+    def __iter__(self):
+        for k in range(self.start, self.stop):
+            yield self.order.indices(k).tolist()
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def batch_stream(data: ImageData, order: BatchOrder, start: int, stop: int, device: torch.device,
+                 num_workers: int = 2, seed: int = 0):
+    """Yield (uint8 images, labels or None) for micro-batches start..stop-1, on ``device``.
+
+    In-memory sets are indexed directly on the device; others go through a DataLoader with workers.
+    """
+    if data.images is not None:
+        images = data.images.to(device)
+        labels = data.labels.to(device) if data.labels is not None else None
+        for k in range(start, stop):
+            idx = order.indices(k).to(device)
+            yield images[idx], (labels[idx] if labels is not None else None)
+        return
+    loader = DataLoader(data.dataset, batch_sampler=_BatchOrderSampler(order, start, stop),
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(seed))  # else it draws from the global RNG
+    for images, labels in loader:
+        yield (images.to(device, non_blocking=True),
+               labels.to(device, non_blocking=True) if data.class_names else None)

@@ -1,0 +1,40 @@
+"""Ancestral sampling (DDPM, Ho et al. 2020, Algorithm 2), over all T steps or a respaced subset (IDDPM §4)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..schedule import NoiseSchedule
+from .common import Denoiser, ImageNoise, predict_x0_eps, reverse_steps
+
+VARIANCES = ("posterior", "beta")
+
+
+@torch.no_grad()
+def sample_ddpm(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
+                steps: int | None = None,                          # None: all T steps; fewer: respaced (IDDPM §4)
+                prediction: str = "eps",                           # what the network outputs: eps, x0 or v
+                variance: str = "posterior",                       # sigma_t^2: posterior tilde-beta_t, or beta_t
+                clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0 to the data range; None: off
+                noise: ImageNoise | None = None,                   # per-image generators for the added noise
+                progress: bool = True) -> torch.Tensor:
+    """Run the reverse process from x_T to x_0.
+
+    Each step samples x_{t-1} ~ N(mu(x_t, x_0), sigma_t^2 I) with mu the posterior mean of DDPM eq. 7 at the
+    predicted x_0. On a respaced subset tau, beta_t is replaced by 1 - abar_tau_i / abar_tau_{i-1} (IDDPM eq. 19).
+    No noise is added at the last step.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
+    noise = noise or ImageNoise()
+    x = x_T
+    for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddpm", progress):
+        beta = 1 - abar / abar_prev
+        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range)
+        # DDPM eq. 7: mu = sqrt(abar_prev) beta / (1 - abar) x_0 + sqrt(alpha) (1 - abar_prev) / (1 - abar) x_t
+        x = (math.sqrt(abar_prev) * beta / (1 - abar)) * x0 + (math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)) * x
+        if t_prev >= 0:
+            sigma2 = beta * (1 - abar_prev) / (1 - abar) if variance == "posterior" else beta
+            x = x + math.sqrt(sigma2) * noise.randn(x.shape, x.device)
+    return x

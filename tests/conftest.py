@@ -1,0 +1,65 @@
+"""Tiny CPU fixtures: 8x8 images, a two-level U-Net, T = 10 steps."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpmkit.config import Config, config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+MNIST_10K_DIR = REPO.parent / "shared" / "data" / "mnist-10k"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzip-compressed IDX file (the MNIST format: magic, big-endian dims, data)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def make_two_class_images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0: a bright left half; class 1: a bright right half; plus a little noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = rng.integers(0, 40, (n, size, size))
+    for i, label in enumerate(labels):
+        cols = slice(0, size // 2) if label == 0 else slice(size // 2, size)
+        images[i, :, cols] = 255 - images[i, :, cols]
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_idx_root(tmp_path_factory) -> Path:
+    """An MNIST-format folder with 64 training and 16 test 8x8 images of two classes."""
+    root = tmp_path_factory.mktemp("tiny_idx")
+    for split, n, seed in (("train", 64, 0), ("t10k", 16, 1)):
+        images, labels = make_two_class_images(n, 8, seed)
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def tiny_config_dict(root: Path) -> dict:
+    return {
+        "data": {"dataset": "mnist", "root": str(root), "image_size": 8, "download": False},
+        "model": {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4],
+                  "norm_groups": 4},
+        "diffusion": {"num_timesteps": 10, "beta_schedule": "cosine"},
+        "train": {"steps": 6, "batch_size": 8, "lr": 1e-3, "warmup_steps": 2, "log_every": 2, "checkpoint_every": 3,
+                  "eval_every": 3, "eval_images": 8, "sample_every": 0, "grid_images": 4, "grid_steps": 3,
+                  "ema_decay": 0.9},
+    }
+
+
+@pytest.fixture
+def tiny_config(tiny_idx_root) -> Config:
+    return config_from_dict(tiny_config_dict(tiny_idx_root))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

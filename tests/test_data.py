@@ -1,0 +1,121 @@
+"""Data: the IDX reader, the real Fashion-MNIST / MNIST files when present, image folders, batch order."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FASHION_MNIST_DIR, MNIST_10K_DIR, write_idx
+from ddpmkit.config import DataConfig
+from ddpmkit.data import BatchOrder, load_images, read_idx, to_model_range, to_uint8
+from ddpmkit.errors import DdpmkitError
+
+needs_fashion = pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                                   reason=f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} "
+                                          "(apt-get install dataset-fashion-mnist)")
+needs_mnist_10k = pytest.mark.skipif(not (MNIST_10K_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                                     reason=f"MNIST 10k sample not found in {MNIST_10K_DIR}")
+
+
+def test_idx_round_trip(tmp_path):
+    array = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)
+    write_idx(tmp_path / "a.gz", array)
+    assert np.array_equal(read_idx(tmp_path / "a.gz"), array)
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x02")
+    with pytest.raises(DdpmkitError, match="truncated"):
+        read_idx(tmp_path / "bad")
+
+
+def test_value_range_round_trip():
+    images = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    x = to_model_range(images)
+    assert x.min() == -1 and x.max() == 1
+    assert torch.equal(to_uint8(x), images)
+    assert torch.equal(to_uint8(to_model_range(images, zero_one=True), zero_one=True), images)
+
+
+@needs_fashion
+def test_real_fashion_mnist():
+    cfg = DataConfig(dataset="fashion_mnist", download=False)
+    train, test = load_images(cfg, "train"), load_images(cfg, "test")
+    assert train.images.shape == (60000, 1, 32, 32) and test.images.shape == (10000, 1, 32, 32)
+    assert train.class_names[0] == "T-shirt/top" and train.num_classes == 10
+    # Fashion-MNIST is balanced: exactly 6,000 training and 1,000 test images per class.
+    assert torch.equal(torch.bincount(train.labels), torch.full((10,), 6000))
+    assert torch.equal(torch.bincount(test.labels), torch.full((10,), 1000))
+    # Padding 28 -> 32 adds a black (0) border and keeps every original pixel.
+    assert train.images[:, :, :2].max() == 0 and train.images[:, :, -2:].max() == 0
+    # The mean pixel of Fashion-MNIST's training set is 0.2860 (the value torchvision users normalise with).
+    assert train.images[:, :, 2:30, 2:30].float().mean().item() / 255 == pytest.approx(0.2860, abs=1e-3)
+
+
+@needs_mnist_10k
+def test_real_mnist_10k_idx_folder():
+    data = load_images(DataConfig(dataset="mnist", root=str(MNIST_10K_DIR), download=False, resize_mode="resize"))
+    assert data.images.shape == (10000, 1, 32, 32)
+    assert data.labels.min() == 0 and data.labels.max() == 9
+    # Every digit is present at roughly a tenth of the set (MNIST's classes range from 9% to 11%).
+    counts = torch.bincount(data.labels, minlength=10).float() / 10000
+    assert counts.min() > 0.08 and counts.max() < 0.12
+    with pytest.raises(DdpmkitError, match="test split not found"):
+        load_images(DataConfig(dataset="mnist", root=str(MNIST_10K_DIR), download=False), "test")
+
+
+def test_missing_data_names_every_way_to_get_it(tmp_path):
+    with pytest.raises(DdpmkitError) as err:
+        load_images(DataConfig(dataset="mnist", root=str(tmp_path), download=False))
+    message = str(err.value)
+    assert "data.root" in message and "internet" in message and "download is off" in message
+
+
+def test_tiny_idx_and_max_images(tiny_idx_root):
+    data = load_images(DataConfig(dataset="mnist", root=str(tiny_idx_root), image_size=8, download=False,
+                                  max_images=10))
+    assert data.images.shape == (10, 1, 8, 8) and data.labels.shape == (10,)
+    rgb = load_images(DataConfig(dataset="mnist", root=str(tiny_idx_root), image_size=16, resize_mode="resize",
+                                 channels=3, download=False))
+    assert rgb.images.shape == (64, 3, 16, 16)
+    assert torch.equal(rgb.images[:, 0], rgb.images[:, 2])
+
+
+def _write_png(path, value, size=(12, 10), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, value, value)).save(path)
+
+
+def test_image_folder_with_classes(tmp_path):
+    for cls, value in (("cats", 10), ("dogs", 200)):
+        for i in range(3):
+            _write_png(tmp_path / cls / f"{i}.png", value)
+    data = load_images(DataConfig(dataset="folder", root=str(tmp_path), image_size=8, num_workers=0))
+    assert data.class_names == ["cats", "dogs"]
+    assert data.images.shape == (6, 3, 8, 8)
+    assert data.images[data.labels == 1].float().mean() == pytest.approx(200, abs=1)
+    with pytest.raises(DdpmkitError, match="no test split"):
+        load_images(DataConfig(dataset="folder", root=str(tmp_path)), "test")
+
+
+def test_flat_image_folder_is_unlabelled_and_can_be_streamed(tmp_path):
+    for i in range(5):
+        _write_png(tmp_path / f"{i}.jpg", 30 * i, mode="L")
+    data = load_images(DataConfig(dataset="folder", root=str(tmp_path), image_size=8, channels=1, in_memory="no",
+                                  num_workers=0))
+    assert data.images is None and len(data) == 5 and data.class_names == []
+    image, label = data.dataset[2]
+    assert image.shape == (1, 8, 8) and image.dtype == torch.uint8 and label == -1
+
+
+def test_empty_or_missing_folder(tmp_path):
+    with pytest.raises(DdpmkitError, match="no images"):
+        load_images(DataConfig(dataset="folder", root=str(tmp_path)))
+    with pytest.raises(DdpmkitError, match="not a folder"):
+        load_images(DataConfig(dataset="folder", root=str(tmp_path / "nope")))
+
+
+def test_batch_order_covers_each_epoch_once_and_is_a_pure_function():
+    order = BatchOrder(num_images=10, batch_size=4, seed=3)
+    stream = torch.cat([order.indices(k) for k in range(5)])  # 20 draws = two epochs
+    assert sorted(stream[:10].tolist()) == list(range(10))
+    assert sorted(stream[10:].tolist()) == list(range(10))
+    assert not torch.equal(stream[:10], stream[10:])
+    fresh = BatchOrder(num_images=10, batch_size=4, seed=3)
+    assert torch.equal(fresh.indices(3), order.indices(3))  # no hidden state: resuming at k draws the same

@@ -1,0 +1,153 @@
+"""Training: the objective overfits, EMA and LR follow their formulas, checkpoints round-trip, resume is exact."""
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpmkit.build import noise_schedule, unet_spec
+from ddpmkit.checkpoint import load_checkpoint, save_checkpoint
+from ddpmkit.config import TrainConfig, config_from_dict
+from ddpmkit.ema import EMA
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.losses import diffusion_loss
+from ddpmkit.sampling import DiffusionSampler
+from ddpmkit.train import learning_rate, train
+from ddpmkit.unet import UNet
+
+
+
+def _with(cfg, **sections):
+    """A copy of cfg with {section: {key: value}} replaced."""
+    return dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **values)
+                                       for name, values in sections.items()})
+
+
+def test_learning_rate_warmup_then_cosine():
+    t = TrainConfig(steps=1100, lr=1e-3, warmup_steps=100, min_lr_ratio=0.1)
+    assert learning_rate(0, t) == pytest.approx(1e-5)
+    assert learning_rate(99, t) == pytest.approx(1e-3)
+    assert learning_rate(100, t) == pytest.approx(1e-3)
+    assert learning_rate(600, t) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way down the cosine
+    assert learning_rate(1100, t) == pytest.approx(1e-4)
+
+
+def test_ema_follows_its_formula():
+    net = torch.nn.Linear(2, 2)
+    ema = EMA(net, decay=0.9, warmup=False)
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)
+    assert torch.allclose(ema.model.weight, 0.9 * start + 0.1 * net.weight)
+    warm = EMA(net, decay=0.999, warmup=True)
+    assert warm.current_decay() == pytest.approx(1 / 10)  # (1 + 0) / (10 + 0)
+
+
+def test_tiny_model_overfits_one_batch(tiny_config):
+    cfg = tiny_config
+    torch.manual_seed(0)
+    model = UNet(unet_spec(cfg, channels=1, num_classes=0))
+    schedule = noise_schedule(cfg.diffusion)
+    x0 = torch.rand(8, 1, 8, 8) * 2 - 1
+    t, noise = torch.randint(0, 10, (8,)), torch.randn(8, 1, 8, 8)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        loss = diffusion_loss(model, schedule, x0, t, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(1.0, abs=0.3)  # the zero-initialised network predicts eps = 0
+    assert losses[-1] < 0.05 * losses[0]
+
+
+def test_checkpoint_round_trip(tiny_config, tmp_path):
+    final = train(tiny_config, tmp_path / "run", progress=False)
+    state = load_checkpoint(final)
+    assert state["step"] == tiny_config.train.steps
+    assert config_from_dict(state["config"]) == tiny_config
+    assert state["class_names"] == [str(i) for i in range(10)]
+    sampler = DiffusionSampler(final, device="cpu")
+    for name, tensor in sampler.model.state_dict().items():
+        assert torch.equal(tensor, state["ema"]["model"][name])
+    for name in ("latest.pt", "best.pt", "final.pt", "config.json", "log.jsonl", "loss.png"):
+        assert (tmp_path / "run" / name).is_file()
+    assert list((tmp_path / "run" / "samples").glob("step_*.png"))
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = save_checkpoint({"a": torch.ones(2)}, tmp_path / "c.pt")
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint({"a": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_resume_reaches_the_same_weights(tiny_config, tmp_path):
+    # Dropout, flips, label dropout and gradient accumulation all draw random numbers: all must be restored.
+    cfg = _with(tiny_config, model={"dropout": 0.2, "class_conditional": True}, data={"hflip": True},
+                train={"grad_accum": 2, "steps": 6, "checkpoint_every": 100})
+    straight = load_checkpoint(train(cfg, tmp_path / "a", progress=False))
+    train(cfg, tmp_path / "b", stop_at=3, progress=False)
+    assert load_checkpoint(tmp_path / "b" / "latest.pt")["step"] == 3
+    resumed = load_checkpoint(train(cfg, tmp_path / "b", progress=False))
+    for key in ("model",):
+        for name, tensor in straight[key].items():
+            assert torch.equal(tensor, resumed[key][name]), name
+    for name, tensor in straight["ema"]["model"].items():
+        assert torch.equal(tensor, resumed["ema"]["model"][name]), name
+
+
+def test_resume_refuses_a_changed_model(tiny_config, tmp_path):
+    train(tiny_config, tmp_path, stop_at=2, progress=False)
+    changed = _with(tiny_config, model={"base_channels": 16})
+    with pytest.raises(DdpmkitError, match="model.base_channels: 8 -> 16"):
+        train(changed, tmp_path, progress=False)
+    with pytest.raises(DdpmkitError, match="already holds a run"):
+        train(tiny_config, tmp_path, resume=False, progress=False)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(tiny_config, tmp_path, precision):
+    cfg = _with(tiny_config, train={"precision": precision, "eval_every": 0})
+    state = load_checkpoint(train(cfg, tmp_path, progress=False))
+    assert all(torch.isfinite(p).all() for p in state["model"].values())
+
+
+def test_bce_on_x0_in_unit_range(tiny_config, tmp_path):
+    cfg = _with(tiny_config, diffusion={"loss": "bce", "prediction": "x0"}, data={"zero_one": True})
+    sampler = DiffusionSampler(train(cfg, tmp_path, progress=False), device="cpu")
+    images = sampler.sample_ddim(3, steps=5, progress=False)
+    assert images.min() >= 0 and images.max() <= 1
+
+
+def test_heldout_comes_from_train_when_there_is_no_test_split(tiny_config, tmp_path):
+    root = tmp_path / "train_only"
+    root.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (root / name).write_bytes((Path(tiny_config.data.root) / name).read_bytes())
+    cfg = _with(tiny_config, data={"root": str(root)})
+    train(cfg, tmp_path / "run", progress=False)
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    assert "last images of train" in log
+
+
+def test_sampler_api_is_batch_independent(tiny_config, tmp_path):
+    sampler = DiffusionSampler(train(tiny_config, tmp_path, progress=False), device="cpu")
+    whole = sampler.sample_ancestral(6, seed=5, batch_size=6, progress=False)
+    split = sampler.sample_ancestral(6, seed=5, batch_size=4, progress=False)
+    assert torch.allclose(whole, split, atol=1e-6)
+    assert whole.shape == (6, 1, 8, 8) and whole.min() >= 0 and whole.max() <= 1
+    assert not torch.allclose(sampler.sample_ddim(2, steps=5, eta=1.0, progress=False),
+                              sampler.sample_ddim(2, steps=5, eta=0.0, progress=False))
+    assert math.isfinite(sampler.sample_deterministic(2, progress=False).sum().item())
