@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 .venv/bin/ddpmkit train --preset quick --run-dir runs/quick
-.venv/bin/ddpmkit sample --checkpoint runs/quick/final.pt --sampler ddim --steps 50 --num-samples 64 \
+.venv/bin/ddpmkit sample --checkpoint runs/quick/final.pt --sampler ddpm --steps 100 --num-samples 64 \
     --output-dir runs/quick/samples
 echo "open runs/quick/samples/grid.png"
