@@ -63,3 +63,14 @@ def tiny_config(tiny_idx_root) -> Config:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_conditional_checkpoint(tiny_idx_root, tmp_path_factory) -> Path:
+    """A briefly trained class-conditional tiny model (MNIST class names 0..9, images of classes 0 and 1)."""
+    from ddpmkit.train import train
+
+    d = tiny_config_dict(tiny_idx_root)
+    d["model"]["class_conditional"] = True
+    d["train"].update(steps=4, eval_every=0)
+    return train(config_from_dict(d), tmp_path_factory.mktemp("conditional_run"), progress=False)

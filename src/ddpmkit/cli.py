@@ -21,6 +21,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override one value, e.g. --set train.steps=2000 --set model.channel_mults=1,2,2 (repeatable)")
 
 
+def _add_class_args(p: argparse.ArgumentParser, meaning: str) -> None:
+    p.add_argument("--class", dest="classes", metavar="CLASS",
+                   help=f"class-conditional models: a class index or name, a comma-separated list, or 'all' ({meaning})")
+    p.add_argument("--guidance", type=float, default=0.0, metavar="W",
+                   help="classifier-free guidance weight w: eps = (1 + w) eps(x, class) - w eps(x, null); 0 = plain "
+                   "conditional (default). diffusers' guidance_scale s is 1 + w")
+
+
+def _add_picture_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file, or a run directory (final.pt)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_class_args(p, "the class to draw")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpmkit", description="Train and sample denoising diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -51,6 +66,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use the raw trained weights instead of the EMA")
     p.add_argument("--no-clip", action="store_true", help="don't clip predicted x_0 to the data range")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_class_args(p, "--num-samples images of each class, one grid row per class")
+
+    p = sub.add_parser("interpolate", help="interpolate between two noises, or between two classes",
+                       description="Decode points between two starting noises (spherical interpolation) or between "
+                       "two classes at one fixed noise (the label embedding moved linearly) with deterministic DDIM, "
+                       "and save them as one row.")
+    _add_picture_args(p)
+    p.add_argument("--between", choices=["noise", "classes"], default="noise", help="what to interpolate")
+    p.add_argument("--seed", type=int, default=0, help="the starting noise (the first end, for --between noise)")
+    p.add_argument("--to-seed", type=int, default=1, help="the other end's noise (--between noise)")
+    p.add_argument("--to-class", metavar="CLASS", help="the other end's class (--between classes)")
+    p.add_argument("--points", type=int, default=10, help="images in the row, both ends included (default 10)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--output", default="interpolation.png", help="PNG to write")
+
+    p = sub.add_parser("strip", help="denoising strips: x_t and predicted x_0 from T to 0, DDPM and DDIM",
+                       description="For one starting noise, show x_t and the predicted x_0 at evenly spaced steps "
+                       "from T to 0, for DDPM (ancestral) and DDIM (eta = 0) side by side, as one PNG.")
+    _add_picture_args(p)
+    p.add_argument("--seed", type=int, default=0, help="the starting noise")
+    p.add_argument("--frames", type=int, default=10, help="columns, the final sample included (default 10)")
+    p.add_argument("--ddpm-steps", type=int, help="DDPM steps (default: all T)")
+    p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--output", default="strip.png", help="PNG to write")
+
+    p = sub.add_parser("animate", help="GIFs of the denoising process, one per class",
+                       description="Animated GIFs of images being denoised from pure noise: one per requested "
+                       "class (or one for an unconditional model), plus all.gif with one row per class.")
+    _add_picture_args(p)
+    p.add_argument("--per-class", type=int, default=8, help="images in each GIF (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="first seed; image j uses seed + j")
+    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
+    p.add_argument("--steps", type=int, help="sampler steps (default: all T; ddim: 50)")
+    p.add_argument("--frames", type=int, default=40, help="frames per GIF (default 40)")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds for the whole denoising (default 4)")
+    p.add_argument("--hold", type=float, default=1.5, help="seconds the final frame is held (default 1.5)")
+    p.add_argument("--show", choices=["x_t", "x0"], default="x_t", help="show x_t or the predicted x_0")
+    p.add_argument("--output-dir", default="animations", help="folder for the GIFs")
+
+    p = sub.add_parser("plot-schedule", help="plot alpha-bar and SNR against t for the linear and cosine schedules")
+    p.add_argument("--num-timesteps", type=int, default=1000, help="T (default 1000)")
+    p.add_argument("--output", default="schedules.png", help="PNG to write")
+
+    p = sub.add_parser("classifier", help="train the small judge classifier, or judge guided samples with it",
+                       description="The small CNN that judges conditional samples (and gives the domain metrics "
+                       "their features). 'train' fits it on a dataset's training images and reports its test "
+                       "accuracy; 'judge' samples every class of a conditional model at several guidance weights "
+                       "and reports the fraction the classifier assigns to the requested class.")
+    csub = p.add_subparsers(dest="classifier_command", required=True, metavar="ACTION")
+    c = csub.add_parser("train", help="train a classifier on a dataset's training set")
+    c.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist"], help="which dataset")
+    c.add_argument("--root", default="", help="data folder (see data.root); default: the usual places")
+    c.add_argument("--epochs", type=int, default=2, help="passes over the training set (default 2)")
+    c.add_argument("--holdout", type=int, default=2000,
+                   help="without a test split, hold out this many training images to measure accuracy")
+    c.add_argument("--output", metavar="PATH", help="where to save (default: the weights shipped in the package)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c = csub.add_parser("judge", help="fraction of guided samples classified as the requested class")
+    c.add_argument("--checkpoint", required=True, metavar="PATH", help="a class-conditional model")
+    c.add_argument("--classifier", metavar="PATH_OR_DATASET",
+                   help="classifier weights, or a dataset name for the shipped ones (default: the model's dataset)")
+    c.add_argument("--guidance", default="0,1,3", help="comma-separated guidance weights w (default 0,1,3)")
+    c.add_argument("--per-class", type=int, default=30, help="samples per class and guidance weight (default 30)")
+    c.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
+    c.add_argument("--steps", type=int, default=100, help="sampler steps (default 100)")
+    c.add_argument("--seed", type=int, default=0, help="first seed")
+    c.add_argument("--output", metavar="JSON", help="also write the results here")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("config", help="print the resolved configuration as JSON",
                        description="Print the configuration a train command would use. " + CONFIG_HELP)
@@ -74,12 +158,108 @@ def _sample(args: argparse.Namespace) -> None:
     from .viz import write_samples
 
     sampler = DiffusionSampler(args.checkpoint, device=args.device, use_ema=not args.no_ema)
+    options = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "batch_size": args.batch_size,
+               "clip": not args.no_clip, "guidance": args.guidance, "progress": not args.no_progress}
     start = time.perf_counter()
-    images = sampler.sample(args.num_samples, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                            batch_size=args.batch_size, clip=not args.no_clip, progress=not args.no_progress)
-    written = write_samples(images, args.output_dir, seeds=list(range(args.seed, args.seed + args.num_samples)))
-    print(f"{args.num_samples} samples ({args.sampler}) in {time.perf_counter() - start:.1f} s: {written['grid']}, "
+    if args.classes is not None:
+        images, labels = sampler.sample_classes(args.classes, args.num_samples, seed=args.seed, **options)
+        classes = list(dict.fromkeys(labels.tolist()))
+        written = write_samples(images, args.output_dir, seeds=[args.seed + i % args.num_samples
+                                                                for i in range(len(images))],
+                                labels=labels.tolist(), nrow=args.num_samples,
+                                row_labels=[sampler.class_names[c] for c in classes])
+    else:
+        images = sampler.sample(args.num_samples, seed=args.seed, **options)
+        written = write_samples(images, args.output_dir, seeds=list(range(args.seed, args.seed + args.num_samples)))
+    print(f"{len(images)} samples ({args.sampler}) in {time.perf_counter() - start:.1f} s: {written['grid']}, "
           f"{written['npz']}, {written['images']}/")
+
+
+def _pictures(args: argparse.Namespace) -> None:
+    from . import pictures
+    from .sampling import DiffusionSampler
+    from .viz import plot_noise_schedules, save_gif, save_labelled_grid, stack_rows
+
+    if args.command == "plot-schedule":
+        print(f"wrote {plot_noise_schedules(args.output, args.num_timesteps)}")
+        return
+    sampler = DiffusionSampler(args.checkpoint, device=args.device)
+    common = {"guidance": args.guidance, "progress": not args.no_progress}
+    if args.command == "interpolate":
+        if args.between == "noise":
+            images = pictures.interpolate_noise(sampler, args.seed, args.to_seed, args.points, args.classes,
+                                                steps=args.steps, **common)
+            title = f"seed {args.seed} -> seed {args.to_seed}"
+        else:
+            if args.classes is None or args.to_class is None:
+                raise DdpmkitError("--between classes needs --class A and --to-class B")
+            images = pictures.interpolate_classes(sampler, args.classes, args.to_class, args.points, args.seed,
+                                                  steps=args.steps, **common)
+            names = [sampler.class_names[sampler.class_indices(c)[0]] for c in (args.classes, args.to_class)]
+            title = f"{names[0]} -> {names[1]}"
+        print(f"wrote {save_labelled_grid(images, args.output, nrow=args.points, row_labels=[title])}")
+    elif args.command == "strip":
+        image = pictures.denoising_strip(sampler, args.frames, args.classes, args.seed,
+                                         ddpm_steps=args.ddpm_steps, ddim_steps=args.ddim_steps, **common)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        image.save(args.output)
+        print(f"wrote {args.output}")
+    elif args.command == "animate":
+        out = Path(args.output_dir)
+        seeds = list(range(args.seed, args.seed + args.per_class))
+        classes = sampler.class_indices(args.classes) if args.classes is not None else [None]
+        all_rows = []
+        for c in classes:
+            frames = pictures.denoising_frames(sampler, seeds, c, args.frames, args.sampler, args.steps,
+                                               show=args.show, **common)
+            name = "unconditional" if c is None else f"class_{c}_{sampler.class_names[c]}"
+            name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in name)
+            print(f"wrote {save_gif(frames, out / f'{name}.gif', args.duration, args.hold)}")
+            all_rows.append(frames)
+        if len(classes) > 1:
+            combined = [stack_rows([rows[i] for rows in all_rows]) for i in range(len(all_rows[0]))]
+            print(f"wrote {save_gif(combined, out / 'all.gif', args.duration, args.hold)}")
+
+
+def _classifier(args: argparse.Namespace) -> None:
+    import torch
+
+    from .config import DataConfig
+    from .metrics.classifier import default_classifier_path, guided_accuracy, load_classifier, train_classifier
+    from .sampling import DiffusionSampler
+
+    if args.classifier_command == "train":
+        start = time.perf_counter()
+        state = train_classifier(DataConfig(dataset=args.dataset, root=args.root), epochs=args.epochs,
+                                 holdout=args.holdout, progress=not args.no_progress)
+        path = Path(args.output) if args.output else default_classifier_path(args.dataset)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        print(f"{args.dataset} classifier: test accuracy {state['test_accuracy']:.4f} on {state['test_images']} "
+              f"images ({state['test_source']}), {state['train_images']} training images, "
+              f"{time.perf_counter() - start:.0f} s; saved {path}")
+        return
+    sampler = DiffusionSampler(args.checkpoint, device=args.device)
+    if not sampler.is_conditional:
+        raise DdpmkitError("classifier judge needs a class-conditional model; this one was trained without labels")
+    classifier, info = load_classifier(args.classifier or sampler.config.data.dataset)
+    classifier.to(sampler.device)
+    try:
+        weights = [float(w) for w in args.guidance.split(",")]
+    except ValueError:
+        raise DdpmkitError(f"--guidance: expected comma-separated numbers such as 0,1,3, got {args.guidance!r}") \
+            from None
+    results = []
+    for w in weights:
+        r = guided_accuracy(sampler, classifier, w, args.per_class, args.sampler, args.steps, args.seed,
+                            progress=not args.no_progress)
+        results.append(r)
+        print(f"guidance w={w:g}: {r['accuracy']:.3f} of {r['samples']} samples classified as the requested class")
+    report = {"checkpoint": str(args.checkpoint), "step": sampler.step, "sampler": args.sampler, "steps": args.steps,
+              "per_class": args.per_class, "seed": args.seed, "classifier_sha256": info["sha256"],
+              "classifier_test_accuracy": info["test_accuracy"], "results": results}
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "sample":
             _sample(args)
+        elif args.command in ("interpolate", "strip", "animate", "plot-schedule"):
+            _pictures(args)
+        elif args.command == "classifier":
+            _classifier(args)
         elif args.command == "config":
             print(json.dumps(resolve_config(args.preset, args.config, args.overrides).to_dict(), indent=2))
     except DdpmkitError as err:

@@ -1,6 +1,7 @@
-"""Sampling from a trained checkpoint: the ``DiffusionSampler`` object and the ``generate`` library function."""
+"""Sampling from a trained checkpoint: the ``DiffusionSampler`` object."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -8,8 +9,9 @@ import torch
 from .build import clip_range, noise_schedule, resolve_device, unet_from_dict
 from .checkpoint import load_checkpoint
 from .config import config_from_dict
-from .samplers import SAMPLERS, ImageNoise
 from .errors import DdpmkitError
+from .guidance import guided_denoiser, parse_classes
+from .samplers import SAMPLERS, Denoiser, ImageNoise, StepCallback
 
 
 class DiffusionSampler:
@@ -28,6 +30,8 @@ class DiffusionSampler:
         self.model = unet_from_dict(state["unet"])
         self.model.load_state_dict(state["ema"]["model"] if use_ema else state["model"])
         self.model.to(self.device).eval().requires_grad_(False)
+        self.memory_format = torch.channels_last if self.config.train.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)  # as in training: faster convolutions
         self.schedule = noise_schedule(self.config.diffusion).to(self.device)
         self.class_names: list[str] = list(state.get("class_names", []))
         self.step = int(state["step"])
@@ -37,37 +41,92 @@ class DiffusionSampler:
         spec = self.model.spec
         return spec.image_channels, spec.image_size, spec.image_size
 
-    def _denoiser(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.model(x, t)
+    @property
+    def is_conditional(self) -> bool:
+        return self.model.spec.num_classes > 0
 
-    def sample(self, num_samples: int = 16, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-               seed: int = 0, batch_size: int = 256, clip: bool | None = None, progress: bool = True) -> torch.Tensor:
-        """Draw ``num_samples`` images with ``sampler`` (ddpm, deterministic or ddim); float in [0, 1] on the CPU."""
+    def class_indices(self, spec: str | int | Sequence) -> list[int]:
+        """'all', a class, or a list of classes, by index or name -> class indices (see guidance.parse_classes)."""
+        return parse_classes(spec, self.class_names if self.is_conditional else [])
+
+    def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 0.0) -> Denoiser:
+        """The network as a sampler sees it: unconditional (null label) when ``labels`` is None, else guided."""
+        if labels is None:
+            if guidance:
+                raise DdpmkitError("guidance needs classes to guide towards: add --class (or labels=...)")
+            return lambda x, t: self.model(x, t)
+        if not self.is_conditional:
+            raise DdpmkitError("this model is unconditional (trained without labels): it takes no classes or "
+                               "guidance; train with --set model.class_conditional=true")
+        return guided_denoiser(self.model, labels.to(self.device), guidance, self.model.spec.num_classes)
+
+    def run(self, x_T: torch.Tensor, noise: ImageNoise | None = None, labels: torch.Tensor | None = None,
+            guidance: float = 0.0, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+            clip: bool | None = None, on_step: StepCallback | None = None, progress: bool = True) -> torch.Tensor:
+        """One batch through ``sampler`` from a given x_T; returns x_0 in the model's range, on the device."""
         if sampler not in SAMPLERS:
             raise DdpmkitError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if num_samples < 1 or batch_size < 1:
-            raise DdpmkitError("num_samples and batch_size must be at least 1")
         T = self.schedule.num_timesteps
         if steps is not None and not 1 <= steps <= T:
             raise DdpmkitError(f"steps must be between 1 and T={T}, got {steps}")
         if eta < 0:
             raise DdpmkitError(f"eta must be >= 0, got {eta}")
         options = {"steps": steps, "prediction": self.config.diffusion.prediction, "progress": progress,
-                   "clip_range": clip_range(self.config) if clip is None or clip else None}
+                   "clip_range": clip_range(self.config) if clip is None or clip else None, "on_step": on_step,
+                   "noise": noise}
         if sampler == "ddpm":
             options["variance"] = self.config.diffusion.variance
         if sampler == "ddim":
-            options["eta"] = eta
-            options["steps"] = steps or 50
+            options.update(eta=eta, steps=steps or 50)
+        x_T = x_T.to(self.device).contiguous(memory_format=self.memory_format)
+        return SAMPLERS[sampler](self.denoiser(labels, guidance), self.schedule, x_T, **options)
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-range tensors -> float images in [0, 1] on the CPU."""
+        x = x.float().cpu()
+        return x.clamp(0, 1) if self.config.data.zero_one else ((x + 1) / 2).clamp(0, 1)
+
+    def noise(self, seeds: Sequence[int]) -> tuple[torch.Tensor, ImageNoise]:
+        """x_T for the given per-image seeds, and the generators that go on to draw each image's step noise."""
+        noise = ImageNoise.from_seeds(seeds)
+        return noise.randn((len(seeds), *self.image_shape)), noise
+
+    def generate(self, seeds: Sequence[int], labels: Sequence[int] | None = None, batch_size: int = 256,
+                 **options) -> torch.Tensor:
+        """Images for explicit per-image seeds (and class labels), in batches; float in [0, 1] on the CPU."""
+        if batch_size < 1:
+            raise DdpmkitError("batch_size must be at least 1")
+        if labels is not None and len(labels) != len(seeds):
+            raise DdpmkitError(f"{len(labels)} labels for {len(seeds)} images")
         chunks = []
-        for start in range(0, num_samples, batch_size):
-            seeds = list(range(seed + start, seed + min(start + batch_size, num_samples)))
-            noise = ImageNoise.from_seeds(seeds)
-            x_T = noise.randn((len(seeds), *self.image_shape)).to(self.device)
-            x0 = SAMPLERS[sampler](self._denoiser, self.schedule, x_T, noise=noise, **options)
-            chunks.append(x0.float().cpu())
-        images = torch.cat(chunks)
-        return images.clamp(0, 1) if self.config.data.zero_one else ((images + 1) / 2).clamp(0, 1)
+        for start in range(0, len(seeds), batch_size):
+            x_T, noise = self.noise(seeds[start: start + batch_size])
+            y = torch.as_tensor(list(labels[start: start + batch_size])) if labels is not None else None
+            chunks.append(self.to_images(self.run(x_T, noise, labels=y, **options)))
+        return torch.cat(chunks)
+
+    def sample(self, num_samples: int = 16, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+               seed: int = 0, batch_size: int = 256, clip: bool | None = None, labels: Sequence[int] | None = None,
+               guidance: float = 0.0, progress: bool = True) -> torch.Tensor:
+        """Draw ``num_samples`` images with ``sampler`` (ddpm, deterministic or ddim); float in [0, 1] on the CPU.
+
+        ``labels`` (one class index per image) and ``guidance`` w sample a conditional model; without labels a
+        conditional model samples unconditionally (the null label).
+        """
+        if num_samples < 1:
+            raise DdpmkitError("num_samples must be at least 1")
+        return self.generate(list(range(seed, seed + num_samples)), labels, batch_size, sampler=sampler,
+                             steps=steps, eta=eta, clip=clip, guidance=guidance, progress=progress)
+
+    def sample_classes(self, classes: str | Sequence, per_class: int = 8, seed: int = 0,
+                       **options) -> tuple[torch.Tensor, torch.Tensor]:
+        """``per_class`` images of each class (by index or name, or 'all'), class after class; every class uses
+        seeds seed .. seed + per_class - 1, so a column shares its starting noise. Returns (images, labels)."""
+        indices = self.class_indices(classes) if isinstance(classes, str) else \
+            [self.class_indices(c)[0] for c in classes]
+        labels = [c for c in indices for _ in range(per_class)]
+        seeds = [seed + j for _ in indices for j in range(per_class)]
+        return self.generate(seeds, labels, **options), torch.tensor(labels)
 
     def sample_ancestral(self, num_samples: int = 16, steps: int | None = None, **kwargs) -> torch.Tensor:
         """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), over all T steps or ``steps`` respaced ones."""

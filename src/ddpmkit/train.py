@@ -25,6 +25,7 @@ from .config import Config, TrainConfig, config_from_dict
 from .data import BatchOrder, ImageData, batch_stream, load_images, to_model_range
 from .ema import EMA
 from .errors import DdpmkitError
+from .guidance import drop_labels
 from .losses import diffusion_loss
 from .samplers import SAMPLERS, ImageNoise
 from .unet import UNet
@@ -248,8 +249,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                         x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
                     y = None
                     if spec.num_classes:  # classifier-free guidance: train the null label with p = label_dropout
-                        drop = torch.rand(n, device=device, generator=noise_gen) < cfg.diffusion.label_dropout
-                        y = torch.where(drop, torch.full_like(labels, null_label), labels)
+                        y = drop_labels(labels, cfg.diffusion.label_dropout, null_label, noise_gen)
                     t = torch.randint(0, T, (n,), device=device, generator=noise_gen)
                     noise = torch.randn(x0.shape, device=device, generator=noise_gen)
                     with _autocast(device, t_cfg.precision):

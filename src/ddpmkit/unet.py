@@ -180,11 +180,16 @@ class UNet(nn.Module):
         self.conv_out = zero_module(nn.Conv2d(cur, spec.image_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) noisy images; t: (B,) integer timesteps; y: (B,) class indices (num_classes = null),
+        (B, num_classes + 1) float weights over the label embeddings, or None (the null label)."""
         emb = self.time_mlp(timestep_embedding(t, self.spec.base_channels))
         if self.label_emb is not None:
             if y is None:  # no label given: the null label, i.e. the unconditional model
                 y = torch.full((x.shape[0],), self.spec.num_classes, device=x.device, dtype=torch.long)
-            emb = emb + self.label_emb(y)
+            if y.is_floating_point():  # (B, num_classes + 1) mixture weights, e.g. to interpolate between classes
+                emb = emb + y.to(emb.dtype) @ self.label_emb.weight.to(emb.dtype)
+            else:
+                emb = emb + self.label_emb(y)
         elif y is not None:
             raise ValueError("this U-Net is unconditional (num_classes=0) but was given labels")
 

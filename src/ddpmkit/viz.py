@@ -1,4 +1,4 @@
-"""Pictures a person looks at: sample grids, individual PNGs plus an .npz, and the training loss curve."""
+"""Pictures a person looks at: grids (optionally labelled), individual PNGs plus an .npz, GIFs, loss and schedule plots."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import save_image
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid, save_image
 
 
 def grid_rows(n: int) -> int:
@@ -23,17 +24,25 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     return path
 
 
-def write_samples(images: torch.Tensor, output_dir: str | Path, seeds: list[int] | None = None) -> dict[str, Path]:
-    """Write ``grid.png``, ``images/seed_XXXXX.png`` per image and ``samples.npz`` (uint8, N x H x W x C, key
-    ``arr_0`` as in the guided-diffusion / TTUR evaluation tools) for float images in [0, 1]."""
+def write_samples(images: torch.Tensor, output_dir: str | Path, seeds: list[int] | None = None,
+                  labels: list[int] | None = None, nrow: int | None = None,
+                  row_labels: list[str] | None = None) -> dict[str, Path]:
+    """Write ``grid.png`` (rows labelled when ``row_labels`` is given), ``images/seed_XXXXX.png`` per image (with the
+    class index, ``class_C_seed_XXXXX.png``, when labelled) and ``samples.npz`` (uint8, N x H x W x C, key ``arr_0``
+    as in the guided-diffusion / TTUR evaluation tools; ``seeds`` and ``labels`` beside it)."""
     out = Path(output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     seeds = seeds if seeds is not None else list(range(len(images)))
-    for image, seed in zip(images, seeds):
-        save_image(image, out / "images" / f"seed_{seed:05d}.png")
+    for i, (image, seed) in enumerate(zip(images, seeds)):
+        prefix = f"class_{labels[i]}_" if labels is not None else ""
+        save_image(image, out / "images" / f"{prefix}seed_{seed:05d}.png")
     uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    np.savez_compressed(out / "samples.npz", arr_0=uint8, seeds=np.asarray(seeds))
-    return {"grid": save_grid(images, out / "grid.png"), "npz": out / "samples.npz", "images": out / "images"}
+    extra = {"labels": np.asarray(labels)} if labels is not None else {}
+    np.savez_compressed(out / "samples.npz", arr_0=uint8, seeds=np.asarray(seeds), **extra)
+    nrow = nrow or grid_rows(len(images))
+    grid = save_labelled_grid(images, out / "grid.png", nrow, row_labels) if row_labels else \
+        save_grid(images, out / "grid.png", nrow)
+    return {"grid": grid, "npz": out / "samples.npz", "images": out / "images"}
 
 
 def plot_loss_curve(log_path: str | Path, out_path: str | Path) -> Path | None:
@@ -56,6 +65,92 @@ def plot_loss_curve(log_path: str | Path, out_path: str | Path) -> Path | None:
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return Path(out_path)
+
+
+def to_pil(grid: torch.Tensor) -> Image.Image:
+    """A float (C, H, W) image in [0, 1] -> PIL RGB."""
+    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).convert("RGB")
+
+
+def upscale(image: Image.Image, rows: int, min_row_height: int = 64) -> Image.Image:
+    """Nearest-neighbour enlarge small images (28-32 px) so that labels next to them stay readable."""
+    scale = max(1, math.ceil(min_row_height * rows / max(1, image.height)))
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
+
+
+def labelled_grid(images: torch.Tensor, nrow: int, row_labels: list[str] | None = None,
+                  col_labels: list[str] | None = None) -> Image.Image:
+    """A grid of float images in [0, 1] with optional text labels left of each row and above each column."""
+    rows = math.ceil(len(images) / nrow)
+    grid = upscale(to_pil(make_grid(images, nrow=nrow, padding=2, pad_value=1.0)), rows)
+    font = ImageFont.load_default()
+    left = 8 + max((int(font.getlength(label)) for label in row_labels), default=0) if row_labels else 0
+    top = 16 if col_labels else 0
+    canvas = Image.new("RGB", (grid.width + left, grid.height + top), "white")
+    canvas.paste(grid, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    row_height, col_width = grid.height / rows, grid.width / nrow
+    for i, label in enumerate(row_labels or []):
+        draw.text((4, top + (i + 0.5) * row_height), label, fill="black", font=font, anchor="lm")
+    for j, label in enumerate(col_labels or []):
+        draw.text((left + (j + 0.5) * col_width, 8), label, fill="black", font=font, anchor="mm")
+    return canvas
+
+
+def save_labelled_grid(images: torch.Tensor, path: str | Path, nrow: int, row_labels: list[str] | None = None,
+                       col_labels: list[str] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labelled_grid(images, nrow, row_labels, col_labels).save(path)
+    return path
+
+
+def stack_rows(images: list[Image.Image]) -> Image.Image:
+    """Stack same-width PIL images vertically (e.g. one animation row per class)."""
+    canvas = Image.new("RGB", (max(im.width for im in images), sum(im.height for im in images)), "white")
+    top = 0
+    for im in images:
+        canvas.paste(im, (0, top))
+        top += im.height
+    return canvas
+
+
+def save_gif(frames: list[Image.Image], path: str | Path, duration: float = 4.0, hold_last: float = 1.0) -> Path:
+    """An endlessly looping GIF: ``frames`` spread over ``duration`` seconds, the last one held ``hold_last`` more."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_frame = max(20, round(1000 * duration / len(frames)))  # ms; browsers clamp shorter frames
+    durations = [per_frame] * (len(frames) - 1) + [per_frame + round(1000 * hold_last)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return path
+
+
+def plot_noise_schedules(out_path: str | Path, num_timesteps: int = 1000) -> Path:
+    """alpha-bar_t and log SNR(t) against t for the linear and cosine schedules (cf. IDDPM figure 5)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .build import noise_schedule
+    from .config import DiffusionConfig
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    t = np.arange(num_timesteps)
+    for name, label in (("linear", "linear (DDPM)"), ("cosine", "cosine (IDDPM)")):
+        abar = noise_schedule(DiffusionConfig(num_timesteps=num_timesteps, beta_schedule=name)).alphas_cumprod_float64
+        abar = abar.numpy()
+        ax1.plot(t, abar, label=label)
+        ax2.plot(t, np.log(abar / (1 - abar)), label=label)
+    ax1.set(xlabel="t", ylabel="alpha-bar_t", title="signal kept: alpha-bar_t")
+    ax2.set(xlabel="t", ylabel="log SNR = log(alpha-bar / (1 - alpha-bar))", title="log signal-to-noise ratio")
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out_path)
     plt.close(fig)

@@ -1,5 +1,5 @@
 """Samplers: plain functions ``fn(model, schedule, x_T, *, steps, prediction, clip_range, noise, ...)``."""
-from .common import Denoiser, ImageNoise, spaced_timesteps
+from .common import Denoiser, ImageNoise, StepCallback, spaced_timesteps
 from .ddim import sample_ddim, sample_deterministic
 from .ddpm import VARIANCES, sample_ddpm
 
@@ -9,5 +9,5 @@ SAMPLERS = {
     "ddim": sample_ddim,
 }
 
-__all__ = ["SAMPLERS", "VARIANCES", "Denoiser", "ImageNoise", "sample_ddim", "sample_ddpm", "sample_deterministic",
+__all__ = ["SAMPLERS", "VARIANCES", "Denoiser", "ImageNoise", "StepCallback", "sample_ddim", "sample_ddpm", "sample_deterministic",
            "spaced_timesteps"]

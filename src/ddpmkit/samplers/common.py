@@ -10,6 +10,8 @@ from ..schedule import NoiseSchedule
 
 # A denoiser as the samplers see it: (x_t, t) -> network output. Class labels and guidance are bound in by the caller.
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Called once per step with (t, x_t, predicted x_0), e.g. to record a denoising strip or an animation.
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 def spaced_timesteps(num_timesteps: int, steps: int | None) -> list[int]:

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..schedule import NoiseSchedule
-from .common import Denoiser, ImageNoise, predict_x0_eps, reverse_steps
+from .common import Denoiser, ImageNoise, StepCallback, predict_x0_eps, reverse_steps
 
 
 @torch.no_grad()
@@ -16,6 +16,7 @@ def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
                 prediction: str = "eps",                           # what the network outputs: eps, x0 or v
                 clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0 to the data range; None: off
                 noise: ImageNoise | None = None,                   # per-image generators for the added noise
+                on_step: StepCallback | None = None,               # called as on_step(t, x_t, predicted x_0)
                 progress: bool = True) -> torch.Tensor:
     """Run DDIM from x_T to x_0 over ``steps`` timesteps.
 
@@ -29,6 +30,8 @@ def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
     x = x_T
     for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddim", progress):
         x0, eps = predict_x0_eps(model, schedule, x, t, prediction, clip_range)
+        if on_step is not None:
+            on_step(t, x, x0)
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
         x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
         if eta > 0:
@@ -39,8 +42,8 @@ def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
 def sample_deterministic(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
                          steps: int | None = None, prediction: str = "eps",
                          clip_range: tuple[float, float] | None = (-1, 1), noise: ImageNoise | None = None,
-                         progress: bool = True) -> torch.Tensor:
+                         on_step: StepCallback | None = None, progress: bool = True) -> torch.Tensor:
     """The deterministic sampler: DDIM with eta = 0, by default over all T steps (the probability-flow ODE's
     Euler discretisation in alpha-bar, DDIM §4.3). ``noise`` is accepted for a uniform signature and unused."""
     return sample_ddim(model, schedule, x_T, steps=steps, eta=0.0, prediction=prediction, clip_range=clip_range,
-                       progress=progress)
+                       on_step=on_step, progress=progress)

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..schedule import NoiseSchedule
-from .common import Denoiser, ImageNoise, predict_x0_eps, reverse_steps
+from .common import Denoiser, ImageNoise, StepCallback, predict_x0_eps, reverse_steps
 
 VARIANCES = ("posterior", "beta")
 
@@ -18,6 +18,7 @@ def sample_ddpm(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
                 variance: str = "posterior",                       # sigma_t^2: posterior tilde-beta_t, or beta_t
                 clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0 to the data range; None: off
                 noise: ImageNoise | None = None,                   # per-image generators for the added noise
+                on_step: StepCallback | None = None,               # called as on_step(t, x_t, predicted x_0)
                 progress: bool = True) -> torch.Tensor:
     """Run the reverse process from x_T to x_0.
 
@@ -32,6 +33,8 @@ def sample_ddpm(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
     for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddpm", progress):
         beta = 1 - abar / abar_prev
         x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range)
+        if on_step is not None:
+            on_step(t, x, x0)
         # DDPM eq. 7: mu = sqrt(abar_prev) beta / (1 - abar) x_0 + sqrt(alpha) (1 - abar_prev) / (1 - abar) x_t
         x = (math.sqrt(abar_prev) * beta / (1 - abar)) * x0 + (math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)) * x
         if t_prev >= 0:

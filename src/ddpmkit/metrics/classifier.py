@@ -1,0 +1,127 @@
+"""A small CNN classifier for 32x32 MNIST-like images, trained on the real training set.
+
+It judges conditional samples (the fraction classified as the requested class) and, through ``features``, is the
+feature network of the offline domain metrics. It sees images exactly as the diffusion models do: padded to
+32x32 and scaled to [-1, 1], so generated samples go in unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import DataConfig
+from ..data import load_images, to_model_range
+from ..errors import DdpmkitError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+class SmallClassifier(nn.Module):
+    """conv-BN-ReLU x5 with two 2x poolings, global average pooling to a 128-d feature, then a linear layer."""
+
+    def __init__(self, num_classes: int = 10, channels: int = 1, width: int = 32):
+        super().__init__()
+
+        def block(i: int, o: int) -> list[nn.Module]:
+            return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+        self.body = nn.Sequential(*block(channels, width), nn.MaxPool2d(2),
+                                  *block(width, 2 * width), *block(2 * width, 2 * width), nn.MaxPool2d(2),
+                                  *block(2 * width, 4 * width), *block(4 * width, 4 * width),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(4 * width, num_classes)
+        self.hparams = {"num_classes": num_classes, "channels": channels, "width": width}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 128-d penultimate features (for Frechet distances)."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+def _split(cfg: DataConfig, holdout: int):
+    """Train and test images of a dataset; without a test split, the last ``holdout`` training images are the test."""
+    train = load_images(cfg, "train")
+    try:
+        test = load_images(cfg, "test")
+        return train.images, train.labels, test.images, test.labels, train.class_names, "test split"
+    except DdpmkitError:
+        n = len(train) - holdout
+        return (train.images[:n], train.labels[:n], train.images[n:], train.labels[n:], train.class_names,
+                f"last {holdout} training images (no test split)")
+
+
+@torch.no_grad()
+def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    model.eval()
+    correct = sum(int((model(to_model_range(images[i: i + batch_size])).argmax(1) == labels[i: i + batch_size]).sum())
+                  for i in range(0, len(images), batch_size))
+    return correct / len(images)
+
+
+def train_classifier(cfg: DataConfig, epochs: int = 2, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
+                     holdout: int = 2000, progress: bool = True) -> dict:
+    """Train a SmallClassifier on ``cfg``'s training images; returns the checkpoint dict (weights, accuracy, ...)."""
+    torch.manual_seed(seed)
+    x_train, y_train, x_test, y_test, names, test_source = _split(cfg, holdout)
+    model = SmallClassifier(len(names), x_train.shape[1])
+    steps = epochs * math.ceil(len(x_train) / batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    g = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=steps, desc="classifier", disable=not progress)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(x_train), generator=g).split(batch_size):
+            loss = F.cross_entropy(model(to_model_range(x_train[idx])), y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return {"state_dict": model.state_dict(), "hparams": model.hparams, "class_names": names,
+            "dataset": cfg.dataset, "image_size": cfg.image_size, "test_accuracy": accuracy(model, x_test, y_test),
+            "test_images": len(x_test), "test_source": test_source, "train_images": len(x_train), "epochs": epochs}
+
+
+def default_classifier_path(dataset: str) -> Path:
+    return WEIGHTS_DIR / f"{dataset}_classifier.pt"
+
+
+def load_classifier(path_or_dataset: str | Path) -> tuple[SmallClassifier, dict]:
+    """Load a classifier from a path, or the one shipped with ddpmkit for a dataset name (mnist, fashion_mnist)."""
+    path = Path(path_or_dataset)
+    if not path.suffix:
+        path = default_classifier_path(str(path_or_dataset))
+    if not path.is_file():
+        raise DdpmkitError(f"classifier {path} not found; train one with 'ddpmkit classifier train --dataset "
+                           f"DATASET --output {path}'")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = SmallClassifier(**state["hparams"])
+    model.load_state_dict(state["state_dict"])
+    state["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return model.eval(), state
+
+
+@torch.no_grad()
+def guided_accuracy(sampler, classifier: SmallClassifier, guidance: float, per_class: int, sampler_name: str = "ddpm",
+                    steps: int | None = 100, seed: int = 0, batch_size: int = 500, progress: bool = True) -> dict:
+    """Draw ``per_class`` samples of every class with guidance w and return the fraction the classifier assigns to
+    the requested class, overall and per class."""
+    classes = list(range(len(sampler.class_names)))
+    images, labels = sampler.sample_classes(classes, per_class, sampler=sampler_name, steps=steps, seed=seed,
+                                            guidance=guidance, batch_size=batch_size, progress=progress)
+    predicted = classifier.eval()(images * 2 - 1).argmax(1)  # samples come back in [0, 1]
+    hits = predicted == labels
+    return {"guidance": guidance, "accuracy": hits.float().mean().item(), "samples": len(labels),
+            "per_class": {sampler.class_names[c]: hits[labels == c].float().mean().item() for c in classes}}

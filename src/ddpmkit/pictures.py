@@ -1,0 +1,109 @@
+"""Pictures made by sampling: interpolations, denoising strips and denoising animations.
+
+Each function takes a ``DiffusionSampler`` and returns tensors or PIL images; cli.py saves them.
+"""
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from .errors import DdpmkitError
+from .sampling import DiffusionSampler
+from .viz import to_pil, upscale, labelled_grid
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Spherical interpolation between two noise tensors (Shoemake 1985), as used for DDIM latents (DDIM §5.3):
+    it keeps the norm that Gaussian noise of this size concentrates on, which linear interpolation shrinks."""
+    a_flat, b_flat = a.flatten(), b.flatten()
+    cos = torch.dot(a_flat, b_flat) / (a_flat.norm() * b_flat.norm())
+    theta = torch.arccos(cos.clamp(-1, 1))
+    if theta.abs() < 1e-6:
+        return (1 - alpha) * a + alpha * b
+    return (torch.sin((1 - alpha) * theta) * a + torch.sin(alpha * theta) * b) / torch.sin(theta)
+
+
+def _labels(sampler: DiffusionSampler, cls, n: int) -> torch.Tensor | None:
+    return None if cls is None else torch.full((n,), sampler.class_indices(cls)[0])
+
+
+def interpolate_noise(sampler: DiffusionSampler, seed_a: int, seed_b: int, points: int = 8, cls=None,
+                      guidance: float = 0.0, steps: int = 50, progress: bool = True) -> torch.Tensor:
+    """Images along the great circle between the starting noises of ``seed_a`` and ``seed_b``, each decoded with
+    deterministic DDIM (eta = 0), so the path in noise space becomes a smooth path in image space."""
+    if points < 2:
+        raise DdpmkitError("interpolation needs at least 2 points")
+    x_a, _ = sampler.noise([seed_a])
+    x_b, _ = sampler.noise([seed_b])
+    x_T = torch.cat([slerp(x_a, x_b, i / (points - 1)) for i in range(points)])
+    x0 = sampler.run(x_T, labels=_labels(sampler, cls, points), guidance=guidance, sampler="ddim", steps=steps,
+                     progress=progress)
+    return sampler.to_images(x0)
+
+
+def interpolate_classes(sampler: DiffusionSampler, cls_a, cls_b, points: int = 8, seed: int = 0,
+                        guidance: float = 0.0, steps: int = 50, progress: bool = True) -> torch.Tensor:
+    """Images from one fixed noise with the label embedding moved linearly from class a to class b, decoded with
+    deterministic DDIM."""
+    if points < 2:
+        raise DdpmkitError("interpolation needs at least 2 points")
+    a, b = sampler.class_indices(cls_a)[0], sampler.class_indices(cls_b)[0]
+    k = sampler.model.spec.num_classes + 1
+    alphas = torch.linspace(0, 1, points)[:, None]
+    weights = (1 - alphas) * torch.nn.functional.one_hot(torch.tensor(a), k) + \
+        alphas * torch.nn.functional.one_hot(torch.tensor(b), k)
+    x_T, _ = sampler.noise([seed])
+    x0 = sampler.run(x_T.expand(points, -1, -1, -1), labels=weights.float(), guidance=guidance, sampler="ddim",
+                     steps=steps, progress=progress)
+    return sampler.to_images(x0)
+
+
+def _record(sampler: DiffusionSampler, sampler_name: str, steps: int | None, frames: int, seeds: list[int],
+            labels: torch.Tensor | None, guidance: float, progress: bool) -> tuple[list, list, list[int]]:
+    """Run a sampler and keep x_t and the predicted x_0 at ``frames`` evenly spaced steps, ending with the sample."""
+    seen_x, seen_x0, seen_t = [], [], []
+
+    def on_step(t, x, x0):
+        seen_x.append(x.cpu())
+        seen_x0.append(x0.cpu())
+        seen_t.append(t)
+
+    x_T, noise = sampler.noise(seeds)
+    final = sampler.run(x_T, noise, labels=labels, guidance=guidance, sampler=sampler_name, steps=steps,
+                        on_step=on_step, progress=progress).cpu()
+    n = len(seen_t)
+    keep = sorted({round(i * (n - 1) / max(1, frames - 2)) for i in range(frames - 1)}) if frames > 1 else []
+    xs = [sampler.to_images(seen_x[i]) for i in keep] + [sampler.to_images(final)]
+    x0s = [sampler.to_images(seen_x0[i]) for i in keep] + [sampler.to_images(final)]
+    return xs, x0s, [seen_t[i] for i in keep] + [-1]
+
+
+def denoising_strip(sampler: DiffusionSampler, frames: int = 10, cls=None, seed: int = 0, guidance: float = 0.0,
+                    ddpm_steps: int | None = None, ddim_steps: int = 50, progress: bool = True) -> Image.Image:
+    """Four rows for one starting noise: x_t and the predicted x_0 at ``frames`` evenly spaced steps from T to 0,
+    for DDPM (ancestral, all T steps by default) and DDIM (eta = 0). The last column is the final sample."""
+    if frames < 2:
+        raise DdpmkitError("a strip needs at least 2 frames")
+    rows, labels = [], []
+    for name, steps in (("DDPM", ddpm_steps), ("DDIM", ddim_steps)):
+        xs, x0s, ts = _record(sampler, name.lower(), steps, frames, [seed], _labels(sampler, cls, 1), guidance,
+                              progress)
+        rows += [torch.cat(xs), torch.cat(x0s)]
+        labels += [f"{name} x_t", f"{name} pred. x_0"]
+    # DDPM and DDIM visit different timesteps; the column labels give the fraction of the way from noise.
+    columns = [f"{round(100 * i / (frames - 1))}%" for i in range(frames)]
+    return labelled_grid(torch.cat(rows), nrow=frames, row_labels=labels, col_labels=columns)
+
+
+def denoising_frames(sampler: DiffusionSampler, seeds: list[int], cls=None, frames: int = 40, sampler_name: str = "ddpm",
+                     steps: int | None = None, guidance: float = 0.0, show: str = "x_t",
+                     progress: bool = True) -> list[Image.Image]:
+    """Frames of a grid of images (one per seed) being denoised: x_t (or the predicted x_0) from noise to sample."""
+    if frames < 2:
+        raise DdpmkitError("an animation needs at least 2 frames")
+    xs, x0s, _ = _record(sampler, sampler_name, steps, frames, seeds, _labels(sampler, cls, len(seeds)), guidance,
+                         progress)
+    nrow = len(seeds)
+    return [upscale(to_pil(make_grid(f, nrow=nrow, padding=2, pad_value=1.0)), 1, 96)
+            for f in (xs if show == "x_t" else x0s)]

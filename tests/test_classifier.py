@@ -1,0 +1,43 @@
+"""The judge classifier: it learns, it round-trips, the shipped weights hold their recorded accuracy."""
+import pytest
+import torch
+
+from conftest import FASHION_MNIST_DIR, MNIST_10K_DIR
+from ddpmkit.config import DataConfig
+from ddpmkit.data import load_images
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.metrics.classifier import accuracy, default_classifier_path, load_classifier, train_classifier
+
+
+def test_classifier_learns_the_tiny_classes(tiny_idx_root, tmp_path):
+    state = train_classifier(DataConfig(dataset="mnist", root=str(tiny_idx_root), image_size=8), epochs=15,
+                             batch_size=16, progress=False)
+    assert state["test_accuracy"] >= 0.9  # bright-left vs bright-right halves: trivially separable
+    torch.save(state, tmp_path / "c.pt")
+    model, info = load_classifier(tmp_path / "c.pt")
+    images = load_images(DataConfig(dataset="mnist", root=str(tiny_idx_root), image_size=8), "test")
+    assert accuracy(model, images.images, images.labels) == pytest.approx(state["test_accuracy"])
+    assert len(info["sha256"]) == 64
+
+
+def test_missing_classifier_says_how_to_train_one(tmp_path):
+    with pytest.raises(DdpmkitError, match="ddpmkit classifier train --dataset"):
+        load_classifier(tmp_path / "none.pt")
+
+
+@pytest.mark.parametrize("dataset,folder", [("fashion_mnist", FASHION_MNIST_DIR), ("mnist", MNIST_10K_DIR)])
+def test_shipped_classifier_matches_its_recorded_accuracy(dataset, folder):
+    if not default_classifier_path(dataset).is_file():
+        pytest.skip(f"no shipped {dataset} classifier")
+    if not (folder / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"{dataset} data not found in {folder}")
+    model, info = load_classifier(dataset)
+    cfg = DataConfig(dataset=dataset, root=str(folder), download=False)
+    if info["test_source"] == "test split":
+        test = load_images(cfg, "test")
+        x, y = test.images, test.labels
+    else:  # the last `test_images` training images were held out
+        train = load_images(cfg, "train")
+        x, y = train.images[-info["test_images"]:], train.labels[-info["test_images"]:]
+    assert accuracy(model, x, y) == pytest.approx(info["test_accuracy"], abs=1e-4)
+    assert info["test_accuracy"] > (0.88 if dataset == "fashion_mnist" else 0.97)

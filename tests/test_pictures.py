@@ -1,0 +1,82 @@
+"""Every picture command writes a readable file of the expected size and frame count."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpmkit.cli import main
+from ddpmkit.pictures import slerp
+from ddpmkit.sampling import DiffusionSampler
+
+
+def test_slerp_ends_and_norm():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 3, 16, 16, generator=g)
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+    # Independent Gaussian vectors are nearly orthogonal with nearly equal norms: slerp keeps the norm, a straight
+    # line would shrink it by about 1/sqrt(2) half-way.
+    assert slerp(a, b, 0.5).norm() / a.norm() == pytest.approx(1.0, abs=0.05)
+    assert ((a + b) / 2).norm() / a.norm() < 0.8
+
+
+def test_sample_all_classes_writes_one_labelled_row_per_class(tiny_conditional_checkpoint, tmp_path):
+    out = tmp_path / "s"
+    assert main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "all", "--num-samples", "3",
+                 "--sampler", "ddim", "--steps", "3", "--guidance", "1.5", "--output-dir", str(out),
+                 "--no-progress"]) == 0
+    npz = np.load(out / "samples.npz")
+    assert npz["arr_0"].shape == (30, 8, 8, 1)
+    assert list(npz["labels"][:4]) == [0, 0, 0, 1] and list(npz["seeds"][:4]) == [0, 1, 2, 0]
+    grid = Image.open(out / "grid.png")
+    assert grid.height >= 10 * 8 and grid.width > 3 * 8  # ten rows of 8 px images, enlarged, with a label margin
+    assert (out / "images" / "class_9_seed_00002.png").is_file()
+
+
+def test_sampling_errors(tiny_conditional_checkpoint, tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "cat",
+                 "--output-dir", str(tmp_path)]) == 2
+    assert "unknown class 'cat'; this model knows: 0, 1, 2" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--guidance", "2",
+                 "--output-dir", str(tmp_path)]) == 2
+    assert "guidance needs classes" in capsys.readouterr().err
+
+
+def test_unconditional_sampling_of_a_conditional_model_uses_the_null_label(tiny_conditional_checkpoint):
+    sampler = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+    plain = sampler.sample(2, sampler="ddim", steps=3, progress=False)
+    null = sampler.sample(2, sampler="ddim", steps=3, labels=[10, 10], progress=False)
+    assert torch.equal(plain, null)
+
+
+def test_interpolate_noise_and_classes(tiny_conditional_checkpoint, tmp_path):
+    for extra in (["--between", "noise", "--class", "1"], ["--between", "classes", "--class", "0", "--to-class", "1"]):
+        out = tmp_path / f"{extra[1]}.png"
+        assert main(["interpolate", "--checkpoint", str(tiny_conditional_checkpoint), "--points", "5", "--steps", "3",
+                     "--output", str(out), "--no-progress", *extra]) == 0
+        image = Image.open(out)
+        assert image.width > 5 * 10 and image.height >= 10  # five 8 px images + padding, enlarged, plus a label
+
+
+def test_strip_has_four_rows_of_frames(tiny_conditional_checkpoint, tmp_path):
+    out = tmp_path / "strip.png"
+    assert main(["strip", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "1", "--frames", "4",
+                 "--ddim-steps", "3", "--output", str(out), "--no-progress"]) == 0
+    image = np.asarray(Image.open(out).convert("L"))
+    assert image.shape[1] > 4 * 10 and image.shape[0] > 4 * 10
+
+
+def test_animate_writes_one_gif_per_class_with_the_frame_count(tiny_conditional_checkpoint, tmp_path):
+    out = tmp_path / "gifs"
+    assert main(["animate", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "0,1", "--per-class", "2",
+                 "--frames", "5", "--duration", "1", "--output-dir", str(out), "--no-progress"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["all.gif", "class_0_0.gif", "class_1_1.gif"]
+    for name in names:
+        gif = Image.open(out / name)
+        assert gif.n_frames == 5 and gif.info["loop"] == 0
+
+
+def test_plot_schedule(tmp_path):
+    out = tmp_path / "schedules.png"
+    assert main(["plot-schedule", "--output", str(out)]) == 0
+    assert Image.open(out).size == (1200, 480)
