@@ -41,3 +41,25 @@ def test_shipped_classifier_matches_its_recorded_accuracy(dataset, folder):
         x, y = train.images[-info["test_images"]:], train.labels[-info["test_images"]:]
     assert accuracy(model, x, y) == pytest.approx(info["test_accuracy"], abs=1e-4)
     assert info["test_accuracy"] > (0.88 if dataset == "fashion_mnist" else 0.97)
+
+
+def test_judge_end_to_end_and_refuses_a_mismatched_classifier(tiny_idx_root, tiny_conditional_checkpoint, tmp_path,
+                                                              capsys):
+    import json
+
+    from ddpmkit.cli import main
+
+    state = train_classifier(DataConfig(dataset="mnist", root=str(tiny_idx_root), image_size=8), epochs=2,
+                             batch_size=16, progress=False)
+    torch.save(state, tmp_path / "tiny.pt")
+    out = tmp_path / "judge.json"
+    assert main(["classifier", "judge", "--checkpoint", str(tiny_conditional_checkpoint), "--classifier",
+                 str(tmp_path / "tiny.pt"), "--guidance", "0,2", "--per-class", "1", "--sampler", "ddim",
+                 "--steps", "2", "--output", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert [r["guidance"] for r in report["results"]] == [0.0, 2.0]
+    assert all(r["samples"] == 10 and 0 <= r["accuracy"] <= 1 for r in report["results"])
+    if default_classifier_path("mnist").is_file():  # shipped: 32x32, the tiny model is 8x8
+        assert main(["classifier", "judge", "--checkpoint", str(tiny_conditional_checkpoint), "--classifier",
+                     "mnist", "--no-progress"]) == 2
+        assert "Pass a matching --classifier" in capsys.readouterr().err

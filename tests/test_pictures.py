@@ -80,3 +80,43 @@ def test_plot_schedule(tmp_path):
     out = tmp_path / "schedules.png"
     assert main(["plot-schedule", "--output", str(out)]) == 0
     assert Image.open(out).size == (1200, 480)
+
+
+def test_frames_are_evenly_spaced_from_noise_to_sample(tiny_conditional_checkpoint):
+    from ddpmkit.pictures import _record
+
+    sampler = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+    for frames in (3, 8):  # fewer and more frames than the run's 3 + 1 states
+        xs, x0s = _record(sampler, "ddim", 3, frames, [4], None, 0.0, progress=False)
+        assert len(xs) == len(x0s) == frames
+        x_T, _ = sampler.noise([4])
+        assert torch.allclose(xs[0], sampler.to_images(x_T))         # starts at pure noise
+        assert torch.equal(xs[-1], sampler.sample_ddim(1, steps=3, seed=4, progress=False))  # ends at the sample
+        assert torch.equal(x0s[-1], xs[-1])
+
+
+def test_animation_keeps_its_timing_with_few_steps(tiny_conditional_checkpoint, tmp_path):
+    # 8 frames of a 3-step run repeat states; the GIF merges identical neighbours but keeps the total duration.
+    assert main(["animate", "--checkpoint", str(tiny_conditional_checkpoint), "--sampler", "ddim", "--steps", "3",
+                 "--frames", "8", "--duration", "2", "--hold", "0.5", "--per-class", "2", "--output-dir",
+                 str(tmp_path), "--no-progress"]) == 0
+    gif = Image.open(tmp_path / "unconditional.gif")
+    durations = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        durations.append(gif.info["duration"])
+    assert gif.n_frames == 4 and sum(durations) == pytest.approx(2500, abs=10)
+
+
+def test_repeated_classes_get_one_label_per_row_and_bad_counts_are_errors(tiny_conditional_checkpoint, tmp_path,
+                                                                         capsys):
+    sampler = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+    images, labels = sampler.sample_classes([1, 0, 1], 2, sampler="ddim", steps=2, progress=False)
+    assert labels.tolist() == [1, 1, 0, 0, 1, 1] and len(images) == 6
+    assert sampler.sample_classes(3, 1, sampler="ddim", steps=2, progress=False)[1].tolist() == [3]
+    assert main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "1", "--num-samples", "0",
+                 "--output-dir", str(tmp_path)]) == 2
+    assert "per_class must be at least 1" in capsys.readouterr().err
+    assert main(["strip", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "all",
+                 "--output", str(tmp_path / "s.png")]) == 2
+    assert "one class at a time" in capsys.readouterr().err

@@ -52,14 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw images from a checkpoint",
                        description="Draw images from a trained checkpoint and write OUTPUT_DIR/grid.png, "
-                       "OUTPUT_DIR/images/seed_NNNNN.png and OUTPUT_DIR/samples.npz (uint8, N x H x W x C).")
+                       "OUTPUT_DIR/images/seed_NNNNN.png (class_C_seed_NNNNN.png with --class) and "
+                       "OUTPUT_DIR/samples.npz (arr_0: uint8, N x H x W x C; seeds; labels with --class).")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file, or a run directory (final.pt)")
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"],
                    help="ddpm: ancestral (DDPM Alg. 2); deterministic: DDIM eta=0 over all steps; ddim: DDIM")
     p.add_argument("--steps", type=int, metavar="S", help="timesteps visited (default: all T; ddim: 50)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale: 0 deterministic, 1 DDPM-like (ddim)")
     p.add_argument("--num-samples", type=int, default=64, metavar="N", help="number of images (default 64)")
-    p.add_argument("--seed", type=int, default=0, metavar="K", help="image i uses seed K + i (default 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="K",
+                   help="image i uses seed K + i; with --class, image j of every class uses seed K + j (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (results don't depend on it)")
     p.add_argument("--output-dir", default="samples", metavar="DIR", help="where to write (default: samples)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -99,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="first seed; image j uses seed + j")
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
     p.add_argument("--steps", type=int, help="sampler steps (default: all T; ddim: 50)")
-    p.add_argument("--frames", type=int, default=40, help="frames per GIF (default 40)")
+    p.add_argument("--frames", type=int, default=40,
+                   help="frames per GIF, evenly spaced over the run (default 40; more frames than steps repeat "
+                   "states, which the GIF merges)")
     p.add_argument("--duration", type=float, default=4.0, help="seconds for the whole denoising (default 4)")
     p.add_argument("--hold", type=float, default=1.5, help="seconds the final frame is held (default 1.5)")
     p.add_argument("--show", choices=["x_t", "x0"], default="x_t", help="show x_t or the predicted x_0")
@@ -121,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, default=2, help="passes over the training set (default 2)")
     c.add_argument("--holdout", type=int, default=2000,
                    help="without a test split, hold out this many training images to measure accuracy")
-    c.add_argument("--output", metavar="PATH", help="where to save (default: the weights shipped in the package)")
+    c.add_argument("--output", metavar="PATH", help="where to save (default: ./DATASET_classifier.pt; the shipped "
+                   "weights are src/ddpmkit/metrics/weights/DATASET_classifier.pt)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = csub.add_parser("judge", help="fraction of guided samples classified as the requested class")
     c.add_argument("--checkpoint", required=True, metavar="PATH", help="a class-conditional model")
@@ -163,11 +168,11 @@ def _sample(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.classes is not None:
         images, labels = sampler.sample_classes(args.classes, args.num_samples, seed=args.seed, **options)
-        classes = list(dict.fromkeys(labels.tolist()))
+        row_classes = labels[:: args.num_samples].tolist()  # one row per requested class, repeats included
         written = write_samples(images, args.output_dir, seeds=[args.seed + i % args.num_samples
                                                                 for i in range(len(images))],
                                 labels=labels.tolist(), nrow=args.num_samples,
-                                row_labels=[sampler.class_names[c] for c in classes])
+                                row_labels=[sampler.class_names[c] for c in row_classes])
     else:
         images = sampler.sample(args.num_samples, seed=args.seed, **options)
         written = write_samples(images, args.output_dir, seeds=list(range(args.seed, args.seed + args.num_samples)))
@@ -225,14 +230,14 @@ def _classifier(args: argparse.Namespace) -> None:
     import torch
 
     from .config import DataConfig
-    from .metrics.classifier import default_classifier_path, guided_accuracy, load_classifier, train_classifier
+    from .metrics.classifier import check_compatible, guided_accuracy, load_classifier, train_classifier
     from .sampling import DiffusionSampler
 
     if args.classifier_command == "train":
         start = time.perf_counter()
         state = train_classifier(DataConfig(dataset=args.dataset, root=args.root), epochs=args.epochs,
                                  holdout=args.holdout, progress=not args.no_progress)
-        path = Path(args.output) if args.output else default_classifier_path(args.dataset)
+        path = Path(args.output or f"{args.dataset}_classifier.pt")
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, path)
         print(f"{args.dataset} classifier: test accuracy {state['test_accuracy']:.4f} on {state['test_images']} "
@@ -243,6 +248,7 @@ def _classifier(args: argparse.Namespace) -> None:
     if not sampler.is_conditional:
         raise DdpmkitError("classifier judge needs a class-conditional model; this one was trained without labels")
     classifier, info = load_classifier(args.classifier or sampler.config.data.dataset)
+    check_compatible(info, sampler.class_names, sampler.image_shape[-1])
     classifier.to(sampler.device)
     try:
         weights = [float(w) for w in args.guidance.split(",")]

@@ -117,13 +117,16 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# The U-Net of the CPU presets: attention-free and small enough for ~110 training images/s on 2 cores.
+CPU_UNET = {"base_channels": 16, "channel_mults": (1, 2, 4), "num_res_blocks": 1, "attention_resolutions": (),
+            "norm_groups": 8, "class_conditional": True}
+
 # Named presets: only what differs from the defaults above.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # A small attention-free, class-conditional U-Net that draws recognisable clothes after ~5 minutes on 2 CPU cores.
     "quick": {
         "data": {"dataset": "fashion_mnist"},
-        "model": {"base_channels": 16, "channel_mults": (1, 2, 4), "num_res_blocks": 1,
-                  "attention_resolutions": (), "norm_groups": 8, "class_conditional": True},
+        "model": CPU_UNET,
         "train": {"steps": 1000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 100, "min_lr_ratio": 0.05,
                   "ema_decay": 0.995, "log_every": 25, "sample_every": 0, "checkpoint_every": 250,
                   "eval_every": 250, "eval_images": 256, "grid_sampler": "ddpm", "grid_steps": 100},
@@ -131,8 +134,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The quick U-Net trained ~25 minutes on MNIST (e.g. the 10,000 images of shared/data/mnist-10k) on 2 CPU cores.
     "mnist_cpu": {
         "data": {"dataset": "mnist"},
-        "model": {"base_channels": 16, "channel_mults": (1, 2, 4), "num_res_blocks": 1,
-                  "attention_resolutions": (), "norm_groups": 8, "class_conditional": True},
+        "model": CPU_UNET,
         "train": {"steps": 5000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 200, "min_lr_ratio": 0.05,
                   "ema_decay": 0.999, "log_every": 50, "sample_every": 1000, "checkpoint_every": 500,
                   "eval_every": 500, "eval_images": 512, "grid_sampler": "ddpm", "grid_steps": 100},

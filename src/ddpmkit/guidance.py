@@ -1,6 +1,8 @@
 """Classifier-free guidance (Ho & Salimans 2022) and class selection by index or name."""
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from .errors import DdpmkitError
@@ -44,14 +46,14 @@ def parse_classes(spec: str | int | list, class_names: list[str]) -> list[int]:
     if not class_names:
         raise DdpmkitError("this model is unconditional: it was trained without labels, so it takes no --class; "
                            "train with --set model.class_conditional=true on a labelled dataset")
-    if isinstance(spec, int):
-        items = [spec]
+    if isinstance(spec, int) or hasattr(spec, "__index__"):  # ints, numpy and tensor integers
+        items = [operator.index(spec)]
     elif isinstance(spec, str):
         if spec.strip().lower() == "all":
             return list(range(len(class_names)))
         items = [s.strip() for s in spec.split(",") if s.strip()]
     else:
-        items = list(spec)
+        items = [operator.index(item) if hasattr(item, "__index__") else item for item in spec]
     lower = {name.lower(): i for i, name in enumerate(class_names)}
     indices = []
     for item in items:

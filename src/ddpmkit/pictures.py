@@ -25,7 +25,13 @@ def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def _labels(sampler: DiffusionSampler, cls, n: int) -> torch.Tensor | None:
-    return None if cls is None else torch.full((n,), sampler.class_indices(cls)[0])
+    """``n`` copies of one class's label, or None (unconditional)."""
+    if cls is None:
+        return None
+    indices = sampler.class_indices(cls)
+    if len(indices) != 1:
+        raise DdpmkitError(f"this picture shows one class at a time, got {len(indices)}: pass a single --class")
+    return torch.full((n,), indices[0])
 
 
 def interpolate_noise(sampler: DiffusionSampler, seed_a: int, seed_b: int, points: int = 8, cls=None,
@@ -60,23 +66,27 @@ def interpolate_classes(sampler: DiffusionSampler, cls_a, cls_b, points: int = 8
 
 
 def _record(sampler: DiffusionSampler, sampler_name: str, steps: int | None, frames: int, seeds: list[int],
-            labels: torch.Tensor | None, guidance: float, progress: bool) -> tuple[list, list, list[int]]:
-    """Run a sampler and keep x_t and the predicted x_0 at ``frames`` evenly spaced steps, ending with the sample."""
-    seen_x, seen_x0, seen_t = [], [], []
+            labels: torch.Tensor | None, guidance: float, progress: bool) -> tuple[list, list]:
+    """Run a sampler and return x_t and the predicted x_0 at ``frames`` evenly spaced points of the run.
+
+    The run has n + 1 states: the inputs x_t of its n steps and the final sample. Frame i shows state
+    round(i * n / (frames - 1)): the first is pure noise, the last the sample (whose "predicted x_0" is itself).
+    With more frames than states, states repeat, so the count and spacing always hold.
+    """
+    seen_x, seen_x0 = [], []
 
     def on_step(t, x, x0):
         seen_x.append(x.cpu())
         seen_x0.append(x0.cpu())
-        seen_t.append(t)
 
     x_T, noise = sampler.noise(seeds)
     final = sampler.run(x_T, noise, labels=labels, guidance=guidance, sampler=sampler_name, steps=steps,
                         on_step=on_step, progress=progress).cpu()
-    n = len(seen_t)
-    keep = sorted({round(i * (n - 1) / max(1, frames - 2)) for i in range(frames - 1)}) if frames > 1 else []
-    xs = [sampler.to_images(seen_x[i]) for i in keep] + [sampler.to_images(final)]
-    x0s = [sampler.to_images(seen_x0[i]) for i in keep] + [sampler.to_images(final)]
-    return xs, x0s, [seen_t[i] for i in keep] + [-1]
+    seen_x.append(final)
+    seen_x0.append(final)
+    n = len(seen_x) - 1
+    positions = [round(i * n / (frames - 1)) for i in range(frames)]
+    return [sampler.to_images(seen_x[k]) for k in positions], [sampler.to_images(seen_x0[k]) for k in positions]
 
 
 def denoising_strip(sampler: DiffusionSampler, frames: int = 10, cls=None, seed: int = 0, guidance: float = 0.0,
@@ -87,11 +97,10 @@ def denoising_strip(sampler: DiffusionSampler, frames: int = 10, cls=None, seed:
         raise DdpmkitError("a strip needs at least 2 frames")
     rows, labels = [], []
     for name, steps in (("DDPM", ddpm_steps), ("DDIM", ddim_steps)):
-        xs, x0s, ts = _record(sampler, name.lower(), steps, frames, [seed], _labels(sampler, cls, 1), guidance,
-                              progress)
+        xs, x0s = _record(sampler, name.lower(), steps, frames, [seed], _labels(sampler, cls, 1), guidance, progress)
         rows += [torch.cat(xs), torch.cat(x0s)]
         labels += [f"{name} x_t", f"{name} pred. x_0"]
-    # DDPM and DDIM visit different timesteps; the column labels give the fraction of the way from noise.
+    # DDPM and DDIM take different numbers of steps; the column labels give the fraction of each run completed.
     columns = [f"{round(100 * i / (frames - 1))}%" for i in range(frames)]
     return labelled_grid(torch.cat(rows), nrow=frames, row_labels=labels, col_labels=columns)
 
@@ -102,8 +111,10 @@ def denoising_frames(sampler: DiffusionSampler, seeds: list[int], cls=None, fram
     """Frames of a grid of images (one per seed) being denoised: x_t (or the predicted x_0) from noise to sample."""
     if frames < 2:
         raise DdpmkitError("an animation needs at least 2 frames")
-    xs, x0s, _ = _record(sampler, sampler_name, steps, frames, seeds, _labels(sampler, cls, len(seeds)), guidance,
-                         progress)
+    if not seeds:
+        raise DdpmkitError("an animation needs at least one image (--per-class >= 1)")
+    xs, x0s = _record(sampler, sampler_name, steps, frames, seeds, _labels(sampler, cls, len(seeds)), guidance,
+                      progress)
     nrow = len(seeds)
     return [upscale(to_pil(make_grid(f, nrow=nrow, padding=2, pad_value=1.0)), 1, 96)
             for f in (xs if show == "x_t" else x0s)]

@@ -96,6 +96,8 @@ class DiffusionSampler:
         """Images for explicit per-image seeds (and class labels), in batches; float in [0, 1] on the CPU."""
         if batch_size < 1:
             raise DdpmkitError("batch_size must be at least 1")
+        if not seeds:
+            raise DdpmkitError("nothing to sample: ask for at least one image")
         if labels is not None and len(labels) != len(seeds):
             raise DdpmkitError(f"{len(labels)} labels for {len(seeds)} images")
         chunks = []
@@ -122,7 +124,9 @@ class DiffusionSampler:
                        **options) -> tuple[torch.Tensor, torch.Tensor]:
         """``per_class`` images of each class (by index or name, or 'all'), class after class; every class uses
         seeds seed .. seed + per_class - 1, so a column shares its starting noise. Returns (images, labels)."""
-        indices = self.class_indices(classes) if isinstance(classes, str) else \
+        if per_class < 1:
+            raise DdpmkitError(f"per_class must be at least 1, got {per_class}")
+        indices = self.class_indices(classes) if isinstance(classes, (str, int)) else \
             [self.class_indices(c)[0] for c in classes]
         labels = [c for c in indices for _ in range(per_class)]
         seeds = [seed + j for _ in indices for j in range(per_class)]

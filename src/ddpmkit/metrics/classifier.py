@@ -104,8 +104,10 @@ def load_classifier(path_or_dataset: str | Path) -> tuple[SmallClassifier, dict]
     if not path.suffix:
         path = default_classifier_path(str(path_or_dataset))
     if not path.is_file():
-        raise DdpmkitError(f"classifier {path} not found; train one with 'ddpmkit classifier train --dataset "
-                           f"DATASET --output {path}'")
+        hint = (f"train one with 'ddpmkit classifier train --dataset DATASET --output {path}'"
+                if path.parent != WEIGHTS_DIR or path.stem.split("_classifier")[0] in ("mnist", "fashion_mnist")
+                else "ddpmkit ships classifiers for mnist and fashion_mnist only; pass --classifier PATH")
+        raise DdpmkitError(f"classifier {path} not found; {hint}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = SmallClassifier(**state["hparams"])
     model.load_state_dict(state["state_dict"])
@@ -114,6 +116,23 @@ def load_classifier(path_or_dataset: str | Path) -> tuple[SmallClassifier, dict]
 
 
 @torch.no_grad()
+def predict(classifier: SmallClassifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Class predictions for float images in [0, 1] (as samplers return them), on the classifier's device."""
+    device = next(classifier.parameters()).device
+    classifier.eval()
+    return torch.cat([classifier(images[i: i + batch_size].to(device) * 2 - 1).argmax(1).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def check_compatible(info: dict, class_names: list[str], image_size: int) -> None:
+    """Refuse to judge a model whose classes or image size differ from what the classifier was trained on."""
+    if list(info["class_names"]) != list(class_names) or info["image_size"] != image_size:
+        raise DdpmkitError(f"the classifier was trained on {info['dataset']} ({len(info['class_names'])} classes, "
+                           f"{info['image_size']}x{info['image_size']}); this model has {len(class_names)} classes "
+                           f"({', '.join(class_names[:3])}, ...) at {image_size}x{image_size}. Pass a matching "
+                           f"--classifier")
+
+
 def guided_accuracy(sampler, classifier: SmallClassifier, guidance: float, per_class: int, sampler_name: str = "ddpm",
                     steps: int | None = 100, seed: int = 0, batch_size: int = 500, progress: bool = True) -> dict:
     """Draw ``per_class`` samples of every class with guidance w and return the fraction the classifier assigns to
@@ -121,7 +140,6 @@ def guided_accuracy(sampler, classifier: SmallClassifier, guidance: float, per_c
     classes = list(range(len(sampler.class_names)))
     images, labels = sampler.sample_classes(classes, per_class, sampler=sampler_name, steps=steps, seed=seed,
                                             guidance=guidance, batch_size=batch_size, progress=progress)
-    predicted = classifier.eval()(images * 2 - 1).argmax(1)  # samples come back in [0, 1]
-    hits = predicted == labels
+    hits = predict(classifier, images) == labels
     return {"guidance": guidance, "accuracy": hits.float().mean().item(), "samples": len(labels),
             "per_class": {sampler.class_names[c]: hits[labels == c].float().mean().item() for c in classes}}
