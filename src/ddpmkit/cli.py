@@ -141,6 +141,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("evaluate", help="measure samples: FD on the judge classifier, classifier IS, accuracy",
+                       description="Generate samples from a checkpoint (or read them from an .npz or a folder) and "
+                       "measure them against the dataset's real images: FD-<dataset>-classifier (Frechet distance on "
+                       "the judge classifier's features), the classifier Inception Score and, for conditional "
+                       "models, the fraction classified as the requested class. Prints a table and writes "
+                       "OUTPUT_DIR/metrics.json with everything needed to reproduce the numbers.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="PATH", help="generate samples from this model")
+    source.add_argument("--samples", metavar="PATH", help="an .npz (arr_0: uint8 N x H x W x C) or a folder of PNGs")
+    p.add_argument("--dataset", choices=["mnist", "fashion_mnist"], help="the real data (default: the model's)")
+    p.add_argument("--data-root", default="", help="where the real data is (see data.root)")
+    p.add_argument("--split", default="test", choices=["test", "train"], help="real split to compare with")
+    p.add_argument("--num-samples", type=int, default=1000, help="samples to generate (default 1000)")
+    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
+    p.add_argument("--steps", type=int, help="sampler steps (default: all T; ddim: 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale")
+    p.add_argument("--guidance", type=float, default=0.0, help="guidance weight w (conditional models)")
+    p.add_argument("--metrics", default="fd,is,accuracy", help="comma-separated: fd, is, accuracy")
+    p.add_argument("--classifier", metavar="PATH_OR_DATASET", help="judge weights (default: the shipped ones)")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (results don't change)")
+    p.add_argument("--output-dir", default="evaluation", help="where metrics.json goes")
+    p.add_argument("--no-cache", action="store_true", help="recompute the real statistics instead of the cache")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     p = sub.add_parser("config", help="print the resolved configuration as JSON",
                        description="Print the configuration a train command would use. " + CONFIG_HELP)
     _add_config_args(p)
@@ -268,6 +294,20 @@ def _classifier(args: argparse.Namespace) -> None:
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate, format_report, write_report
+    from .metrics.domain import DEFAULT_CACHE
+
+    report = evaluate(args.checkpoint, args.samples, num_samples=args.num_samples, sampler=args.sampler,
+                      steps=args.steps, eta=args.eta, guidance=args.guidance,
+                      metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), dataset=args.dataset,
+                      data_root=args.data_root, split=args.split, classifier=args.classifier, seed=args.seed,
+                      batch_size=args.batch_size, device=args.device,
+                      cache_dir=None if args.no_cache else DEFAULT_CACHE, progress=not args.no_progress)
+    print(format_report(report))
+    print(f"wrote {write_report(report, Path(args.output_dir) / 'metrics.json')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -277,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             _sample(args)
         elif args.command in ("interpolate", "strip", "animate", "plot-schedule"):
             _pictures(args)
+        elif args.command == "evaluate":
+            _evaluate(args)
         elif args.command == "classifier":
             _classifier(args)
         elif args.command == "config":

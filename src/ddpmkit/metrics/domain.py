@@ -1,0 +1,99 @@
+"""Offline metrics for MNIST-like data, on the judge classifier instead of Inception.
+
+"FD-<dataset>-classifier" is the Frechet distance between Gaussians fitted to the classifier's 128-d penultimate
+features of real and generated images; the classifier Inception Score is exp(E KL(p(y|x) || p(y))) on its class
+probabilities. Both are computed by torchmetrics with the classifier as the feature network, so the formulas are
+torchmetrics' own. Real-image statistics are computed once per (dataset, split, image size, classifier hash) and
+cached.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
+from tqdm.auto import tqdm
+
+from .classifier import SmallClassifier
+
+DEFAULT_CACHE = Path.home() / ".cache" / "ddpmkit" / "statistics"
+REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+class ClassifierFeatures(nn.Module):
+    """Images (float in [0, 1], or uint8) -> the classifier's penultimate features, or its logits.
+
+    It stays in eval mode whatever ``.train()`` asks: a feature network with BatchNorm in training mode would
+    change the statistics it measures (a known mistake in FID code built on custom networks).
+    """
+
+    def __init__(self, classifier: SmallClassifier, logits: bool = False):
+        super().__init__()
+        self.classifier, self.logits = classifier.eval(), logits
+
+    def train(self, mode: bool = True) -> "ClassifierFeatures":
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        x = x.to(next(self.classifier.parameters()).device) * 2 - 1
+        return self.classifier(x) if self.logits else self.classifier.features(x)
+
+
+def classifier_fd_metric(classifier: SmallClassifier, image_shape: tuple[int, int, int]) -> FrechetInceptionDistance:
+    """A torchmetrics FID object measuring FD on the classifier's features; feed it float images in [0, 1]."""
+    return FrechetInceptionDistance(feature=ClassifierFeatures(classifier), input_img_size=image_shape,
+                                    normalize=True, reset_real_features=False).eval()
+
+
+def classifier_is_metric(classifier: SmallClassifier, splits: int = 10) -> InceptionScore:
+    return InceptionScore(feature=ClassifierFeatures(classifier, logits=True), splits=splits, normalize=True).eval()
+
+
+def _batches(images: torch.Tensor, batch_size: int, desc: str, progress: bool):
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        yield images[start: start + batch_size]
+
+
+@torch.inference_mode()
+def add_real(metric: FrechetInceptionDistance, real_uint8: torch.Tensor, cache_key: str,
+             cache_dir: Path | None = DEFAULT_CACHE, batch_size: int = 1000, progress: bool = True) -> bool:
+    """Put the real images' feature statistics into ``metric``, from the cache when present; returns True if cached.
+
+    ``real_uint8`` is the whole split as uint8 (N, C, H, W); it is only read when the cache has no entry.
+    """
+    path = Path(cache_dir) / f"{cache_key}.pt" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        state = torch.load(path, weights_only=True)
+        for name in REAL_STATES:
+            getattr(metric, name).copy_(state[name])
+        return True
+    for batch in _batches(real_uint8, batch_size, "real features", progress):
+        metric.update(batch.float() / 255, real=True)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({name: getattr(metric, name).cpu() for name in REAL_STATES}, tmp)
+        tmp.replace(path)
+    return False
+
+
+@torch.inference_mode()
+def add_fake(metric, images: torch.Tensor, batch_size: int = 1000, progress: bool = True) -> None:
+    """Feed generated float images in [0, 1] to a FID (as fake) or IS metric."""
+    for batch in _batches(images, batch_size, "sample features", progress):
+        if isinstance(metric, FrechetInceptionDistance):
+            metric.update(batch, real=False)
+        else:
+            metric.update(batch)
+
+
+def statistics_key(dataset: str, split: str, image_size: int, classifier_sha256: str) -> str:
+    return f"fd_{dataset}_{split}_{image_size}px_{classifier_sha256[:16]}"
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
