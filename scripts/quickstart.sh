@@ -8,6 +8,6 @@ bash scripts/install.sh
 .venv/bin/ddpmkit train --preset quick --run-dir runs/quick
 .venv/bin/ddpmkit sample --checkpoint runs/quick/final.pt --class all --num-samples 8 --guidance 1 \
     --sampler ddpm --steps 100 --output-dir runs/quick/samples
-.venv/bin/ddpmkit animate --checkpoint runs/quick/final.pt --class all --per-class 6 --guidance 1 \
+.venv/bin/ddpmkit animate --checkpoint runs/quick/final.pt --class all --per-class 4 --guidance 1 \
     --sampler ddpm --steps 100 --frames 25 --output-dir runs/quick/gifs
 echo "open runs/quick/samples/grid.png and runs/quick/gifs/all.gif"

@@ -116,5 +116,5 @@ def denoising_frames(sampler: DiffusionSampler, seeds: list[int], cls=None, fram
     xs, x0s = _record(sampler, sampler_name, steps, frames, seeds, _labels(sampler, cls, len(seeds)), guidance,
                       progress)
     nrow = len(seeds)
-    return [upscale(to_pil(make_grid(f, nrow=nrow, padding=2, pad_value=1.0)), 1, 96)
+    return [upscale(to_pil(make_grid(f, nrow=nrow, padding=2, pad_value=1.0)), 1, 64)
             for f in (xs if show == "x_t" else x0s)]
