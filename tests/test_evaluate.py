@@ -57,3 +57,14 @@ def test_evaluate_errors(tiny_conditional_checkpoint, tmp_path):
         evaluate(tiny_conditional_checkpoint, num_samples=15, progress=False)
     with pytest.raises(DdpmkitError, match="unknown metric"):
         evaluate(tiny_conditional_checkpoint, metrics=("fid_inception",))
+
+
+def test_inception_metrics_stop_with_what_to_download(tiny_conditional_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(DdpmkitError) as err:
+        evaluate(tiny_conditional_checkpoint, metrics=("fid",), progress=False)
+    message = str(err.value)
+    assert "weights-inception-2015-12-05-6726825d.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert "--inception-weights" in message and "\n" not in message
+    with pytest.raises(DdpmkitError, match="not found at /nonexistent/inception.pth"):
+        evaluate(tiny_conditional_checkpoint, metrics=("kid",), inception_weights="/nonexistent/inception.pth")

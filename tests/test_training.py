@@ -151,3 +151,30 @@ def test_sampler_api_is_batch_independent(tiny_config, tmp_path):
     assert not torch.allclose(sampler.sample_ddim(2, steps=5, eta=1.0, progress=False),
                               sampler.sample_ddim(2, steps=5, eta=0.0, progress=False))
     assert math.isfinite(sampler.sample_deterministic(2, progress=False).sum().item())
+
+
+def test_in_training_fd_is_logged_and_can_choose_best(tiny_config, tiny_idx_root, tmp_path):
+    import json
+
+    from ddpmkit.config import DataConfig
+    from ddpmkit.metrics.classifier import train_classifier
+
+    judge = tmp_path / "judge.pt"
+    torch.save(train_classifier(DataConfig(dataset="mnist", root=str(tiny_idx_root), image_size=8), epochs=1,
+                                batch_size=16, progress=False), judge)
+    cfg = _with(tiny_config, train={"fd_every": 3, "fd_samples": 10, "fd_steps": 2, "fd_classifier": str(judge),
+                                    "best_by": "fd"})
+    train(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    fds = [r for r in records if "fd_mnist_classifier" in r]
+    assert [r["step"] for r in fds] == [3, 6]
+    assert all(r["fd_sampler"] == "ddim" and r["fd_samples"] == 10 and r["fd_steps"] == 2 for r in fds)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["best"] == pytest.approx(min(r["fd_mnist_classifier"] for r in fds))
+
+
+def test_fd_options_are_validated(tiny_config):
+    with pytest.raises(Exception, match="train.best_by=fd needs the in-training FD"):
+        config_from_dict({"train": {"best_by": "fd"}})
+    with pytest.raises(Exception, match="shipped for mnist and fashion_mnist, not cifar10"):
+        config_from_dict({"data": {"dataset": "cifar10"}, "train": {"fd_every": 10}})

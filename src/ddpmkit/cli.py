@@ -158,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampler steps (default: all T; ddim: 50)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale")
     p.add_argument("--guidance", type=float, default=0.0, help="guidance weight w (conditional models)")
-    p.add_argument("--metrics", default="fd,is,accuracy", help="comma-separated: fd, is, accuracy")
+    p.add_argument("--metrics", default="fd,is,accuracy",
+                   help="comma-separated: fd, is, accuracy (offline), fid, kid, inception_is (need Inception weights)")
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="the TF-FID InceptionV3 weights file (default: torch hub's cache, checkpoints/"
+                   "weights-inception-2015-12-05-6726825d.pth)")
     p.add_argument("--classifier", metavar="PATH_OR_DATASET", help="judge weights (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (results don't change)")
@@ -303,7 +307,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                       metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), dataset=args.dataset,
                       data_root=args.data_root, split=args.split, classifier=args.classifier, seed=args.seed,
                       batch_size=args.batch_size, device=args.device,
-                      cache_dir=None if args.no_cache else DEFAULT_CACHE, progress=not args.no_progress)
+                      cache_dir=None if args.no_cache else DEFAULT_CACHE, inception_weights=args.inception_weights,
+                      progress=not args.no_progress)
     print(format_report(report))
     print(f"wrote {write_report(report, Path(args.output_dir) / 'metrics.json')}")
 

@@ -29,7 +29,7 @@ LOSSES = ("mse", "l1", "bce")
 VARIANCES = ("posterior", "beta")
 PRECISIONS = ("fp32", "bf16", "fp16")
 IN_MEMORY = ("auto", "yes", "no")
-BEST_BY = ("heldout_loss",)
+BEST_BY = ("heldout_loss", "fd")
 SAMPLER_NAMES = ("ddpm", "deterministic", "ddim")
 
 
@@ -100,7 +100,12 @@ class TrainConfig:
     checkpoint_every: int = 5000     # steps between 'latest' checkpoints
     eval_every: int = 5000           # steps between held-out loss evaluations (for 'best'); 0 = off
     eval_images: int = 512           # held-out images for the evaluation loss
-    best_by: str = "heldout_loss"    # what 'best' means: lowest EMA loss on held-out images
+    best_by: str = "heldout_loss"    # what 'best' means: lowest EMA held-out loss, or lowest in-training fd
+    fd_every: int = 0                # steps between FD-<dataset>-classifier of the EMA model (MNIST-like data); 0 = off
+    fd_samples: int = 500            # samples for the in-training FD (seeds 0..N-1, classes i mod K)
+    fd_sampler: str = "ddim"         # their sampler: ddpm, deterministic or ddim
+    fd_steps: int = 50               # and its steps
+    fd_classifier: str = ""          # judge weights for the FD; "" = the ones shipped for the dataset
     grid_images: int = 64            # images in each training sample grid
     grid_sampler: str = "ddim"       # sampler for training grids: ddpm, deterministic or ddim
     grid_steps: int = 50             # its number of steps
@@ -303,6 +308,16 @@ def validate(cfg: Config) -> Config:
     _choice("train.precision", t.precision, PRECISIONS)
     _choice("train.best_by", t.best_by, BEST_BY)
     _choice("train.grid_sampler", t.grid_sampler, SAMPLER_NAMES)
+    _choice("train.fd_sampler", t.fd_sampler, SAMPLER_NAMES)
+    if t.fd_every and d.dataset not in ("mnist", "fashion_mnist"):
+        raise ConfigError(f"train.fd_every: the in-training FD uses the judge classifiers shipped for mnist and "
+                          f"fashion_mnist, not {d.dataset}; set train.fd_every=0")
+    if t.fd_every and not 2 <= t.fd_samples:
+        raise ConfigError(f"train.fd_samples: need at least 2 samples, got {t.fd_samples}")
+    if t.fd_every and t.fd_steps > f.num_timesteps:
+        raise ConfigError(f"train.fd_steps: {t.fd_steps} is more than diffusion.num_timesteps={f.num_timesteps}")
+    if t.best_by == "fd" and not t.fd_every:
+        raise ConfigError("train.best_by=fd needs the in-training FD: set train.fd_every to a number of steps")
     for key, value in [("data.image_size", d.image_size), ("model.base_channels", m.base_channels),
                        ("model.num_res_blocks", m.num_res_blocks), ("model.attention_heads", m.attention_heads),
                        ("model.norm_groups", m.norm_groups), ("diffusion.num_timesteps", f.num_timesteps),
@@ -314,6 +329,7 @@ def validate(cfg: Config) -> Config:
                        ("model.dropout", m.dropout), ("train.weight_decay", t.weight_decay),
                        ("train.warmup_steps", t.warmup_steps), ("train.grad_clip", t.grad_clip),
                        ("train.sample_every", t.sample_every), ("train.eval_every", t.eval_every),
+                       ("train.fd_every", t.fd_every),
                        ("train.eval_images", t.eval_images)]:
         _positive(key, value, allow_zero=True)
     if d.channels not in (0, 1, 3):

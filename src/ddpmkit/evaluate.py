@@ -4,6 +4,8 @@ Metrics (names as in ``metrics=``):
   fd        FD-<dataset>-classifier, Frechet distance on the judge classifier's features (offline; MNIST-like data)
   is        the classifier Inception Score
   accuracy  conditional models: the fraction of samples the classifier assigns to the requested class
+  fid, kid, inception_is   the standard metrics on TF-FID InceptionV3 features (torchmetrics); they need the
+            Inception weights in torch hub's cache or at ``inception_weights``, else they stop with what to download
 The report records everything needed to reproduce the numbers: checkpoint hash, sampler, steps, guidance, seeds,
 the feature network and its hash, the real split and its size.
 """
@@ -23,8 +25,11 @@ from .errors import DdpmkitError
 from .metrics.classifier import check_compatible, load_classifier, predict
 from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, classifier_fd_metric, classifier_is_metric,
                              file_sha256, statistics_key)
+from .metrics.inception import inception_metrics, to_inception_input
+from .metrics.inception import inception_weights as inception_weights_file
 
-METRICS = ("fd", "is", "accuracy")
+METRICS = ("fd", "is", "accuracy", "fid", "kid", "inception_is")
+INCEPTION_METRICS = {"fid", "kid", "inception_is"}
 
 
 def read_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -80,6 +85,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              batch_size: int = 500,            # images per forward pass; results don't depend on it
              device: str = "auto",
              cache_dir: str | Path | None = DEFAULT_CACHE,  # real-statistics cache; None: no cache
+             inception_weights: str | Path | None = None,   # the TF-FID InceptionV3 weights, if not in the hub cache
              progress: bool = True) -> dict:
     """Measure samples from ``checkpoint`` (or read from ``samples``) and return the report dict."""
     unknown = set(metrics) - set(METRICS)
@@ -87,6 +93,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         raise DdpmkitError(f"unknown metric(s) {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
     if (checkpoint is None) == (samples is None):
         raise DdpmkitError("evaluate needs exactly one of a checkpoint (to generate samples) or --samples")
+    wanted_inception = INCEPTION_METRICS & set(metrics)
+    weights = inception_weights_file(inception_weights) if wanted_inception else None  # fail before sampling
     started = time.perf_counter()
     report: dict = {"metrics": {}}
     if checkpoint is not None:
@@ -133,6 +141,26 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         report["metrics"]["classifier_is_std"] = float(std)
     if "accuracy" in metrics and labels is not None:
         report["metrics"]["accuracy"] = float((predict(clf, images) == labels).float().mean())
+    if wanted_inception:
+        inception = inception_metrics(wanted_inception, weights, kid_subset=min(1000, len(images), len(real)))
+        report["inception_network"] = {"file": str(weights), "sha256": file_sha256(weights)}
+        for name, metric in inception.items():
+            with torch.inference_mode():
+                if name in ("fid", "kid"):
+                    for start in range(0, len(real), batch_size):
+                        metric.update(to_inception_input(real.images[start: start + batch_size].float() / 255),
+                                      real=True)
+                for start in range(0, len(images), batch_size):
+                    batch = to_inception_input(images[start: start + batch_size])
+                    if name in ("fid", "kid"):
+                        metric.update(batch, real=False)
+                    else:
+                        metric.update(batch)
+            value = metric.compute()
+            if isinstance(value, tuple):  # KID and IS return (mean, std)
+                report["metrics"][name], report["metrics"][f"{name}_std"] = float(value[0]), float(value[1])
+            else:
+                report["metrics"][name] = float(value)
     report["seconds"] = {"sampling": round(generated_s, 1), "total": round(time.perf_counter() - started, 1)}
     return report
 

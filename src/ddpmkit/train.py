@@ -111,24 +111,56 @@ def heldout_loss(model, schedule, images: torch.Tensor, labels, cfg: Config, dev
 
 
 @torch.no_grad()
-def sample_grid(model: UNet, schedule, cfg: Config, device: torch.device, num_images: int) -> torch.Tensor:
-    """A grid's worth of samples from ``model`` with the configured sampler and seeds 0..num_images-1, in [0, 1]."""
-    noise = ImageNoise.from_seeds(range(num_images))
-    spec = model.spec
-    x_T = noise.randn((num_images, spec.image_channels, spec.image_size, spec.image_size)).to(device)
-    options = {"steps": cfg.train.grid_steps, "prediction": cfg.diffusion.prediction,
-               "clip_range": clip_range(cfg), "noise": noise, "progress": False}
-    if cfg.train.grid_sampler == "ddpm":
-        options["variance"] = cfg.diffusion.variance
-    if cfg.train.grid_sampler == "deterministic":
-        options["steps"] = None
-    x0 = SAMPLERS[cfg.train.grid_sampler](lambda x, t: model(x, t), schedule, x_T, **options).float().cpu()
+def sample_images(model: UNet, schedule, cfg: Config, device: torch.device, num_images: int, sampler: str,
+                  steps: int, batch_size: int = 500) -> torch.Tensor:
+    """Samples of ``model`` with seeds 0..num_images-1, in [0, 1] on the CPU; a conditional model draws class
+    i mod K for image i, so every class is (nearly) equally represented."""
+    spec, chunks = model.spec, []
+    for start in range(0, num_images, batch_size):
+        seeds = range(start, min(start + batch_size, num_images))
+        noise = ImageNoise.from_seeds(seeds)
+        x_T = noise.randn((len(seeds), spec.image_channels, spec.image_size, spec.image_size)).to(device)
+        y = torch.tensor([i % spec.num_classes for i in seeds], device=device) if spec.num_classes else None
+        options = {"steps": None if sampler == "deterministic" else steps, "prediction": cfg.diffusion.prediction,
+                   "clip_range": clip_range(cfg), "noise": noise, "progress": False}
+        if sampler == "ddpm":
+            options["variance"] = cfg.diffusion.variance
+        chunks.append(SAMPLERS[sampler](lambda x, t: model(x, t, y), schedule, x_T, **options).float().cpu())
+    x0 = torch.cat(chunks)
     return x0.clamp(0, 1) if cfg.data.zero_one else ((x0 + 1) / 2).clamp(0, 1)
+
+
+class TrainingFD:
+    """FD-<dataset>-classifier of the EMA model during training: a fixed set of seeds and sampler, so that values
+    are comparable between evaluations; the real test-split statistics come from the shared cache."""
+
+    def __init__(self, cfg: Config, image_shape: tuple[int, int, int]):
+        from .metrics.classifier import check_compatible, load_classifier
+        from .metrics.domain import statistics_key
+
+        self.cfg = cfg
+        self.classifier, info = load_classifier(cfg.train.fd_classifier or cfg.data.dataset)
+        check_compatible(info, info["class_names"], image_shape[-1])
+        self.image_shape = image_shape
+        self.key = statistics_key(cfg.data.dataset, "test", cfg.data.image_size, info["sha256"])
+        self.real = load_images(cfg.data, "test").images
+        self.name = f"fd_{cfg.data.dataset}_classifier"
+
+    def __call__(self, model: UNet, schedule, device: torch.device) -> float:
+        from .metrics.domain import add_fake, add_real, classifier_fd_metric
+
+        t = self.cfg.train
+        images = sample_images(model, schedule, self.cfg, device, t.fd_samples, t.fd_sampler, t.fd_steps)
+        metric = classifier_fd_metric(self.classifier, self.image_shape)
+        add_real(metric, self.real, self.key, progress=False)
+        add_fake(metric, images, progress=False)
+        return float(metric.compute())
 
 
 # Keys that may differ between a run and its resumption (everything else fixes the model or the batch order).
 RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every", "eval_every", "grid_images",
-                     "grid_sampler", "grid_steps", "compile", "device", "num_workers"}
+                     "grid_sampler", "grid_steps", "compile", "device", "num_workers", "fd_every", "fd_samples",
+                     "fd_sampler", "fd_steps", "fd_classifier"}
 
 
 def _check_resumable(saved: Config, cfg: Config) -> None:
@@ -200,6 +232,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step, best = int(state["step"]), float(state.get("best", math.inf))
     network = torch.compile(model) if t_cfg.compile else model
+    training_fd = TrainingFD(cfg, (spec.image_channels, spec.image_size, spec.image_size)) if t_cfg.fd_every else None
 
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     log_file = (run_dir / "log.jsonl").open("a")
@@ -289,11 +322,20 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                     value = heldout_loss(ema.model, schedule, heldout_images, heldout_labels, cfg, device)
                     log({"step": step, "heldout_loss": value, "heldout": heldout_source})
                     writer.add_scalar("eval/heldout_loss_ema", value, step)
-                    if value < best:
+                    if t_cfg.best_by == "heldout_loss" and value < best:
+                        best = value
+                        checkpoint("best")
+                if training_fd is not None and (step % t_cfg.fd_every == 0 or finished):
+                    value = training_fd(ema.model, schedule, device)
+                    log({"step": step, training_fd.name: value, "fd_sampler": t_cfg.fd_sampler,
+                         "fd_steps": t_cfg.fd_steps, "fd_samples": t_cfg.fd_samples})
+                    writer.add_scalar(f"eval/{training_fd.name}_ema", value, step)
+                    if t_cfg.best_by == "fd" and value < best:
                         best = value
                         checkpoint("best")
                 if t_cfg.sample_every and step % t_cfg.sample_every == 0 or finished:
-                    grid = sample_grid(ema.model, schedule, cfg, device, t_cfg.grid_images)
+                    grid = sample_images(ema.model, schedule, cfg, device, t_cfg.grid_images, t_cfg.grid_sampler,
+                                         t_cfg.grid_steps)
                     save_grid(grid, run_dir / "samples" / f"step_{step:07d}.png")
                     writer.add_images("samples/ema", grid, step)
                 if interrupt.requested:

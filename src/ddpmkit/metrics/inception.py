@@ -1,0 +1,71 @@
+"""The standard metrics on InceptionV3 pool features (FID, KID, Inception Score), through torchmetrics with the
+pytorch-fid / TF-FID compatible network of torch-fidelity.
+
+The weights cannot be downloaded on every machine, so they are only ever read from the standard cache or a path the
+user gives; when absent, the metric stops and says which file to put where. It never runs with random weights.
+"""
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..errors import DdpmkitError
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+
+
+def inception_weights(path: str | Path | None = None) -> Path:
+    """The Inception weights file: ``path`` if given, else torch hub's cache (``$TORCH_HOME/hub/checkpoints``)."""
+    candidate = Path(path) if path else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if not candidate.is_file():
+        where = f"at {candidate}" if path else f"in {candidate.parent}/"
+        raise DdpmkitError(f"FID, KID and the Inception Score need the TF-FID InceptionV3 weights {INCEPTION_FILE} "
+                           f"(91 MB), not found {where}. Download {INCEPTION_URL} on a machine with internet, put it "
+                           f"{where} or pass --inception-weights PATH; or use the offline metrics (fd, is, accuracy)")
+    return candidate
+
+
+@contextmanager
+def _hub_serving(weights: Path):
+    """Let torch.hub find ``weights`` under its expected file name, wherever the user keeps them (torchmetrics'
+    KID and IS, unlike its FID, take no weights path and look only in the hub cache)."""
+    standard = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if weights.resolve() == standard.resolve():
+        yield
+        return
+    previous = torch.hub.get_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "checkpoints").mkdir()
+        (Path(tmp) / "checkpoints" / INCEPTION_FILE).symlink_to(weights.resolve())
+        torch.hub.set_dir(tmp)
+        try:
+            yield
+        finally:
+            torch.hub.set_dir(previous)
+
+
+def inception_metrics(names: set[str], weights: Path, kid_subset: int):
+    """torchmetrics objects for the requested names among fid, kid, inception_is; they take uint8 RGB images."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    made = {}
+    with _hub_serving(weights):
+        if "fid" in names:
+            made["fid"] = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights))
+        if "kid" in names:
+            made["kid"] = KernelInceptionDistance(feature=2048, subset_size=kid_subset)
+        if "inception_is" in names:
+            made["inception_is"] = InceptionScore()
+    return {name: metric.eval() for name, metric in made.items()}
+
+
+def to_inception_input(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (N, 1 or 3, H, W) -> uint8 RGB, as the TF-FID network expects (it resizes to 299)."""
+    uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return uint8.expand(-1, 3, -1, -1) if uint8.shape[1] == 1 else uint8
