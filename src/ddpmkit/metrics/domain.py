@@ -9,6 +9,7 @@ cached.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -50,7 +51,10 @@ def classifier_fd_metric(classifier: SmallClassifier, image_shape: tuple[int, in
 
 
 def classifier_is_metric(classifier: SmallClassifier, splits: int = 10) -> InceptionScore:
-    return InceptionScore(feature=ClassifierFeatures(classifier, logits=True), splits=splits, normalize=True).eval()
+    with warnings.catch_warnings():  # it keeps every sample's logits: a few MB for MNIST-size sample sets
+        warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
+        return InceptionScore(feature=ClassifierFeatures(classifier, logits=True), splits=splits,
+                              normalize=True).eval()
 
 
 def _batches(images: torch.Tensor, batch_size: int, desc: str, progress: bool):
