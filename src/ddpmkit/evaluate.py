@@ -28,8 +28,9 @@ from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, classifier_fd_me
 from .metrics.inception import inception_metrics, to_inception_input
 from .metrics.inception import inception_weights as inception_weights_file
 
-METRICS = ("fd", "is", "accuracy", "fid", "kid", "inception_is")
-INCEPTION_METRICS = {"fid", "kid", "inception_is"}
+OFFLINE_METRICS = ("fd", "is", "accuracy")
+INCEPTION_METRICS = ("fid", "kid", "inception_is")
+METRICS = OFFLINE_METRICS + INCEPTION_METRICS
 
 
 def read_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -76,7 +77,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              steps: int | None = None,         # sampler steps; None: all T (ddim: 50)
              eta: float = 0.0,                 # DDIM noise scale
              guidance: float = 0.0,            # classifier-free guidance weight w (conditional models)
-             metrics: tuple[str, ...] = METRICS,
+             metrics: tuple[str, ...] = OFFLINE_METRICS,  # any of METRICS
              dataset: str | None = None,       # the real data; default: the checkpoint's
              data_root: str = "",              # where the real data is (see data.root)
              split: str = "test",              # real split compared against: test or train
@@ -93,7 +94,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         raise DdpmkitError(f"unknown metric(s) {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
     if (checkpoint is None) == (samples is None):
         raise DdpmkitError("evaluate needs exactly one of a checkpoint (to generate samples) or --samples")
-    wanted_inception = INCEPTION_METRICS & set(metrics)
+    wanted_inception = set(INCEPTION_METRICS) & set(metrics)
     weights = inception_weights_file(inception_weights) if wanted_inception else None  # fail before sampling
     started = time.perf_counter()
     report: dict = {"metrics": {}}
