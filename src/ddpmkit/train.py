@@ -134,13 +134,13 @@ class TrainingFD:
     """FD-<dataset>-classifier of the EMA model during training: a fixed set of seeds and sampler, so that values
     are comparable between evaluations; the real test-split statistics come from the shared cache."""
 
-    def __init__(self, cfg: Config, image_shape: tuple[int, int, int]):
+    def __init__(self, cfg: Config, image_shape: tuple[int, int, int], class_names: list[str]):
         from .metrics.classifier import check_compatible, load_classifier
         from .metrics.domain import statistics_key
 
         self.cfg = cfg
         self.classifier, info = load_classifier(cfg.train.fd_classifier or cfg.data.dataset)
-        check_compatible(info, info["class_names"], image_shape[-1])
+        check_compatible(info, class_names, image_shape[-1])
         self.image_shape = image_shape
         self.key = statistics_key(cfg.data.dataset, "test", cfg.data.image_size, info["sha256"])
         self.real = load_images(cfg.data, "test").images
@@ -232,7 +232,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step, best = int(state["step"]), float(state.get("best", math.inf))
     network = torch.compile(model) if t_cfg.compile else model
-    training_fd = TrainingFD(cfg, (spec.image_channels, spec.image_size, spec.image_size)) if t_cfg.fd_every else None
+    training_fd = (TrainingFD(cfg, (spec.image_channels, spec.image_size, spec.image_size), data.class_names)
+                   if t_cfg.fd_every else None)
 
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     log_file = (run_dir / "log.jsonl").open("a")
