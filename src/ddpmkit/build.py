@@ -57,3 +57,14 @@ def clip_range(cfg: Config) -> tuple[float, float] | None:
     if not cfg.diffusion.clip_x0:
         return None
     return (0.0, 1.0) if cfg.data.zero_one else (-1.0, 1.0)
+
+
+def sampler_options(cfg: Config, sampler: str, steps: int | None, eta: float = 0.0, clip: bool = True) -> dict:
+    """Keyword arguments for ``SAMPLERS[sampler]`` that follow from a model's config: what it predicts, the reverse
+    variance (ddpm), eta and the default of 50 steps (ddim), and the clip range."""
+    options = {"steps": steps, "prediction": cfg.diffusion.prediction, "clip_range": clip_range(cfg) if clip else None}
+    if sampler == "ddpm":
+        options["variance"] = cfg.diffusion.variance
+    if sampler == "ddim":
+        options.update(eta=eta, steps=steps or 50)
+    return options

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .build import clip_range, noise_schedule, resolve_device, unet_from_dict
+from .build import noise_schedule, resolve_device, sampler_options, unet_from_dict
 from .checkpoint import load_checkpoint
 from .config import config_from_dict
 from .errors import DdpmkitError
@@ -71,13 +71,8 @@ class DiffusionSampler:
             raise DdpmkitError(f"steps must be between 1 and T={T}, got {steps}")
         if eta < 0:
             raise DdpmkitError(f"eta must be >= 0, got {eta}")
-        options = {"steps": steps, "prediction": self.config.diffusion.prediction, "progress": progress,
-                   "clip_range": clip_range(self.config) if clip is None or clip else None, "on_step": on_step,
-                   "noise": noise}
-        if sampler == "ddpm":
-            options["variance"] = self.config.diffusion.variance
-        if sampler == "ddim":
-            options.update(eta=eta, steps=steps or 50)
+        options = sampler_options(self.config, sampler, steps, eta, clip is None or clip)
+        options.update(progress=progress, on_step=on_step, noise=noise)
         x_T = x_T.to(self.device).contiguous(memory_format=self.memory_format)
         return SAMPLERS[sampler](self.denoiser(labels, guidance), self.schedule, x_T, **options)
 

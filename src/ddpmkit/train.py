@@ -19,7 +19,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .build import clip_range, noise_schedule, resolve_device, unet_spec
+from .build import noise_schedule, resolve_device, sampler_options, unet_spec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, TrainConfig, config_from_dict
 from .data import BatchOrder, ImageData, batch_stream, load_images, to_model_range
@@ -121,11 +121,9 @@ def sample_images(model: UNet, schedule, cfg: Config, device: torch.device, num_
         noise = ImageNoise.from_seeds(seeds)
         x_T = noise.randn((len(seeds), spec.image_channels, spec.image_size, spec.image_size)).to(device)
         y = torch.tensor([i % spec.num_classes for i in seeds], device=device) if spec.num_classes else None
-        options = {"steps": None if sampler == "deterministic" else steps, "prediction": cfg.diffusion.prediction,
-                   "clip_range": clip_range(cfg), "noise": noise, "progress": False}
-        if sampler == "ddpm":
-            options["variance"] = cfg.diffusion.variance
-        chunks.append(SAMPLERS[sampler](lambda x, t: model(x, t, y), schedule, x_T, **options).float().cpu())
+        options = sampler_options(cfg, sampler, None if sampler == "deterministic" else steps)
+        chunks.append(SAMPLERS[sampler](lambda x, t: model(x, t, y), schedule, x_T, noise=noise, progress=False,
+                                        **options).float().cpu())
     x0 = torch.cat(chunks)
     return x0.clamp(0, 1) if cfg.data.zero_one else ((x0 + 1) / 2).clamp(0, 1)
 
