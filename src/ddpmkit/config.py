@@ -136,7 +136,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "ema_decay": 0.995, "log_every": 25, "sample_every": 0, "checkpoint_every": 250,
                   "eval_every": 250, "eval_images": 256, "grid_sampler": "ddpm", "grid_steps": 100},
     },
-    # The quick U-Net trained ~25 minutes on MNIST (e.g. the 10,000 images of shared/data/mnist-10k) on 2 CPU cores.
+    # The quick U-Net trained ~30 minutes on MNIST (e.g. the 10,000 images of shared/data/mnist-10k) on 2 CPU cores.
     "mnist_cpu": {
         "data": {"dataset": "mnist"},
         "model": CPU_UNET,
