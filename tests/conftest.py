@@ -7,12 +7,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from ddpmkit.config import Config, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_DIR = REPO.parent / "shared" / "data" / "mnist-10k"
+
+
+def oracle_denoiser(sched, prediction: str, posterior_mean_x0):
+    """A network that outputs the exact optimum for the given E[x_0 | x_t] function, in the asked-for form."""
+    def model(x, t):
+        x0 = posterior_mean_x0(x, t)
+        eps = sched.eps_from_x0(x, t, x0)
+        return sched.training_target(prediction, x0, t, eps)
+    return model
+
+
+def gaussian_posterior_mean(sched, mean: float, std: float):
+    """E[x_0 | x_t] for data ~ N(mean, std^2 I):
+    mean + sqrt(abar) std^2 / (abar std^2 + 1 - abar) (x_t - sqrt(abar) mean)."""
+    def x0_hat(x, t):
+        a = sched.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        return mean + a.sqrt() * std**2 / (a * std**2 + 1 - a) * (x - a.sqrt() * mean)
+    return x0_hat
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -74,3 +93,42 @@ def tiny_conditional_checkpoint(tiny_idx_root, tmp_path_factory) -> Path:
     d["model"]["class_conditional"] = True
     d["train"].update(steps=4, eval_every=0)
     return train(config_from_dict(d), tmp_path_factory.mktemp("conditional_run"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """2,000 + 2,000 synthetic 8x8 two-class images: enough for stable 128-d feature covariances."""
+    root = tmp_path_factory.mktemp("synthetic")
+    for split, seed in (("train", 10), ("t10k", 11)):
+        images, labels = make_two_class_images(2000, 8, seed)
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_judge(synthetic_root, tmp_path_factory) -> Path:
+    """A judge classifier trained on the synthetic images, saved as ``classifier train`` saves it."""
+    from ddpmkit.config import DataConfig
+    from ddpmkit.metrics.classifier import train_classifier
+
+    path = tmp_path_factory.mktemp("synthetic_judge") / "classifier.pt"
+    torch.save(train_classifier(DataConfig(dataset="mnist", root=str(synthetic_root), image_size=8), epochs=2,
+                                batch_size=64, progress=False), path)
+    return path
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """torch hub's cache pointed at an empty folder, as on a machine that never downloaded any weights."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+@pytest.fixture
+def standin_alexnet(tmp_path):
+    """An AlexNet state dict in torchvision's layout. The test needs weights to exist, not to be ImageNet's."""
+    path = tmp_path / "elsewhere" / "my_alexnet.pth"
+    path.parent.mkdir()
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    return path

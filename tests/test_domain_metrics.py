@@ -5,11 +5,10 @@ import pytest
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from conftest import FASHION_MNIST_DIR, make_two_class_images, write_idx
+from conftest import FASHION_MNIST_DIR
 from ddpmkit.config import DataConfig
 from ddpmkit.data import load_images
-from ddpmkit.metrics.classifier import default_classifier_path, load_classifier, train_classifier
-from ddpmkit.metrics.classifier import SmallClassifier
+from ddpmkit.metrics.classifier import default_classifier_path, load_classifier
 from ddpmkit.metrics.domain import add_fake, add_real, classifier_fd_metric, classifier_is_metric
 
 
@@ -45,23 +44,8 @@ def check_behaviour(classifier, train_uint8, test_uint8, cache_dir):
 
 
 @pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    """2,000 + 2,000 synthetic 8x8 two-class images: enough for stable 128-d feature covariances."""
-    root = tmp_path_factory.mktemp("synthetic")
-    for split, seed in (("train", 10), ("t10k", 11)):
-        images, labels = make_two_class_images(2000, 8, seed)
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier(synthetic_root):
-    state = train_classifier(DataConfig(dataset="mnist", root=str(synthetic_root), image_size=8), epochs=2,
-                             batch_size=64, progress=False)
-    model = SmallClassifier(**state["hparams"])
-    model.load_state_dict(state["state_dict"])
-    return model.eval()
+def tiny_classifier(synthetic_judge):
+    return load_classifier(synthetic_judge)[0]
 
 
 def test_fd_behaves_on_synthetic_data(synthetic_root, tiny_classifier, tmp_path):

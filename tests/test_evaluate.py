@@ -68,3 +68,61 @@ def test_inception_metrics_stop_with_what_to_download(tiny_conditional_checkpoin
     assert "--inception-weights" in message and "\n" not in message
     with pytest.raises(DdpmkitError, match="not found at /nonexistent/inception.pth"):
         evaluate(tiny_conditional_checkpoint, metrics=("kid",), inception_weights="/nonexistent/inception.pth")
+
+
+def test_an_untrained_model_scores_far_worse_than_a_trained_one(synthetic_root, synthetic_judge, tmp_path):
+    # The same tiny U-Net after 1 and after 200 training steps on the synthetic two-class images (a bright left or
+    # right half), sampled alike: the trained model's FD must be several times lower and its IS higher.
+    from ddpmkit.config import config_from_dict
+    from ddpmkit.train import train
+
+    from conftest import tiny_config_dict
+
+    scores = {}
+    for steps in (1, 200):
+        d = tiny_config_dict(synthetic_root)
+        d["train"].update(steps=steps, batch_size=32, lr=3e-3, warmup_steps=min(20, steps), ema_decay=0.9,
+                          eval_every=0, checkpoint_every=10**6, log_every=100)
+        checkpoint = train(config_from_dict(d), tmp_path / f"run_{steps}", progress=False)
+        scores[steps] = evaluate(checkpoint, num_samples=200, sampler="ddim", steps=10,
+                                 data_root=str(synthetic_root), classifier=synthetic_judge, cache_dir=tmp_path,
+                                 progress=False)["metrics"]
+    untrained, trained = scores[1], scores[200]
+    assert untrained["fd_mnist_classifier"] > 3 * trained["fd_mnist_classifier"], scores  # measured: 21.0 vs 2.8
+    assert trained["classifier_is"] > untrained["classifier_is"] + 0.3, scores             # 1.75 vs 1.14
+
+
+def test_reconstruction_and_diversity(tiny_conditional_checkpoint, tiny_idx_root, empty_hub, standin_alexnet):
+    report = evaluate(tiny_conditional_checkpoint, num_samples=20, sampler="ddim", steps=2,
+                      metrics=("reconstruction", "diversity"), data_root=str(tiny_idx_root), inversion_steps=(2, 10),
+                      inversion_images=6, lpips_weights=standin_alexnet, progress=False)
+    for steps in (2, 10):
+        row = report["reconstruction"]["per_steps"][str(steps)]
+        assert set(row) == {"psnr", "ssim", "lpips", "latent_rms", "seconds"}
+        assert report["metrics"][f"psnr_inversion_{steps}"] == row["psnr"] and 0 <= row["lpips"]
+        assert -1 <= row["ssim"] <= 1 and row["latent_rms"] > 0
+    assert report["reconstruction"]["images"] == 6 and report["reconstruction"]["labels"] == "true classes"
+    assert report["metrics"]["lpips_diversity"] > 0
+    assert report["diversity"]["pairs"] == 10   # two samples of each of the 10 classes: one pair per class
+    assert "notes" not in report
+
+
+def test_lpips_is_skipped_with_a_note_when_its_weights_are_missing(tiny_conditional_checkpoint, tiny_idx_root,
+                                                                   empty_hub, capsys):
+    assert main(["evaluate", "--checkpoint", str(tiny_conditional_checkpoint), "--metrics", "reconstruction,diversity",
+                 "--data-root", str(tiny_idx_root), "--num-samples", "20", "--sampler", "ddim", "--steps", "2",
+                 "--inversion-steps", "5", "--inversion-images", "4", "--output-dir", str(empty_hub.parent.parent),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "note: LPIPS skipped" in out and "alexnet-owt-7be5be79.pth" in out
+    report = json.loads((empty_hub.parent.parent / "metrics.json").read_text())
+    assert set(report["metrics"]) == {"psnr_inversion_5", "ssim_inversion_5"}   # PSNR and SSIM need no weights
+    assert len(report["notes"]) == 1
+
+
+def test_reconstruction_and_diversity_errors(tiny_conditional_checkpoint, tmp_path, empty_hub, standin_alexnet):
+    with pytest.raises(DdpmkitError, match="reconstruction .* --checkpoint"):
+        evaluate(samples=tmp_path, dataset="mnist", metrics=("reconstruction",))
+    with pytest.raises(DdpmkitError, match="at least two samples of one class"):
+        evaluate(tiny_conditional_checkpoint, num_samples=10, sampler="ddim", steps=2, metrics=("diversity",),
+                 lpips_weights=standin_alexnet, progress=False)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import gaussian_posterior_mean, oracle_denoiser
 from ddpmkit.samplers import SAMPLERS, ImageNoise, sample_ddim, sample_ddpm, sample_deterministic, spaced_timesteps
 from ddpmkit.schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule
 
@@ -113,22 +114,13 @@ def test_spaced_timesteps():
 
 # -- closed-form optimal denoisers ---------------------------------------------------------------------------------
 
-def _oracle(sched: NoiseSchedule, prediction: str, posterior_mean_x0):
-    """A network that outputs the exact optimum for the given E[x_0 | x_t] function, in the asked-for form."""
-    def model(x, t):
-        x0 = posterior_mean_x0(x, t)
-        eps = sched.eps_from_x0(x, t, x0)
-        return sched.training_target(prediction, x0, t, eps)
-    return model
-
-
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_every_sampler_recovers_a_point_mass(name, prediction):
     # Data = one image x*: E[x_0 | x_t] = x*, so every sampler must end exactly at x*.
     sched = NoiseSchedule(linear_beta_schedule(100, 1e-4, 0.1))
     target = torch.linspace(-0.9, 0.9, 16).reshape(1, 1, 4, 4)
-    model = _oracle(sched, prediction, lambda x, t: target.expand_as(x))
+    model = oracle_denoiser(sched, prediction, lambda x, t: target.expand_as(x))
     noise = ImageNoise.from_seeds(range(3))
     out = SAMPLERS[name](model, sched, noise.randn((3, 1, 4, 4)), steps=20 if name != "deterministic" else None,
                          prediction=prediction, clip_range=None, noise=noise, progress=False)
@@ -143,13 +135,7 @@ def test_samplers_reproduce_gaussian_data(sampler, steps, tolerance):
     # DDIM is a first-order solver, so 50 steps land measurably short: 0.474 here, 200 steps within 3%).
     s = 0.5
     sched = NoiseSchedule(linear_beta_schedule(1000))
-    abar = sched.alphas_cumprod
-
-    def x0_hat(x, t):
-        a = abar[t].reshape(-1, 1, 1, 1)
-        return a.sqrt() * s**2 / (a * s**2 + 1 - a) * x
-
-    model = _oracle(sched, "eps", x0_hat)
+    model = oracle_denoiser(sched, "eps", gaussian_posterior_mean(sched, 0.0, s))
     torch.manual_seed(0)
     out = SAMPLERS[sampler](model, sched, torch.randn(64, 1, 16, 16), steps=steps, clip_range=None, progress=False)
     assert out.mean().abs().item() < 0.02

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 
 import torch
 
@@ -68,3 +69,21 @@ def sampler_options(cfg: Config, sampler: str, steps: int | None, eta: float = 0
     if sampler == "ddim":
         options.update(eta=eta, steps=steps or 50)
     return options
+
+
+def autocast(device: torch.device, precision: str):
+    """The mixed-precision context for fp32 (none), bf16 or fp16 on ``device``."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def inference_precision(device: torch.device, precision: str) -> str:
+    """``auto`` -> bf16 where the device computes it natively (CUDA GPUs that support it), else fp32; bf16 or fp32
+    as asked otherwise. On a CPU bf16 runs but is usually slower than fp32 without AMX/AVX-512-BF16."""
+    if precision == "auto":
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if native else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise DdpmkitError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision

@@ -29,9 +29,15 @@ def _add_class_args(p: argparse.ArgumentParser, meaning: str) -> None:
                    "conditional (default). diffusers' guidance_scale s is 1 + w")
 
 
+def _add_precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="network precision: auto = bf16 on GPUs that support it, fp32 elsewhere")
+
+
 def _add_picture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file, or a run directory (final.pt)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_precision_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_class_args(p, "the class to draw")
 
@@ -65,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (results don't depend on it)")
     p.add_argument("--output-dir", default="samples", metavar="DIR", help="where to write (default: samples)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_precision_arg(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw trained weights instead of the EMA")
     p.add_argument("--no-clip", action="store_true", help="don't clip predicted x_0 to the data range")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -141,12 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("evaluate", help="measure samples: FD on the judge classifier, classifier IS, accuracy",
+    p = sub.add_parser("evaluate", help="measure samples (FD, IS, accuracy, FID/KID) and DDIM inversion (PSNR, SSIM)",
                        description="Generate samples from a checkpoint (or read them from an .npz or a folder) and "
                        "measure them against the dataset's real images: FD-<dataset>-classifier (Frechet distance on "
                        "the judge classifier's features), the classifier Inception Score and, for conditional "
-                       "models, the fraction classified as the requested class. Prints a table and writes "
-                       "OUTPUT_DIR/metrics.json with everything needed to reproduce the numbers.")
+                       "models, the fraction classified as the requested class; on request FID/KID/IS on "
+                       "Inception features, DDIM-inversion reconstruction (PSNR, SSIM, LPIPS) of real images, and "
+                       "the LPIPS diversity of samples. Prints a table and writes OUTPUT_DIR/metrics.json with "
+                       "everything needed to reproduce the numbers.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="PATH", help="generate samples from this model")
     source.add_argument("--samples", metavar="PATH", help="an .npz (arr_0: uint8 N x H x W x C) or a folder of PNGs")
@@ -159,7 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale")
     p.add_argument("--guidance", type=float, default=0.0, help="guidance weight w (conditional models)")
     p.add_argument("--metrics", default="fd,is,accuracy",
-                   help="comma-separated: fd, is, accuracy (offline), fid, kid, inception_is (need Inception weights)")
+                   help="comma-separated: fd, is, accuracy (offline); fid, kid, inception_is (need Inception "
+                   "weights); reconstruction (DDIM inversion PSNR/SSIM, + LPIPS with its weights); diversity (LPIPS)")
+    p.add_argument("--inversion-steps", default="10,20,50", metavar="S,S,...",
+                   help="reconstruction: DDIM step counts to invert and decode with (default 10,20,50)")
+    p.add_argument("--inversion-images", type=int, default=200, metavar="N",
+                   help="reconstruction: the first N real images of the split (default 200)")
+    p.add_argument("--inversion-refine", type=int, default=0, metavar="K",
+                   help="reconstruction: fixed-point iterations per inversion step (exact inverse; K+1 x the cost)")
+    p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"], help="LPIPS backbone")
+    p.add_argument("--lpips-weights", metavar="PATH",
+                   help="the backbone's torchvision ImageNet weights (default: torch hub's cache; alex: "
+                   "checkpoints/alexnet-owt-7be5be79.pth)")
+    p.add_argument("--diversity-pairs", type=int, default=1000, metavar="P",
+                   help="diversity: at most P image pairs per class (default 1000)")
     p.add_argument("--inception-weights", metavar="PATH",
                    help="the TF-FID InceptionV3 weights file (default: torch hub's cache, checkpoints/"
                    "weights-inception-2015-12-05-6726825d.pth)")
@@ -169,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="evaluation", help="where metrics.json goes")
     p.add_argument("--no-cache", action="store_true", help="recompute the real statistics instead of the cache")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_precision_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("config", help="print the resolved configuration as JSON",
@@ -192,7 +215,8 @@ def _sample(args: argparse.Namespace) -> None:
     from .sampling import DiffusionSampler
     from .viz import write_samples
 
-    sampler = DiffusionSampler(args.checkpoint, device=args.device, use_ema=not args.no_ema)
+    sampler = DiffusionSampler(args.checkpoint, device=args.device, use_ema=not args.no_ema,
+                               precision=args.precision)
     options = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "batch_size": args.batch_size,
                "clip": not args.no_clip, "guidance": args.guidance, "progress": not args.no_progress}
     start = time.perf_counter()
@@ -218,7 +242,7 @@ def _pictures(args: argparse.Namespace) -> None:
     if args.command == "plot-schedule":
         print(f"wrote {plot_noise_schedules(args.output, args.num_timesteps)}")
         return
-    sampler = DiffusionSampler(args.checkpoint, device=args.device)
+    sampler = DiffusionSampler(args.checkpoint, device=args.device, precision=args.precision)
     common = {"guidance": args.guidance, "progress": not args.no_progress}
     if args.command == "interpolate":
         if args.between == "noise":
@@ -298,6 +322,13 @@ def _classifier(args: argparse.Namespace) -> None:
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise DdpmkitError(f"{option} takes whole numbers separated by commas, e.g. 10,20,50; got {text!r}") from None
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate, format_report, write_report
     from .metrics.domain import DEFAULT_CACHE
@@ -306,9 +337,14 @@ def _evaluate(args: argparse.Namespace) -> None:
                       steps=args.steps, eta=args.eta, guidance=args.guidance,
                       metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), dataset=args.dataset,
                       data_root=args.data_root, split=args.split, classifier=args.classifier, seed=args.seed,
-                      batch_size=args.batch_size, device=args.device,
+                      batch_size=args.batch_size, device=args.device, precision=args.precision,
                       cache_dir=None if args.no_cache else DEFAULT_CACHE, inception_weights=args.inception_weights,
-                      progress=not args.no_progress)
+                      inversion_steps=_int_list(args.inversion_steps, "--inversion-steps"),
+                      inversion_images=args.inversion_images, inversion_refine=args.inversion_refine,
+                      lpips_net=args.lpips_net, lpips_weights=args.lpips_weights,
+                      diversity_pairs=args.diversity_pairs, progress=not args.no_progress)
+    for note in report.get("notes", []):
+        print(f"note: {note}")
     print(format_report(report))
     print(f"wrote {write_report(report, Path(args.output_dir) / 'metrics.json')}")
 

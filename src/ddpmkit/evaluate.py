@@ -6,6 +6,9 @@ Metrics (names as in ``metrics=``):
   accuracy  conditional models: the fraction of samples the classifier assigns to the requested class
   fid, kid, inception_is   the standard metrics on TF-FID InceptionV3 features (torchmetrics); they need the
             Inception weights in torch hub's cache or at ``inception_weights``, else they stop with what to download
+  reconstruction  DDIM inversion of real images and back, per number of steps: PSNR, SSIM and (backbone weights
+            present) LPIPS against the originals; needs a checkpoint
+  diversity  mean pairwise LPIPS among samples of one class; skipped with a note when the LPIPS backbone is absent
 The report records everything needed to reproduce the numbers: checkpoint hash, sampler, steps, guidance, seeds,
 the feature network and its hash, the real split and its size.
 """
@@ -27,10 +30,15 @@ from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, classifier_fd_me
                              file_sha256, statistics_key)
 from .metrics.inception import inception_metrics, to_inception_input
 from .metrics.inception import inception_weights as inception_weights_file
+from .metrics.perceptual import lpips_diversity, lpips_metric
+from .metrics.reconstruction import reconstruction_metrics
 
 OFFLINE_METRICS = ("fd", "is", "accuracy")
 INCEPTION_METRICS = ("fid", "kid", "inception_is")
-METRICS = OFFLINE_METRICS + INCEPTION_METRICS
+LPIPS_METRICS = ("reconstruction", "diversity")
+METRICS = OFFLINE_METRICS + INCEPTION_METRICS + LPIPS_METRICS
+_TOO_FEW_FOR_DIVERSITY = ("diversity compares samples of the same class and needs at least two samples of one "
+                          "class; raise --num-samples")
 
 
 def read_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -53,10 +61,7 @@ def read_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise DdpmkitError(f"samples {path}: expected an .npz file or a folder of PNG images")
 
 
-def _generate(checkpoint, num_samples, sampler_name, steps, eta, guidance, seed, batch_size, device, progress):
-    from .sampling import DiffusionSampler
-
-    sampler = DiffusionSampler(checkpoint, device=device)
+def _generate(sampler, num_samples, sampler_name, steps, eta, guidance, seed, batch_size, progress):
     options = {"sampler": sampler_name, "steps": steps, "eta": eta, "batch_size": batch_size, "progress": progress}
     if sampler.is_conditional:  # equal numbers of every class, labels kept for the accuracy
         classes = len(sampler.class_names)
@@ -68,7 +73,7 @@ def _generate(checkpoint, num_samples, sampler_name, steps, eta, guidance, seed,
         if guidance:
             raise DdpmkitError("guidance needs a class-conditional model")
         images, labels = sampler.sample(num_samples, seed=seed, **options), None
-    return images, labels, sampler.config.data, sampler.class_names
+    return images, labels
 
 
 def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = None, *,
@@ -85,8 +90,15 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              seed: int = 0,                    # image i (or image j of every class) uses seed + i (+ j)
              batch_size: int = 500,            # images per forward pass; results don't depend on it
              device: str = "auto",
+             precision: str = "auto",          # network precision: auto (bf16 where the device has it), fp32, bf16
              cache_dir: str | Path | None = DEFAULT_CACHE,  # real-statistics cache; None: no cache
              inception_weights: str | Path | None = None,   # the TF-FID InceptionV3 weights, if not in the hub cache
+             inversion_steps: tuple[int, ...] = (10, 20, 50),  # reconstruction: DDIM step counts to measure
+             inversion_images: int = 200,      # reconstruction: the first N real images of the split
+             inversion_refine: int = 0,        # reconstruction: fixed-point iterations per inversion step
+             lpips_net: str = "alex",          # LPIPS backbone: alex, vgg or squeeze
+             lpips_weights: str | Path | None = None,  # its torchvision weights, if not in the hub cache
+             diversity_pairs: int = 1000,      # diversity: at most this many image pairs per class
              progress: bool = True) -> dict:
     """Measure samples from ``checkpoint`` (or read from ``samples``) and return the report dict."""
     unknown = set(metrics) - set(METRICS)
@@ -94,39 +106,86 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         raise DdpmkitError(f"unknown metric(s) {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
     if (checkpoint is None) == (samples is None):
         raise DdpmkitError("evaluate needs exactly one of a checkpoint (to generate samples) or --samples")
+    if "reconstruction" in metrics and checkpoint is None:
+        raise DdpmkitError("the reconstruction metric inverts real images with a model: give --checkpoint")
     wanted_inception = set(INCEPTION_METRICS) & set(metrics)
     weights = inception_weights_file(inception_weights) if wanted_inception else None  # fail before sampling
     started = time.perf_counter()
     report: dict = {"metrics": {}}
+    notes: list[str] = []
+    lpips = _lpips_or_note(lpips_net, lpips_weights, notes) if set(LPIPS_METRICS) & set(metrics) else None
+    model = None
+    images = labels = None
     if checkpoint is not None:
+        from .sampling import DiffusionSampler
+
         checkpoint = Path(checkpoint)
         ckpt_file = checkpoint / "final.pt" if checkpoint.is_dir() else checkpoint
-        images, labels, data_cfg, class_names = _generate(checkpoint, num_samples, sampler, steps, eta, guidance,
-                                                          seed, batch_size, device, progress)
+        model = DiffusionSampler(ckpt_file, device=device, precision=precision)
+        dataset = dataset or model.config.data.dataset
+        image_size, class_names = model.config.data.image_size, model.class_names
         report["samples"] = {"checkpoint": str(ckpt_file), "checkpoint_sha256": file_sha256(ckpt_file),
-                             "sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance,
-                             "num_samples": len(images), "seeds": f"{seed}..{seed + len(images) - 1}"
-                             if labels is None else f"{seed}..{seed + len(images) // len(class_names) - 1} per class"}
-        dataset = dataset or data_cfg.dataset
-        image_size = data_cfg.image_size
+                             "precision": model.precision, "device": str(model.device)}
+        per_class = num_samples // len(class_names) if model.is_conditional else num_samples
+        if "diversity" in metrics and per_class < 2:  # say so before sampling, not after
+            raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
+        if set(metrics) - {"reconstruction"}:
+            images, labels = _generate(model, num_samples, sampler, steps, eta, guidance, seed, batch_size,
+                                       progress)
+            seeds = f"{seed}..{seed + per_class - 1}" + (" per class" if labels is not None else "")
+            report["samples"].update(sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                                     num_samples=len(images), seeds=seeds)
     else:
         images, labels = read_samples(samples)
         if dataset is None:
             raise DdpmkitError("--samples needs --dataset to know which real images to compare with")
         image_size, class_names = images.shape[-1], []
         report["samples"] = {"path": str(samples), "num_samples": len(images)}
+        if "diversity" in metrics and (len(images) < 2 or (labels is not None and labels.bincount().max() < 2)):
+            raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
     generated_s = time.perf_counter() - started
 
+    real = load_images(DataConfig(dataset=dataset, root=data_root, image_size=image_size, download=False), split)
+    report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source}
+    if set(OFFLINE_METRICS) & set(metrics):
+        _domain_metrics(report, metrics, images, labels, real, dataset, split, image_size, class_names, classifier,
+                        cache_dir, progress)
+    if wanted_inception:
+        _inception_metrics(report, wanted_inception, weights, images, real, batch_size)
+    if "reconstruction" in metrics:
+        _reconstruction(report, model, real, inversion_steps, inversion_images, inversion_refine, batch_size,
+                        lpips, progress)
+    if "diversity" in metrics and lpips is not None:
+        mean, pairs = lpips_diversity(lpips, images, labels, diversity_pairs, seed, batch_size)
+        report["metrics"]["lpips_diversity"] = mean
+        report["diversity"] = {"pairs": pairs, "of": "samples of the same class" if labels is not None
+                               else "all samples", "lpips_net": lpips_net}
+    if notes:
+        report["notes"] = notes
+    report["seconds"] = {"sampling": round(generated_s, 1), "total": round(time.perf_counter() - started, 1)}
+    return report
+
+
+def _lpips_or_note(net: str, weights: str | Path | None, notes: list[str]):
+    """The LPIPS metric, or None with the reason (what to download where) added to ``notes``."""
+    try:
+        return lpips_metric(net, weights)
+    except FileNotFoundError as missing:
+        notes.append(f"LPIPS skipped: {missing}")
+        return None
+    except ValueError as bad:
+        raise DdpmkitError(str(bad)) from None
+
+
+def _domain_metrics(report, metrics, images, labels, real, dataset, split, image_size, class_names, classifier,
+                    cache_dir, progress) -> None:
+    """FD-<dataset>-classifier, classifier IS and accuracy on the judge classifier."""
     clf, info = load_classifier(classifier or dataset)
     clf.to(images.device)
-    real = load_images(DataConfig(dataset=dataset, root=data_root, image_size=image_size, download=False), split)
     if class_names:
         check_compatible(info, class_names, image_size)
-    feature_net = {"name": f"ddpmkit SmallClassifier ({info['dataset']})", "sha256": info["sha256"],
-                   "test_accuracy": info["test_accuracy"]}
-    report["feature_network"] = feature_net
-    report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source}
-
+    report["feature_network"] = {"name": f"ddpmkit SmallClassifier ({info['dataset']})", "sha256": info["sha256"],
+                                 "test_accuracy": info["test_accuracy"]}
     if "fd" in metrics:
         fd = classifier_fd_metric(clf, tuple(images.shape[1:]))
         key = statistics_key(dataset, split, image_size, info["sha256"])
@@ -142,28 +201,48 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         report["metrics"]["classifier_is_std"] = float(std)
     if "accuracy" in metrics and labels is not None:
         report["metrics"]["accuracy"] = float((predict(clf, images) == labels).float().mean())
-    if wanted_inception:
-        inception = inception_metrics(wanted_inception, weights, kid_subset=min(1000, len(images), len(real)))
-        report["inception_network"] = {"file": str(weights), "sha256": file_sha256(weights)}
-        for name, metric in inception.items():
-            with torch.inference_mode():
+
+
+def _inception_metrics(report, names, weights, images, real, batch_size) -> None:
+    """FID, KID and Inception IS on the TF-FID InceptionV3 network."""
+    inception = inception_metrics(names, weights, kid_subset=min(1000, len(images), len(real)))
+    report["inception_network"] = {"file": str(weights), "sha256": file_sha256(weights)}
+    for name, metric in inception.items():
+        with torch.inference_mode():
+            if name in ("fid", "kid"):
+                for start in range(0, len(real), batch_size):
+                    metric.update(to_inception_input(real.images[start: start + batch_size].float() / 255),
+                                  real=True)
+            for start in range(0, len(images), batch_size):
+                batch = to_inception_input(images[start: start + batch_size])
                 if name in ("fid", "kid"):
-                    for start in range(0, len(real), batch_size):
-                        metric.update(to_inception_input(real.images[start: start + batch_size].float() / 255),
-                                      real=True)
-                for start in range(0, len(images), batch_size):
-                    batch = to_inception_input(images[start: start + batch_size])
-                    if name in ("fid", "kid"):
-                        metric.update(batch, real=False)
-                    else:
-                        metric.update(batch)
-            value = metric.compute()
-            if isinstance(value, tuple):  # KID and IS return (mean, std)
-                report["metrics"][name], report["metrics"][f"{name}_std"] = float(value[0]), float(value[1])
-            else:
-                report["metrics"][name] = float(value)
-    report["seconds"] = {"sampling": round(generated_s, 1), "total": round(time.perf_counter() - started, 1)}
-    return report
+                    metric.update(batch, real=False)
+                else:
+                    metric.update(batch)
+        value = metric.compute()
+        if isinstance(value, tuple):  # KID and IS return (mean, std)
+            report["metrics"][name], report["metrics"][f"{name}_std"] = float(value[0]), float(value[1])
+        else:
+            report["metrics"][name] = float(value)
+
+
+def _reconstruction(report, model, real, steps_list, count, refine, batch_size, lpips, progress) -> None:
+    """PSNR / SSIM / LPIPS of DDIM inversion and decoding of the first ``count`` real images, per step count."""
+    if count < 1 or not steps_list:
+        raise DdpmkitError("reconstruction needs inversion_images >= 1 and at least one step count")
+    originals = real.images[:count].float() / 255
+    labels = real.labels[:count] if model.is_conditional and real.labels is not None else None
+    split = f"{report['real']['dataset']} {report['real']['split']} split"
+    report["reconstruction"] = {"images": len(originals), "of": f"the first {len(originals)} of the {split}",
+                                "refine": refine, "labels": "true classes" if labels is not None else "none (null)",
+                                "decoder": "DDIM eta=0, no clipping", "per_steps": {}}
+    for steps in steps_list:
+        row = reconstruction_metrics(model, originals, labels, steps, refine=refine, batch_size=batch_size,
+                                     lpips=lpips, progress=progress)
+        report["reconstruction"]["per_steps"][str(steps)] = row
+        for name in ("psnr", "ssim", "lpips"):
+            if name in row:
+                report["metrics"][f"{name}_inversion_{steps}"] = row[name]
 
 
 def format_report(report: dict) -> str:

@@ -5,13 +5,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from .build import noise_schedule, resolve_device, sampler_options, unet_from_dict
+from .build import autocast, inference_precision, noise_schedule, resolve_device, sampler_options, unet_from_dict
 from .checkpoint import load_checkpoint
 from .config import config_from_dict
 from .errors import DdpmkitError
 from .guidance import guided_denoiser, parse_classes
-from .samplers import SAMPLERS, Denoiser, ImageNoise, StepCallback
+from .samplers import SAMPLERS, Denoiser, ImageNoise, StepCallback, invert_ddim
 
 
 class DiffusionSampler:
@@ -21,11 +22,15 @@ class DiffusionSampler:
     >>> images = sampler.sample_ddim(num_samples=16, steps=50)   # float (16, C, H, W) in [0, 1]
 
     Image i of a call with ``seed=s`` starts from noise seeded by s + i, so it is the same whatever the batch size.
+    ``precision="auto"`` runs the network under bf16 autocast where the device supports it natively (CUDA) and in
+    fp32 elsewhere; the sampler's own arithmetic stays in fp32.
     """
 
-    def __init__(self, checkpoint: str | Path | dict, device: str = "auto", use_ema: bool = True):
+    def __init__(self, checkpoint: str | Path | dict, device: str = "auto", use_ema: bool = True,
+                 precision: str = "auto"):
         state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.device = resolve_device(device)
+        self.precision = inference_precision(self.device, precision)
         self.config = config_from_dict(state["config"], source="checkpoint config")
         self.model = unet_from_dict(state["unet"])
         self.model.load_state_dict(state["ema"]["model"] if use_ema else state["model"])
@@ -54,11 +59,19 @@ class DiffusionSampler:
         if labels is None:
             if guidance:
                 raise DdpmkitError("guidance needs classes to guide towards: add --class (or labels=...)")
-            return lambda x, t: self.model(x, t)
-        if not self.is_conditional:
+            network: Denoiser = lambda x, t: self.model(x, t)  # noqa: E731
+        elif not self.is_conditional:
             raise DdpmkitError("this model is unconditional (trained without labels): it takes no classes or "
                                "guidance; train with --set model.class_conditional=true")
-        return guided_denoiser(self.model, labels.to(self.device), guidance, self.model.spec.num_classes)
+        else:
+            network = guided_denoiser(self.model, labels.to(self.device), guidance, self.model.spec.num_classes)
+        if self.precision == "fp32":
+            return network
+
+        def reduced_precision(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.precision):
+                return network(x, t)
+        return reduced_precision
 
     def run(self, x_T: torch.Tensor, noise: ImageNoise | None = None, labels: torch.Tensor | None = None,
             guidance: float = 0.0, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
@@ -66,15 +79,36 @@ class DiffusionSampler:
         """One batch through ``sampler`` from a given x_T; returns x_0 in the model's range, on the device."""
         if sampler not in SAMPLERS:
             raise DdpmkitError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        T = self.schedule.num_timesteps
-        if steps is not None and not 1 <= steps <= T:
-            raise DdpmkitError(f"steps must be between 1 and T={T}, got {steps}")
+        self._check_steps(steps)
         if eta < 0:
             raise DdpmkitError(f"eta must be >= 0, got {eta}")
         options = sampler_options(self.config, sampler, steps, eta, clip is None or clip)
         options.update(progress=progress, on_step=on_step, noise=noise)
         x_T = x_T.to(self.device).contiguous(memory_format=self.memory_format)
         return SAMPLERS[sampler](self.denoiser(labels, guidance), self.schedule, x_T, **options)
+
+    def invert(self, images: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 50, refine: int = 0,
+               progress: bool = True) -> torch.Tensor:
+        """DDIM inversion: float images in [0, 1] (N, C, H, W) -> the latents x_T that ``decode`` maps back to them
+        (see samplers.invert_ddim). A conditional model inverts with each image's class (or the null label)."""
+        self._check_steps(steps)
+        x_0 = (images if self.config.data.zero_one else images * 2 - 1).to(self.device)
+        return invert_ddim(self.denoiser(labels), self.schedule, x_0.contiguous(memory_format=self.memory_format),
+                           steps=steps, prediction=self.config.diffusion.prediction, refine=refine, progress=progress)
+
+    def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 50,
+               progress: bool = True) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0, no clipping: the exact counterpart of ``invert``) -> images in [0, 1]."""
+        self._check_steps(steps)
+        x_T = latents.to(self.device).contiguous(memory_format=self.memory_format)
+        x_0 = SAMPLERS["ddim"](self.denoiser(labels), self.schedule, x_T, steps=steps, eta=0.0,
+                               prediction=self.config.diffusion.prediction, clip_range=None, progress=progress)
+        return self.to_images(x_0)
+
+    def _check_steps(self, steps: int | None) -> None:
+        T = self.schedule.num_timesteps
+        if steps is not None and not 1 <= steps <= T:
+            raise DdpmkitError(f"steps must be between 1 and T={T}, got {steps}")
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Model-range tensors -> float images in [0, 1] on the CPU."""
@@ -96,10 +130,16 @@ class DiffusionSampler:
         if labels is not None and len(labels) != len(seeds):
             raise DdpmkitError(f"{len(labels)} labels for {len(seeds)} images")
         chunks = []
-        for start in range(0, len(seeds), batch_size):
+        batches = range(0, len(seeds), batch_size)
+        # Over several batches, one bar for all images gives the remaining time of the whole job.
+        overall = tqdm(total=len(seeds), desc="images", unit="img", disable=not options.get("progress", True)
+                       or len(batches) < 2)
+        for start in batches:
             x_T, noise = self.noise(seeds[start: start + batch_size])
             y = torch.as_tensor(list(labels[start: start + batch_size])) if labels is not None else None
             chunks.append(self.to_images(self.run(x_T, noise, labels=y, **options)))
+            overall.update(len(x_T))
+        overall.close()
         return torch.cat(chunks)
 
     def sample(self, num_samples: int = 16, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,

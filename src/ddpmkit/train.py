@@ -12,14 +12,13 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .build import noise_schedule, resolve_device, sampler_options, unet_spec
+from .build import autocast, noise_schedule, resolve_device, sampler_options, unet_spec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, TrainConfig, config_from_dict
 from .data import BatchOrder, ImageData, batch_stream, load_images, to_model_range
@@ -61,12 +60,6 @@ def learning_rate(step: int, t: TrainConfig) -> float:
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def _heldout_set(cfg: Config, train_data: ImageData) -> tuple[torch.Tensor, torch.Tensor | None, str, ImageData]:
     """Held-out images for the 'best' checkpoint: the test split's first ``eval_images``, or, when the dataset has
     no test split (an image folder, a training-only IDX folder), the last ``eval_images`` of the training set,
@@ -103,7 +96,7 @@ def heldout_loss(model, schedule, images: torch.Tensor, labels, cfg: Config, dev
         t = (torch.arange(start, start + n) * schedule.num_timesteps // len(images)).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         y = labels[start: start + n].to(device) if labels is not None and model.spec.num_classes else None
-        with _autocast(device, cfg.train.precision):
+        with autocast(device, cfg.train.precision):
             loss = diffusion_loss(model, schedule, x0, t, noise, y, prediction=cfg.diffusion.prediction,
                                   loss=cfg.diffusion.loss)
         total, count = total + float(loss) * n, count + n
@@ -284,7 +277,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                         y = drop_labels(labels, cfg.diffusion.label_dropout, null_label, noise_gen)
                     t = torch.randint(0, T, (n,), device=device, generator=noise_gen)
                     noise = torch.randn(x0.shape, device=device, generator=noise_gen)
-                    with _autocast(device, t_cfg.precision):
+                    with autocast(device, t_cfg.precision):
                         loss = diffusion_loss(network, schedule, x0, t, noise, y, prediction=cfg.diffusion.prediction,
                                               loss=cfg.diffusion.loss)
                     scaler.scale(loss / accum).backward()

@@ -6,13 +6,12 @@ user gives; when absent, the metric stops and says which file to put where. It n
 """
 from __future__ import annotations
 
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ..errors import DdpmkitError
+from .hub import find_weights, serving
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -20,32 +19,12 @@ INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.
 
 def inception_weights(path: str | Path | None = None) -> Path:
     """The Inception weights file: ``path`` if given, else torch hub's cache (``$TORCH_HOME/hub/checkpoints``)."""
-    candidate = Path(path) if path else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    if not candidate.is_file():
-        where = f"at {candidate}" if path else f"in {candidate.parent}/"
-        raise DdpmkitError(f"FID, KID and the Inception Score need the TF-FID InceptionV3 weights {INCEPTION_FILE} "
-                           f"(91 MB), not found {where}. Download {INCEPTION_URL} on a machine with internet, put it "
-                           f"{where} or pass --inception-weights PATH; or use the offline metrics (fd, is, accuracy)")
-    return candidate
-
-
-@contextmanager
-def _hub_serving(weights: Path):
-    """Let torch.hub find ``weights`` under its expected file name, wherever the user keeps them (torchmetrics'
-    KID and IS, unlike its FID, take no weights path and look only in the hub cache)."""
-    standard = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    if weights.resolve() == standard.resolve():
-        yield
-        return
-    previous = torch.hub.get_dir()
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "checkpoints").mkdir()
-        (Path(tmp) / "checkpoints" / INCEPTION_FILE).symlink_to(weights.resolve())
-        torch.hub.set_dir(tmp)
-        try:
-            yield
-        finally:
-            torch.hub.set_dir(previous)
+    try:
+        return find_weights(INCEPTION_FILE, path, "FID, KID and the Inception Score need the TF-FID InceptionV3 "
+                            "weights (91 MB)", INCEPTION_URL, "pass --inception-weights PATH; or use the offline "
+                            "metrics (fd, is, accuracy)")
+    except FileNotFoundError as missing:
+        raise DdpmkitError(str(missing)) from None
 
 
 def inception_metrics(names: set[str], weights: Path, kid_subset: int):
@@ -55,7 +34,7 @@ def inception_metrics(names: set[str], weights: Path, kid_subset: int):
     from torchmetrics.image.kid import KernelInceptionDistance
 
     made = {}
-    with _hub_serving(weights):
+    with serving(weights, INCEPTION_FILE):
         if "fid" in names:
             made["fid"] = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights))
         if "kid" in names:
