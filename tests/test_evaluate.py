@@ -36,6 +36,18 @@ def test_evaluate_a_checkpoint(tiny_conditional_checkpoint, tiny_idx_root, tiny_
                                                                     rel=1e-5)
 
 
+def test_saved_samples_give_the_same_numbers_when_read_back(tiny_conditional_checkpoint, tiny_idx_root, tiny_judge,
+                                                            tmp_path):
+    common = {"data_root": str(tiny_idx_root), "classifier": tiny_judge, "cache_dir": None, "progress": False}
+    generated = evaluate(tiny_conditional_checkpoint, num_samples=20, sampler="ddim", steps=3,
+                         save_samples=tmp_path / "s.npz", **common)
+    read_back = evaluate(samples=generated["samples"]["saved"], dataset="mnist", **common)
+    for name in ("fd_mnist_classifier", "classifier_is", "accuracy"):
+        assert read_back["metrics"][name] == pytest.approx(generated["metrics"][name], abs=1e-6), name
+    saved = np.load(tmp_path / "s.npz")
+    assert list(saved["seeds"][:3]) == [0, 1, 0] and list(saved["labels"][:3]) == [0, 0, 1]
+
+
 def test_evaluate_samples_from_npz_via_the_cli(tiny_idx_root, tiny_judge, tmp_path, capsys):
     images = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 1), dtype=np.uint8)
     np.savez(tmp_path / "s.npz", arr_0=images)

@@ -23,7 +23,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _add_class_args(p: argparse.ArgumentParser, meaning: str) -> None:
     p.add_argument("--class", dest="classes", metavar="CLASS",
-                   help=f"class-conditional models: a class index or name, a comma-separated list, or 'all' ({meaning})")
+                   help=f"class-conditional models: a class index or name, a comma-separated list, or 'all' "
+                   f"({meaning})")
     p.add_argument("--guidance", type=float, default=0.0, metavar="W",
                    help="classifier-free guidance weight w: eps = (1 + w) eps(x, class) - w eps(x, null); 0 = plain "
                    "conditional (default). diffusers' guidance_scale s is 1 + w")
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (results don't change)")
     p.add_argument("--output-dir", default="evaluation", help="where metrics.json goes")
+    p.add_argument("--save-samples", action="store_true",
+                   help="also write the generated samples to OUTPUT_DIR/samples.npz (evaluate --samples reads it)")
     p.add_argument("--no-cache", action="store_true", help="recompute the real statistics instead of the cache")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     _add_precision_arg(p)
@@ -342,7 +345,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                       inversion_steps=_int_list(args.inversion_steps, "--inversion-steps"),
                       inversion_images=args.inversion_images, inversion_refine=args.inversion_refine,
                       lpips_net=args.lpips_net, lpips_weights=args.lpips_weights,
-                      diversity_pairs=args.diversity_pairs, progress=not args.no_progress)
+                      diversity_pairs=args.diversity_pairs, progress=not args.no_progress,
+                      save_samples=Path(args.output_dir) / "samples.npz" if args.save_samples else None)
     for note in report.get("notes", []):
         print(f"note: {note}")
     print(format_report(report))

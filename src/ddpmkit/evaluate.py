@@ -27,11 +27,12 @@ from .data import load_images
 from .errors import DdpmkitError
 from .metrics.classifier import check_compatible, load_classifier, predict
 from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, classifier_fd_metric, classifier_is_metric,
-                             file_sha256, statistics_key)
+                             file_sha256, seeded_compute, statistics_key)
 from .metrics.inception import inception_metrics, to_inception_input
 from .metrics.inception import inception_weights as inception_weights_file
 from .metrics.perceptual import lpips_diversity, lpips_metric
 from .metrics.reconstruction import reconstruction_metrics
+from .viz import to_uint8, write_npz
 
 OFFLINE_METRICS = ("fd", "is", "accuracy")
 INCEPTION_METRICS = ("fid", "kid", "inception_is")
@@ -99,6 +100,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              lpips_net: str = "alex",          # LPIPS backbone: alex, vgg or squeeze
              lpips_weights: str | Path | None = None,  # its torchvision weights, if not in the hub cache
              diversity_pairs: int = 1000,      # diversity: at most this many image pairs per class
+             save_samples: str | Path | None = None,  # also write the generated samples to this .npz
              progress: bool = True) -> dict:
     """Measure samples from ``checkpoint`` (or read from ``samples``) and return the report dict."""
     unknown = set(metrics) - set(METRICS)
@@ -135,6 +137,10 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
             seeds = f"{seed}..{seed + per_class - 1}" + (" per class" if labels is not None else "")
             report["samples"].update(sampler=sampler, steps=steps, eta=eta, guidance=guidance,
                                      num_samples=len(images), seeds=seeds)
+            if save_samples:
+                per_image = [seed + i % per_class for i in range(len(images))]
+                report["samples"]["saved"] = str(write_npz(images, save_samples, per_image,
+                                                           None if labels is None else labels.tolist()))
     else:
         images, labels = read_samples(samples)
         if dataset is None:
@@ -144,6 +150,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         if "diversity" in metrics and (len(images) < 2 or (labels is not None and labels.bincount().max() < 2)):
             raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
     generated_s = time.perf_counter() - started
+    if images is not None:  # measure what a PNG or .npz of the samples holds, so that --samples gives the same numbers
+        images = to_uint8(images).float() / 255
 
     real = load_images(DataConfig(dataset=dataset, root=data_root, image_size=image_size, download=False), split)
     report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source}
@@ -196,7 +204,7 @@ def _domain_metrics(report, metrics, images, labels, real, dataset, split, image
     if "is" in metrics:
         inception_score = classifier_is_metric(clf)
         add_fake(inception_score, images, progress=progress)
-        mean, std = inception_score.compute()
+        mean, std = seeded_compute(inception_score)
         report["metrics"]["classifier_is"] = float(mean)
         report["metrics"]["classifier_is_std"] = float(std)
     if "accuracy" in metrics and labels is not None:
@@ -219,7 +227,7 @@ def _inception_metrics(report, names, weights, images, real, batch_size) -> None
                     metric.update(batch, real=False)
                 else:
                     metric.update(batch)
-        value = metric.compute()
+        value = seeded_compute(metric)
         if isinstance(value, tuple):  # KID and IS return (mean, std)
             report["metrics"][name], report["metrics"][f"{name}_std"] = float(value[0]), float(value[1])
         else:

@@ -1,4 +1,5 @@
-"""Pictures a person looks at: grids (optionally labelled), individual PNGs plus an .npz, GIFs, loss and schedule plots."""
+"""Pictures a person looks at: grids (optionally labelled), individual PNGs plus an .npz, GIFs, loss and schedule
+plots."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,22 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     return path
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8, rounded as PNG files store them."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def write_npz(images: torch.Tensor, path: str | Path, seeds: list[int], labels: list[int] | None = None) -> Path:
+    """``arr_0`` (uint8, N x H x W x C, as the guided-diffusion / TTUR evaluation tools read it), ``seeds`` and, when
+    given, ``labels``; ``ddpmkit evaluate --samples`` reads it back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"labels": np.asarray(labels)} if labels is not None else {}
+    np.savez_compressed(path, arr_0=to_uint8(images).permute(0, 2, 3, 1).cpu().numpy(), seeds=np.asarray(seeds),
+                        **extra)
+    return path
+
+
 def write_samples(images: torch.Tensor, output_dir: str | Path, seeds: list[int] | None = None,
                   labels: list[int] | None = None, nrow: int | None = None,
                   row_labels: list[str] | None = None) -> dict[str, Path]:
@@ -36,9 +53,7 @@ def write_samples(images: torch.Tensor, output_dir: str | Path, seeds: list[int]
     for i, (image, seed) in enumerate(zip(images, seeds)):
         prefix = f"class_{labels[i]}_" if labels is not None else ""
         save_image(image, out / "images" / f"{prefix}seed_{seed:05d}.png")
-    uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    extra = {"labels": np.asarray(labels)} if labels is not None else {}
-    np.savez_compressed(out / "samples.npz", arr_0=uint8, seeds=np.asarray(seeds), **extra)
+    write_npz(images, out / "samples.npz", seeds, labels)
     nrow = nrow or grid_rows(len(images))
     grid = save_labelled_grid(images, out / "grid.png", nrow, row_labels) if row_labels else \
         save_grid(images, out / "grid.png", nrow)

@@ -101,3 +101,11 @@ def statistics_key(dataset: str, split: str, image_size: int, classifier_sha256:
 
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def seeded_compute(metric, seed: int = 0):
+    """``metric.compute()`` with the global RNG seeded and restored: torchmetrics' Inception Score shuffles the
+    images into its splits with ``torch.randperm``, so unseeded it changes from run to run on the same images."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return metric.compute()
