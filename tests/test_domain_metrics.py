@@ -9,7 +9,8 @@ from conftest import FASHION_MNIST_DIR
 from ddpmkit.config import DataConfig
 from ddpmkit.data import load_images
 from ddpmkit.metrics.classifier import default_classifier_path, load_classifier
-from ddpmkit.metrics.domain import add_fake, add_real, classifier_fd_metric, classifier_is_metric, seeded_compute
+from ddpmkit.metrics.domain import (add_fake, add_real, classifier_fd_metric, classifier_is_metric,
+                                   classifier_precision_recall, seeded_compute)
 
 
 def fd(classifier, real_uint8, fake_float, batch_size=1000, cache_dir=None, key="k"):
@@ -77,6 +78,21 @@ def test_classifier_inception_score_is_high_for_confident_diverse_images(synthet
     mean, _ = score.compute()
     assert 1.0 <= float(mean) <= 2.0 + 1e-4  # two balanced classes: IS is at most 2
     assert float(mean) > 1.5
+
+
+def test_precision_and_recall_separate_fidelity_from_coverage(synthetic_root, tiny_classifier):
+    # Kynkaanniemi et al. 2019: real vs real gives high precision and recall; samples of one class only (a dropped
+    # mode) keep precision but lose recall; noise images lose precision.
+    real = load_images(DataConfig(dataset="mnist", root=str(synthetic_root), image_size=8), "train")
+    test = load_images(DataConfig(dataset="mnist", root=str(synthetic_root), image_size=8), "test").images
+    other = real.images[:1000].float() / 255
+    one_class = real.images[real.labels == 0][:500].float() / 255
+    precision, recall, count = classifier_precision_recall(tiny_classifier, test, other)
+    assert count == 1000 and precision > 0.75 and recall > 0.75, (precision, recall)  # 0.83, 0.86 measured
+    precision, recall, _ = classifier_precision_recall(tiny_classifier, test, one_class)
+    assert precision > 0.75 and recall < 0.55, (precision, recall)                    # 0.83, 0.43
+    precision, _, _ = classifier_precision_recall(tiny_classifier, test, noisy(real.images[:1000], 0.6))
+    assert precision < 0.1, precision                                                  # 0.0
 
 
 def test_inception_score_is_reproducible(synthetic_root, tiny_classifier):

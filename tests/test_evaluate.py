@@ -23,7 +23,8 @@ def tiny_judge(tiny_idx_root, tmp_path_factory):
 def test_evaluate_a_checkpoint(tiny_conditional_checkpoint, tiny_idx_root, tiny_judge, tmp_path):
     report = evaluate(tiny_conditional_checkpoint, num_samples=20, sampler="ddim", steps=2, guidance=1.0,
                       data_root=str(tiny_idx_root), classifier=tiny_judge, cache_dir=tmp_path, progress=False)
-    assert set(report["metrics"]) == {"fd_mnist_classifier", "classifier_is", "classifier_is_std", "accuracy"}
+    assert set(report["metrics"]) == {"fd_mnist_classifier", "classifier_is", "classifier_is_std", "accuracy",
+                                      "precision", "recall"}
     assert report["samples"]["num_samples"] == 20 and report["samples"]["guidance"] == 1.0
     assert len(report["samples"]["checkpoint_sha256"]) == 64 and len(report["feature_network"]["sha256"]) == 64
     assert report["real"] == {"dataset": "mnist", "split": "test", "count": 16, "source": str(tiny_idx_root),

@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampler steps (default: all T; ddim: 50)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale")
     p.add_argument("--guidance", type=float, default=0.0, help="guidance weight w (conditional models)")
-    p.add_argument("--metrics", default="fd,is,accuracy",
-                   help="comma-separated: fd, is, accuracy (offline); fid, kid, inception_is (need Inception "
+    p.add_argument("--metrics", default="fd,is,accuracy,prc",
+                   help="comma-separated: fd, is, accuracy, prc (offline); fid, kid, inception_is (need Inception "
                    "weights); reconstruction (DDIM inversion PSNR/SSIM, + LPIPS with its weights); diversity (LPIPS)")
     p.add_argument("--inversion-steps", default="10,20,50", metavar="S,S,...",
                    help="reconstruction: DDIM step counts to invert and decode with (default 10,20,50)")

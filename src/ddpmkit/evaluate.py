@@ -4,6 +4,8 @@ Metrics (names as in ``metrics=``):
   fd        FD-<dataset>-classifier, Frechet distance on the judge classifier's features (offline; MNIST-like data)
   is        the classifier Inception Score
   accuracy  conditional models: the fraction of samples the classifier assigns to the requested class
+  prc       improved precision and recall (Kynkaanniemi et al. 2019, torch-fidelity's code) on the classifier's
+            features, against an equal number of real images
   fid, kid, inception_is   the standard metrics on TF-FID InceptionV3 features (torchmetrics); they need the
             Inception weights in torch hub's cache or at ``inception_weights``, else they stop with what to download
   reconstruction  DDIM inversion of real images and back, per number of steps: PSNR, SSIM and (backbone weights
@@ -27,14 +29,14 @@ from .data import load_images
 from .errors import DdpmkitError
 from .metrics.classifier import check_compatible, load_classifier, predict
 from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, classifier_fd_metric, classifier_is_metric,
-                             file_sha256, seeded_compute, statistics_key)
+                             classifier_precision_recall, file_sha256, seeded_compute, statistics_key)
 from .metrics.inception import inception_metrics, to_inception_input
 from .metrics.inception import inception_weights as inception_weights_file
 from .metrics.perceptual import lpips_diversity, lpips_metric
 from .metrics.reconstruction import reconstruction_metrics
 from .viz import to_uint8, write_npz
 
-OFFLINE_METRICS = ("fd", "is", "accuracy")
+OFFLINE_METRICS = ("fd", "is", "accuracy", "prc")
 INCEPTION_METRICS = ("fid", "kid", "inception_is")
 LPIPS_METRICS = ("reconstruction", "diversity")
 METRICS = OFFLINE_METRICS + INCEPTION_METRICS + LPIPS_METRICS
@@ -209,6 +211,11 @@ def _domain_metrics(report, metrics, images, labels, real, dataset, split, image
         report["metrics"]["classifier_is_std"] = float(std)
     if "accuracy" in metrics and labels is not None:
         report["metrics"]["accuracy"] = float((predict(clf, images) == labels).float().mean())
+    if "prc" in metrics:
+        precision, recall, count = classifier_precision_recall(clf, real.images, images)
+        report["metrics"]["precision"], report["metrics"]["recall"] = precision, recall
+        report["precision_recall"] = {"neighbourhood_k": 3, "real_images": count,
+                                      "real_subset": "seeded random subset of the split (seed 0)"}
 
 
 def _inception_metrics(report, names, weights, images, real, batch_size) -> None:
