@@ -3,14 +3,26 @@ import json
 
 import pytest
 
+from ddpmkit.build import unet_spec
 from ddpmkit.config import PRESETS, Config, config_from_dict, parse_set, resolve_config
 from ddpmkit.errors import ConfigError
+from ddpmkit.unet import UNet
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_is_valid(name):
     cfg = resolve_config(name)
     assert isinstance(cfg, Config)
+
+
+def test_ddpm_cifar10_is_the_papers_network():
+    # Ho et al. 2020, appendix B: 35.7M parameters, unconditional, T = 1000 linear betas from 1e-4 to 0.02.
+    cfg = resolve_config("ddpm-cifar10")
+    spec = unet_spec(cfg, channels=3, num_classes=10)  # CIFAR-10 has labels, but the model must not use them
+    assert spec.num_classes == 0
+    assert sum(p.numel() for p in UNet(spec).parameters()) / 1e6 == pytest.approx(35.7, abs=0.05)
+    d = cfg.diffusion
+    assert (d.num_timesteps, d.beta_schedule, d.beta_start, d.beta_end) == (1000, "linear", 1e-4, 0.02)
 
 
 def test_precedence_defaults_preset_file_set(tmp_path):
