@@ -189,7 +189,7 @@ def _lpips_or_note(net: str, weights: str | Path | None, notes: list[str]):
 
 def _domain_metrics(report, metrics, images, labels, real, dataset, split, image_size, class_names, classifier,
                     cache_dir, progress) -> None:
-    """FD-<dataset>-classifier, classifier IS and accuracy on the judge classifier."""
+    """FD-<dataset>-classifier, classifier IS, accuracy and precision/recall on the judge classifier."""
     clf, info = load_classifier(classifier or dataset)
     clf.to(images.device)
     if class_names:
@@ -245,6 +245,8 @@ def _reconstruction(report, model, real, steps_list, count, refine, batch_size, 
     """PSNR / SSIM / LPIPS of DDIM inversion and decoding of the first ``count`` real images, per step count."""
     if count < 1 or not steps_list:
         raise DdpmkitError("reconstruction needs inversion_images >= 1 and at least one step count")
+    for steps in steps_list:  # every step count is checked before any work is done
+        model.check_steps(steps)
     originals = real.images[:count].float() / 255
     labels = real.labels[:count] if model.is_conditional and real.labels is not None else None
     split = f"{report['real']['dataset']} {report['real']['split']} split"

@@ -79,7 +79,7 @@ class DiffusionSampler:
         """One batch through ``sampler`` from a given x_T; returns x_0 in the model's range, on the device."""
         if sampler not in SAMPLERS:
             raise DdpmkitError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        self._check_steps(steps)
+        self.check_steps(steps)
         if eta < 0:
             raise DdpmkitError(f"eta must be >= 0, got {eta}")
         options = sampler_options(self.config, sampler, steps, eta, clip is None or clip)
@@ -91,7 +91,7 @@ class DiffusionSampler:
                progress: bool = True) -> torch.Tensor:
         """DDIM inversion: float images in [0, 1] (N, C, H, W) -> the latents x_T that ``decode`` maps back to them
         (see samplers.invert_ddim). A conditional model inverts with each image's class (or the null label)."""
-        self._check_steps(steps)
+        self.check_steps(steps)
         x_0 = (images if self.config.data.zero_one else images * 2 - 1).to(self.device)
         return invert_ddim(self.denoiser(labels), self.schedule, x_0.contiguous(memory_format=self.memory_format),
                            steps=steps, prediction=self.config.diffusion.prediction, refine=refine, progress=progress)
@@ -99,13 +99,14 @@ class DiffusionSampler:
     def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 50,
                progress: bool = True) -> torch.Tensor:
         """Deterministic DDIM (eta = 0, no clipping: the exact counterpart of ``invert``) -> images in [0, 1]."""
-        self._check_steps(steps)
+        self.check_steps(steps)
         x_T = latents.to(self.device).contiguous(memory_format=self.memory_format)
         x_0 = SAMPLERS["ddim"](self.denoiser(labels), self.schedule, x_T, steps=steps, eta=0.0,
                                prediction=self.config.diffusion.prediction, clip_range=None, progress=progress)
         return self.to_images(x_0)
 
-    def _check_steps(self, steps: int | None) -> None:
+    def check_steps(self, steps: int | None) -> None:
+        """Refuse a step count outside 1..T with a one-line error."""
         T = self.schedule.num_timesteps
         if steps is not None and not 1 <= steps <= T:
             raise DdpmkitError(f"steps must be between 1 and T={T}, got {steps}")
