@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext, redirect_stdout
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpmkit.build import noise_schedule, sampler_options, unet_spec
+from ddpmkit.build import autocast, noise_schedule, sampler_options, unet_spec
 from ddpmkit.config import PRESETS, Config, resolve_config, validate
 from ddpmkit.losses import diffusion_loss
 from ddpmkit.samplers import sample_ddim
@@ -196,10 +196,6 @@ def inputs(spec: UNetSpec, batch_size: int, device: torch.device,
     t = torch.randint(0, 1000, (batch_size,), generator=g).to(device)
     y = torch.randint(0, spec.num_classes, (batch_size,), generator=g).to(device) if spec.num_classes else None
     return x, t, y
-
-
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
 def measure_train(network: nn.Module, parameters: list[nn.Parameter], schedule, cfg: Config, x0: torch.Tensor,

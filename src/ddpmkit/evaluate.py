@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from .config import DataConfig
-from .data import load_images
+from .data import load_images, to_uint8
 from .errors import DdpmkitError
 from .metrics.classifier import check_compatible, load_classifier, predict
 from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, classifier_fd_metric, classifier_is_metric,
@@ -34,7 +34,7 @@ from .metrics.inception import inception_metrics, to_inception_input
 from .metrics.inception import inception_weights as inception_weights_file
 from .metrics.perceptual import lpips_diversity, lpips_metric
 from .metrics.reconstruction import reconstruction_metrics
-from .viz import to_uint8, write_npz
+from .viz import write_npz
 
 OFFLINE_METRICS = ("fd", "is", "accuracy", "prc")
 INCEPTION_METRICS = ("fid", "kid", "inception_is")
@@ -153,7 +153,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
             raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
     generated_s = time.perf_counter() - started
     if images is not None:  # measure what a PNG or .npz of the samples holds, so that --samples gives the same numbers
-        images = to_uint8(images).float() / 255
+        images = to_uint8(images, zero_one=True).float() / 255
 
     real = load_images(DataConfig(dataset=dataset, root=data_root, image_size=image_size, download=False), split)
     report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source}

@@ -99,11 +99,8 @@ class DiffusionSampler:
     def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 50,
                progress: bool = True) -> torch.Tensor:
         """Deterministic DDIM (eta = 0, no clipping: the exact counterpart of ``invert``) -> images in [0, 1]."""
-        self.check_steps(steps)
-        x_T = latents.to(self.device).contiguous(memory_format=self.memory_format)
-        x_0 = SAMPLERS["ddim"](self.denoiser(labels), self.schedule, x_T, steps=steps, eta=0.0,
-                               prediction=self.config.diffusion.prediction, clip_range=None, progress=progress)
-        return self.to_images(x_0)
+        return self.to_images(self.run(latents, labels=labels, sampler="ddim", steps=steps, clip=False,
+                                       progress=progress))
 
     def check_steps(self, steps: int | None) -> None:
         """Refuse a step count outside 1..T with a one-line error."""

@@ -11,6 +11,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid, save_image
 
+from .data import to_uint8
+
 
 def grid_rows(n: int) -> int:
     """Images per row for a near-square grid of n images."""
@@ -25,19 +27,14 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     return path
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] -> uint8, rounded as PNG files store them."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def write_npz(images: torch.Tensor, path: str | Path, seeds: list[int], labels: list[int] | None = None) -> Path:
     """``arr_0`` (uint8, N x H x W x C, as the guided-diffusion / TTUR evaluation tools read it), ``seeds`` and, when
     given, ``labels``; ``ddpmkit evaluate --samples`` reads it back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = {"labels": np.asarray(labels)} if labels is not None else {}
-    np.savez_compressed(path, arr_0=to_uint8(images).permute(0, 2, 3, 1).cpu().numpy(), seeds=np.asarray(seeds),
-                        **extra)
+    uint8 = to_uint8(images, zero_one=True).permute(0, 2, 3, 1).cpu().numpy()
+    np.savez_compressed(path, arr_0=uint8, seeds=np.asarray(seeds), **extra)
     return path
 
 
@@ -88,7 +85,7 @@ def plot_loss_curve(log_path: str | Path, out_path: str | Path) -> Path | None:
 
 def to_pil(grid: torch.Tensor) -> Image.Image:
     """A float (C, H, W) image in [0, 1] -> PIL RGB."""
-    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    array = to_uint8(grid, zero_one=True).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).convert("RGB")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import to_uint8
 from ..errors import DdpmkitError
 from .hub import find_weights, serving
 
@@ -46,5 +47,5 @@ def inception_metrics(names: set[str], weights: Path, kid_subset: int):
 
 def to_inception_input(images: torch.Tensor) -> torch.Tensor:
     """Float images in [0, 1] (N, 1 or 3, H, W) -> uint8 RGB, as the TF-FID network expects (it resizes to 299)."""
-    uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    uint8 = to_uint8(images, zero_one=True)
     return uint8.expand(-1, 3, -1, -1) if uint8.shape[1] == 1 else uint8

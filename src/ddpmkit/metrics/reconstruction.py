@@ -35,7 +35,8 @@ def reconstruction_metrics(sampler, images: torch.Tensor, labels: torch.Tensor |
         decoded = sampler.decode(latents, y, steps=steps, progress=progress)
         psnr.update(decoded, original)
         ssim.update(decoded, original)
-        rebuilt.append(decoded)
+        if lpips is not None:
+            rebuilt.append(decoded)
     result = {"psnr": float(psnr.compute()), "ssim": float(ssim.compute())}
     if lpips is not None:
         result["lpips"] = paired_lpips(lpips, torch.cat(rebuilt), images, batch_size)
