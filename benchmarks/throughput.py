@@ -5,6 +5,8 @@ Run by hand (not a test), e.g. on a GPU:
     python benchmarks/throughput.py --preset ddpm-cifar10 --device cuda --precision bf16 --batch-sizes 128,512 \\
         --compile --full-loop --json throughput.json
 
+(--compile takes an optional torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ...)
+
 In one process, for each system and batch size, it times
   train    the bare training step: forward, MSE eps loss (ddpmkit.losses.diffusion_loss), backward, AdamW step
   forward  denoiser forwards under inference_mode
@@ -39,7 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmkit.build import autocast, noise_schedule, sampler_options, unet_spec
-from ddpmkit.config import PRESETS, Config, resolve_config, validate
+from ddpmkit.config import COMPILE_MODES, PRESETS, Config, resolve_config, validate
 from ddpmkit.losses import diffusion_loss
 from ddpmkit.samplers import sample_ddim
 from ddpmkit.train import train
@@ -120,6 +122,19 @@ class DiffusersDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x, t, class_labels=y).sample
+
+
+class StepMarked(nn.Module):
+    """A compiled network that opens a new CUDA-graph step at each call, as ddpmkit's CompiledDenoiser does: with
+    mode reduce-overhead, a replay may then reuse the previous call's buffers (no effect in other modes)."""
+
+    def __init__(self, compiled: Callable):
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, *args) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(*args)
 
 
 def build_systems(spec: UNetSpec, skip_diffusers: bool) -> dict[str, Callable[[], nn.Module]]:
@@ -270,7 +285,8 @@ def full_loop_images_per_s(cfg: Config, args: argparse.Namespace, batch_size: in
     warm = max(1, args.warmup)
     stop = warm + args.iters
     t = cfg.train
-    t.batch_size, t.device, t.precision, t.compile = batch_size, args.device, args.precision, args.compile
+    t.batch_size, t.device, t.precision = batch_size, args.device, args.precision
+    t.compile, t.compile_mode = args.compile is not None, args.compile or "default"
     t.steps = stop + 1                        # never "finished", so no final sample grid
     t.log_every = warm                        # the first record holds the warm-up steps
     t.checkpoint_every = t.steps              # 'latest.pt' only at the stop, after the last record
@@ -403,7 +419,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=20, help="timed training steps and forwards per batch size")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
     parser.add_argument("--ddim-steps", type=int, default=50, help="network evaluations per DDIM sample")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both networks")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
+                        help="torch.compile both networks, in MODE (default: 'default'; reduce-overhead = CUDA "
+                        "graphs)")
     parser.add_argument("--skip-diffusers", action="store_true", help="measure ddpmkit only")
     parser.add_argument("--full-loop", action="store_true",
                         help="also time ddpmkit.train.train (needs the preset's dataset on disk)")
@@ -426,7 +444,8 @@ def main() -> None:
     print(f"{args.preset}: {spec.image_channels}x{spec.image_size}x{spec.image_size}, "
           f"{'class-conditional (' + str(spec.num_classes) + ' classes)' if spec.num_classes else 'unconditional'}; "
           f"{device}, {args.precision}, {torch.get_num_threads()} threads, "
-          f"{'channels_last' if cfg.train.channels_last else 'contiguous'}{', compiled' if args.compile else ''}")
+          f"{'channels_last' if cfg.train.channels_last else 'contiguous'}"
+          f"{f', compiled ({args.compile})' if args.compile else ''}")
 
     systems, results = {}, []
     for name, build in build_systems(spec, args.skip_diffusers).items():
@@ -437,7 +456,7 @@ def main() -> None:
         flops = forward_flops(model, spec, device)
         systems[name] = {"parameters": count_parameters(model), "forward_gflop_per_image": flops / 1e9}
         print(f"{name:>9}: {systems[name]['parameters']:,} parameters, {flops / 1e9:.3f} GFLOP per image forward")
-        network = torch.compile(model) if args.compile else model
+        network = StepMarked(torch.compile(model, mode=args.compile)) if args.compile else model
         for batch_size in args.batch_sizes:
             result = {"system": name, **measure(network, list(model.parameters()), cfg, spec, batch_size, args,
                                                 device)}

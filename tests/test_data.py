@@ -119,3 +119,17 @@ def test_batch_order_covers_each_epoch_once_and_is_a_pure_function():
     assert not torch.equal(stream[:10], stream[10:])
     fresh = BatchOrder(num_images=10, batch_size=4, seed=3)
     assert torch.equal(fresh.indices(3), order.indices(3))  # no hidden state: resuming at k draws the same
+
+
+@pytest.mark.parametrize("num_images,batch_size", [(10, 4), (10, 5), (3, 8)])
+def test_batch_order_is_the_concatenation_of_seeded_epoch_permutations(num_images, batch_size):
+    # The definition, independently: epoch e is randperm(num_images) seeded by seed * 1_000_003 + e, and batch k
+    # takes draws k * batch_size .. (k + 1) * batch_size - 1 of the epochs laid end to end (also when a batch
+    # straddles epochs, or is larger than the dataset). Asking from the last batch back must give the same.
+    seed, batches = 5, 7
+    epochs = -(-batches * batch_size // num_images)
+    stream = torch.cat([torch.randperm(num_images, generator=torch.Generator().manual_seed(seed * 1_000_003 + e))
+                        for e in range(epochs)])
+    order = BatchOrder(num_images, batch_size, seed)
+    for k in reversed(range(batches)):
+        assert torch.equal(order.indices(k), stream[k * batch_size: (k + 1) * batch_size])

@@ -6,7 +6,7 @@ from contextlib import nullcontext
 
 import torch
 
-from .config import Config, DiffusionConfig
+from .config import COMPILE_MODES, Config, DiffusionConfig
 from .errors import DdpmkitError
 from .schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule
 from .unet import UNet, UNetSpec
@@ -87,3 +87,43 @@ def inference_precision(device: torch.device, precision: str) -> str:
     if precision not in ("fp32", "bf16"):
         raise DdpmkitError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     return precision
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """TensorFloat-32 (products rounded to a 10-bit mantissa, sums in fp32) for the matmuls and cuDNN convolutions
+    that run in fp32 on a CUDA device: what bf16 autocast leaves in fp32, or the whole network of an fp32 run.
+    The switch is process-wide, as PyTorch's is; on other devices nothing changes."""
+    if device.type == "cuda":
+        precision = "tf32" if enabled else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+
+
+def sampling_compile_mode(device: torch.device, compile: str | bool | None) -> str | None:
+    """A sampler's ``compile`` argument -> a torch.compile mode, or None for eager. ``auto`` (or True) means
+    reduce-overhead on CUDA, where it replays the whole network as one CUDA graph per step, and default elsewhere."""
+    if compile in (None, False, "none"):
+        return None
+    if compile in (True, "auto"):
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    if compile not in COMPILE_MODES:
+        raise DdpmkitError(f"compile must be none, auto or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
+    return compile
+
+
+class CompiledDenoiser:
+    """A network compiled once for sampling loops, called like the network: ``(x_t, t, y=None) -> tensor``.
+
+    Under mode reduce-overhead on a GPU each call replays a CUDA graph whose output buffer the next replay
+    overwrites, so every call opens a new graph step and returns a copy the sampler may keep (a denoising strip
+    keeps its x_0 predictions). Shapes are static: one compilation per batch shape (guidance doubles the batch).
+    """
+
+    def __init__(self, model: UNet, mode: str):
+        self.spec = model.spec
+        self.mode = mode
+        self.compiled = torch.compile(model, mode=mode, dynamic=False)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(x, t, y).clone()

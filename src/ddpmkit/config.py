@@ -28,6 +28,8 @@ PREDICTIONS = ("eps", "x0", "v")
 LOSSES = ("mse", "l1", "bce")
 VARIANCES = ("posterior", "beta")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# torch.compile modes; reduce-overhead also replays the network as CUDA graphs on a GPU (no effect on a CPU).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 IN_MEMORY = ("auto", "yes", "no")
 BEST_BY = ("heldout_loss", "fd")
 SAMPLER_NAMES = ("ddpm", "deterministic", "ddim")
@@ -92,6 +94,8 @@ class TrainConfig:
     ema_warmup: bool = True          # decay = min(ema_decay, (1 + step) / (10 + step)) so early EMA tracks the model
     precision: str = "fp32"          # fp32, bf16 (autocast) or fp16 (autocast + gradient scaler)
     compile: bool = False            # torch.compile the network
+    compile_mode: str = "default"    # its torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ...
+    tf32: bool = True                # CUDA: TensorFloat-32 for the matmuls and convolutions left in fp32
     channels_last: bool = True       # NHWC memory layout: faster convolutions on CPU (oneDNN) and tensor cores
     seed: int = 0                    # seeds weights, data order and noise: same seed, same run
     device: str = "auto"             # auto (cuda if present, else cpu), cpu, cuda, cuda:1, mps
@@ -319,6 +323,7 @@ def validate(cfg: Config) -> Config:
     _choice("diffusion.variance", f.variance, VARIANCES)
     _choice("train.precision", t.precision, PRECISIONS)
     _choice("train.best_by", t.best_by, BEST_BY)
+    _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
     _choice("train.grid_sampler", t.grid_sampler, SAMPLER_NAMES)
     _choice("train.fd_sampler", t.fd_sampler, SAMPLER_NAMES)
     if t.fd_every and d.dataset not in ("mnist", "fashion_mnist"):

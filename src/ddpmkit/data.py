@@ -278,22 +278,28 @@ class BatchOrder:
 
     def __init__(self, num_images: int, batch_size: int, seed: int):
         self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
-        self._epoch, self._perm = -1, None
+        self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
+    def _permutation(self, epoch: int, device: torch.device) -> torch.Tensor:
+        """Epoch ``epoch``'s permutation on ``device``; the last two epochs are kept (a batch may straddle two), so
+        a GPU receives one copy per epoch instead of one per step, which would make the host wait for the GPU."""
+        key = (epoch, device)
+        if key not in self._cache:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.num_images, generator=g)
-        return self._perm
+            self._cache = {k: v for k, v in self._cache.items() if k[0] == epoch - 1}
+            self._cache[key] = torch.randperm(self.num_images, generator=g).to(device)
+        return self._cache[key]
 
-    def indices(self, k: int) -> torch.Tensor:
-        positions = torch.arange(k * self.batch_size, (k + 1) * self.batch_size)
-        epochs, offsets = positions // self.num_images, positions % self.num_images
-        out = torch.empty_like(positions)
-        for epoch in epochs.unique().tolist():  # one epoch, or two when the batch straddles a boundary
-            mask = epochs == epoch
-            out[mask] = self._permutation(epoch)[offsets[mask]]
-        return out
+    def indices(self, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The image indices of micro-batch k: draws k * batch_size .. (k + 1) * batch_size - 1 of the stream."""
+        device = torch.device(device)
+        start, stop, parts = k * self.batch_size, (k + 1) * self.batch_size, []
+        while start < stop:  # one epoch, or more when the batch straddles a boundary
+            epoch, offset = divmod(start, self.num_images)
+            take = min(stop - start, self.num_images - offset)
+            parts.append(self._permutation(epoch, device)[offset: offset + take])
+            start += take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class _BatchOrderSampler(Sampler):
@@ -318,7 +324,7 @@ def batch_stream(data: ImageData, order: BatchOrder, start: int, stop: int, devi
         images = data.images.to(device)
         labels = data.labels.to(device) if data.labels is not None else None
         for k in range(start, stop):
-            idx = order.indices(k).to(device)
+            idx = order.indices(k, device)
             yield images[idx], (labels[idx] if labels is not None else None)
         return
     loader = DataLoader(data.dataset, batch_sampler=_BatchOrderSampler(order, start, stop),

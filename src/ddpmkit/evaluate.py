@@ -94,6 +94,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              batch_size: int = 500,            # images per forward pass; results don't depend on it
              device: str = "auto",
              precision: str = "auto",          # network precision: auto (bf16 where the device has it), fp32, bf16
+             compile: str | None = None,       # torch.compile the network: None, auto or a mode (see DiffusionSampler)
              cache_dir: str | Path | None = DEFAULT_CACHE,  # real-statistics cache; None: no cache
              inception_weights: str | Path | None = None,   # the TF-FID InceptionV3 weights, if not in the hub cache
              inversion_steps: tuple[int, ...] = (10, 20, 50),  # reconstruction: DDIM step counts to measure
@@ -125,7 +126,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
 
         checkpoint = Path(checkpoint)
         ckpt_file = checkpoint / "final.pt" if checkpoint.is_dir() else checkpoint
-        model = DiffusionSampler(ckpt_file, device=device, precision=precision)
+        model = DiffusionSampler(ckpt_file, device=device, precision=precision, compile=compile)
         dataset = dataset or model.config.data.dataset
         image_size, class_names = model.config.data.image_size, model.class_names
         report["samples"] = {"checkpoint": str(ckpt_file), "checkpoint_sha256": file_sha256(ckpt_file),

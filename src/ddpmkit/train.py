@@ -18,7 +18,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .build import autocast, noise_schedule, resolve_device, sampler_options, unet_spec
+from .build import autocast, noise_schedule, resolve_device, sampler_options, set_tf32, unet_spec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, TrainConfig, config_from_dict
 from .data import BatchOrder, ImageData, batch_stream, load_images, to_model_range
@@ -150,8 +150,8 @@ class TrainingFD:
 
 # Keys that may differ between a run and its resumption (everything else fixes the model or the batch order).
 RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every", "eval_every", "grid_images",
-                     "grid_sampler", "grid_steps", "compile", "device", "num_workers", "fd_every", "fd_samples",
-                     "fd_sampler", "fd_steps", "fd_classifier"}
+                     "grid_sampler", "grid_steps", "compile", "compile_mode", "tf32", "device", "num_workers",
+                     "fd_every", "fd_samples", "fd_sampler", "fd_steps", "fd_classifier"}
 
 
 def _check_resumable(saved: Config, cfg: Config) -> None:
@@ -179,6 +179,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(t_cfg.device)
+    set_tf32(device, t_cfg.tf32)
     torch.manual_seed(t_cfg.seed)
 
     # -- resume point --------------------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step, best = int(state["step"]), float(state.get("best", math.inf))
-    network = torch.compile(model) if t_cfg.compile else model
+    network = torch.compile(model, mode=t_cfg.compile_mode) if t_cfg.compile else model
     training_fd = (TrainingFD(cfg, (spec.image_channels, spec.image_size, spec.image_size), data.class_names)
                    if t_cfg.fd_every else None)
 
