@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpmkit.build import autocast, noise_schedule, sampler_options, unet_spec
+from ddpmkit.build import autocast, noise_schedule, sampler_options, set_tf32, unet_spec
 from ddpmkit.config import COMPILE_MODES, PRESETS, Config, resolve_config, validate
 from ddpmkit.losses import diffusion_loss
 from ddpmkit.samplers import sample_ddim
@@ -395,7 +395,8 @@ def machine_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                     cudnn=torch.backends.cudnn.version(), cudnn_benchmark=torch.backends.cudnn.benchmark,
-                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32)
+                    fp32_matmul=torch.backends.cuda.matmul.fp32_precision,
+                    fp32_conv=torch.backends.cudnn.conv.fp32_precision)
     return info
 
 
@@ -439,6 +440,7 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = resolve_config(args.preset, overrides=args.set)
     spec = model_spec(cfg)
+    set_tf32(device, cfg.train.tf32)  # for both systems alike, as train() does (--set train.tf32=false: full fp32)
     if args.ddim_steps > cfg.diffusion.num_timesteps:
         raise SystemExit(f"--ddim-steps {args.ddim_steps} is more than T = {cfg.diffusion.num_timesteps}")
     print(f"{args.preset}: {spec.image_channels}x{spec.image_size}x{spec.image_size}, "
