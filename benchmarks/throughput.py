@@ -27,6 +27,7 @@ import os
 import platform
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -420,6 +421,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=20, help="timed training steps and forwards per batch size")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
     parser.add_argument("--ddim-steps", type=int, default=50, help="network evaluations per DDIM sample")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure everything this many times, alternating the systems; report the medians")
     parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
                         help="torch.compile both networks, in MODE (default: 'default'; reduce-overhead = CUDA "
                         "graphs)")
@@ -428,8 +431,8 @@ def parse_args() -> argparse.Namespace:
                         help="also time ddpmkit.train.train (needs the preset's dataset on disk)")
     parser.add_argument("--json", metavar="OUT.json", help="write the results and the machine here")
     args = parser.parse_args()
-    if args.iters < 1 or args.warmup < 0 or args.ddim_steps < 1:
-        parser.error("--iters and --ddim-steps must be >= 1, --warmup >= 0")
+    if args.iters < 1 or args.warmup < 0 or args.ddim_steps < 1 or args.repeats < 1:
+        parser.error("--iters, --ddim-steps and --repeats must be >= 1, --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: PyTorch sees no CUDA GPU here")
     return args
@@ -449,7 +452,7 @@ def main() -> None:
           f"{'channels_last' if cfg.train.channels_last else 'contiguous'}"
           f"{f', compiled ({args.compile})' if args.compile else ''}")
 
-    systems, results = {}, []
+    systems, networks = {}, {}
     for name, build in build_systems(spec, args.skip_diffusers).items():
         torch.manual_seed(0)
         model = build().to(device)
@@ -458,18 +461,34 @@ def main() -> None:
         flops = forward_flops(model, spec, device)
         systems[name] = {"parameters": count_parameters(model), "forward_gflop_per_image": flops / 1e9}
         print(f"{name:>9}: {systems[name]['parameters']:,} parameters, {flops / 1e9:.3f} GFLOP per image forward")
-        network = StepMarked(torch.compile(model, mode=args.compile)) if args.compile else model
+        networks[name] = (StepMarked(torch.compile(model, mode=args.compile)) if args.compile else model, model)
+
+    # Repeats alternate the systems (A B A B ...), so that a slow spell of a shared machine hits both alike; each
+    # number reported is the median over the repeats, and the JSON keeps every repeat.
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for repeat in range(args.repeats):
         for batch_size in args.batch_sizes:
-            result = {"system": name, **measure(network, list(model.parameters()), cfg, spec, batch_size, args,
-                                                device)}
-            add_tflops(result, flops, args.ddim_steps)
-            if args.full_loop and name == "ddpmkit":
-                result["full_loop_images_per_s"] = full_loop_images_per_s(cfg, args, batch_size)
-            results.append(result)
-        del model, network
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            for name, (network, model) in networks.items():
+                result = measure(network, list(model.parameters()), cfg, spec, batch_size, args, device)
+                if args.full_loop and name == "ddpmkit":
+                    result["full_loop_images_per_s"] = full_loop_images_per_s(cfg, args, batch_size)
+                runs.setdefault((name, batch_size), []).append(result)
+                if args.repeats > 1:
+                    print(f"repeat {repeat + 1}/{args.repeats}, {name}, batch {batch_size}: "
+                          f"train {result['train_images_per_s']:.1f} img/s", flush=True)
+    results = []
+    for (name, batch_size), repeats in runs.items():
+        result = {"system": name, "batch_size": batch_size, "repeats": repeats}
+        for key in repeats[0]:
+            if key != "batch_size":
+                values = [r[key] for r in repeats]
+                result[key] = None if None in values else statistics.median(values)
+        add_tflops(result, round(systems[name]["forward_gflop_per_image"] * 1e9), args.ddim_steps)
+        results.append(result)
+    del networks
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
     print()
     print(markdown_table(results, args.ddim_steps))
@@ -481,6 +500,7 @@ def main() -> None:
     if args.json:
         report = {"preset": args.preset, "overrides": args.set, "device": args.device, "precision": args.precision,
                   "compile": args.compile, "channels_last": cfg.train.channels_last, "iters": args.iters,
+                  "repeats": args.repeats,
                   "warmup": args.warmup, "ddim_steps": args.ddim_steps, "unet": vars(spec),
                   "diffusers_config": diffusers_config(spec) if "diffusers" in systems else None,
                   "systems": systems, "results": results, "process_peak_rss_mib": peak_rss_mib,
