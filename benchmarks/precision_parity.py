@@ -34,12 +34,10 @@ def final_training_loss(run_dir: Path, last_steps: int) -> float:
     return statistics.mean(r["loss"] for r in records if r["step"] > end - last_steps)
 
 
-def test_loss_fp32(checkpoint: Path, preset: str) -> float:
+def fp32_test_loss(checkpoint: Path, cfg, test) -> float:
     """The EMA weights' loss on the whole test split, in fp32, at fixed timesteps and noise (train.heldout_loss),
     so every run is scored by the same arithmetic whatever precision it trained in."""
-    cfg = resolve_config(preset, overrides=["train.precision=fp32", "train.device=cpu"])
     model = DiffusionSampler(checkpoint, device="cpu", precision="fp32").model
-    test = load_images(cfg.data, "test")
     return heldout_loss(model, noise_schedule(cfg.diffusion), test.images, test.labels, cfg, torch.device("cpu"))
 
 
@@ -54,6 +52,8 @@ def main() -> None:
     parser.add_argument("--json", default="precision_parity.json")
     args = parser.parse_args()
 
+    scoring = resolve_config(args.preset, overrides=["train.precision=fp32", "train.device=cpu", *args.set])
+    test = load_images(scoring.data, "test")
     rows = []
     with tempfile.TemporaryDirectory(prefix="ddpmkit_parity_") as tmp:
         for precision in args.precisions.split(","):
@@ -66,7 +66,7 @@ def main() -> None:
                 seconds = time.perf_counter() - start
                 rows.append({"precision": precision, "seed": seed, "train_seconds": round(seconds, 1),
                              "train_loss": final_training_loss(run_dir, args.last_steps),
-                             "test_loss_fp32": test_loss_fp32(checkpoint, args.preset)})
+                             "test_loss_fp32": fp32_test_loss(checkpoint, scoring, test)})
                 print(rows[-1], flush=True)
 
     print(f"\n| precision | seed | training loss (last {args.last_steps} steps) | EMA test loss (fp32) | seconds |")

@@ -452,13 +452,13 @@ def main() -> None:
           f"{'channels_last' if cfg.train.channels_last else 'contiguous'}"
           f"{f', compiled ({args.compile})' if args.compile else ''}")
 
-    systems, networks = {}, {}
+    systems, networks, flops_of = {}, {}, {}
     for name, build in build_systems(spec, args.skip_diffusers).items():
         torch.manual_seed(0)
         model = build().to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        flops = forward_flops(model, spec, device)
+        flops = flops_of[name] = forward_flops(model, spec, device)
         systems[name] = {"parameters": count_parameters(model), "forward_gflop_per_image": flops / 1e9}
         print(f"{name:>9}: {systems[name]['parameters']:,} parameters, {flops / 1e9:.3f} GFLOP per image forward")
         networks[name] = (StepMarked(torch.compile(model, mode=args.compile)) if args.compile else model, model)
@@ -483,7 +483,7 @@ def main() -> None:
             if key != "batch_size":
                 values = [r[key] for r in repeats]
                 result[key] = None if None in values else statistics.median(values)
-        add_tflops(result, round(systems[name]["forward_gflop_per_image"] * 1e9), args.ddim_steps)
+        add_tflops(result, flops_of[name], args.ddim_steps)
         results.append(result)
     del networks
     gc.collect()

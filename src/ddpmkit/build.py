@@ -120,7 +120,6 @@ class CompiledDenoiser:
     """
 
     def __init__(self, model: UNet, mode: str):
-        self.spec = model.spec
         self.mode = mode
         self.compiled = torch.compile(model, mode=mode, dynamic=False)
 
