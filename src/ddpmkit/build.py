@@ -28,10 +28,17 @@ def unet_spec(cfg: Config, channels: int, num_classes: int) -> UNetSpec:
         output_activation="sigmoid" if cfg.diffusion.loss == "bce" else "none")
 
 
-def unet_from_dict(spec: dict) -> UNet:
+def unet_from_dict(spec: dict, source: str = "the checkpoint") -> UNet:
+    """The U-Net a checkpoint's ``unet`` entry describes; a description this version cannot build is a one-line
+    error naming ``source``."""
     fields = {f.name for f in dataclasses.fields(UNetSpec)}
     clean = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in fields}
-    return UNet(UNetSpec(**clean))
+    try:
+        return UNet(UNetSpec(**clean))
+    except (TypeError, ValueError, KeyError, RuntimeError, ZeroDivisionError) as err:
+        raise DdpmkitError(f"{source}: its network description cannot be built ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:120] if str(err) else ''}); it was written by another "
+                           f"program or edited") from None
 
 
 def noise_schedule(d: DiffusionConfig) -> NoiseSchedule:

@@ -101,7 +101,9 @@ class TrainConfig:
     device: str = "auto"             # auto (cuda if present, else cpu), cpu, cuda, cuda:1, mps
     log_every: int = 50              # steps between log lines, TensorBoard scalars and loss reads
     sample_every: int = 5000         # steps between sample grids; 0 = only at the end
-    checkpoint_every: int = 5000     # steps between 'latest' checkpoints
+    checkpoint_every: int = 5000     # steps between checkpoints (checkpoints/step_N.pt, latest.pt links the newest)
+    keep_checkpoints: int = 3        # periodic checkpoints kept; older ones are deleted (best.pt, final.pt stay)
+    max_nonfinite_steps: int = 50    # stop after this many steps in a row with a NaN/inf loss or gradient; 0 = never
     eval_every: int = 5000           # steps between held-out loss evaluations (for 'best'); 0 = off
     eval_images: int = 512           # held-out images for the evaluation loss
     best_by: str = "heldout_loss"    # what 'best' means: lowest EMA held-out loss, or lowest in-training fd
@@ -340,13 +342,14 @@ def validate(cfg: Config) -> Config:
                        ("model.norm_groups", m.norm_groups), ("diffusion.num_timesteps", f.num_timesteps),
                        ("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
                        ("train.lr", t.lr), ("train.log_every", t.log_every), ("train.checkpoint_every", t.checkpoint_every),
+                       ("train.keep_checkpoints", t.keep_checkpoints),
                        ("train.grid_images", t.grid_images), ("train.grid_steps", t.grid_steps)]:
         _positive(key, value)
     for key, value in [("data.max_images", d.max_images), ("data.num_workers", d.num_workers),
                        ("model.dropout", m.dropout), ("train.weight_decay", t.weight_decay),
                        ("train.warmup_steps", t.warmup_steps), ("train.grad_clip", t.grad_clip),
                        ("train.sample_every", t.sample_every), ("train.eval_every", t.eval_every),
-                       ("train.fd_every", t.fd_every),
+                       ("train.fd_every", t.fd_every), ("train.max_nonfinite_steps", t.max_nonfinite_steps),
                        ("train.eval_images", t.eval_images)]:
         _positive(key, value, allow_zero=True)
     if d.channels not in (0, 1, 3):

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, resolve_device,
                     sampler_options, sampling_compile_mode, set_tf32, unet_from_dict)
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from .config import config_from_dict
 from .errors import DdpmkitError
 from .guidance import guided_denoiser, parse_classes
@@ -33,11 +33,12 @@ class DiffusionSampler:
     def __init__(self, checkpoint: str | Path | dict, device: str = "auto", use_ema: bool = True,
                  precision: str = "auto", compile: str | bool | None = None):
         state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
         self.device = resolve_device(device)
         self.precision = inference_precision(self.device, precision)
-        self.config = config_from_dict(state["config"], source="checkpoint config")
-        self.model = unet_from_dict(state["unet"])
-        self.model.load_state_dict(state["ema"]["model"] if use_ema else state["model"])
+        self.config = config_from_dict(state["config"], source=f"the config inside {source}")
+        self.model = unet_from_dict(state["unet"], source)
+        load_weights(self.model, state["ema"]["model"] if use_ema else state["model"], source)
         self.model.to(self.device).eval().requires_grad_(False)
         self.memory_format = torch.channels_last if self.config.train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)  # as in training: faster convolutions

@@ -1,16 +1,15 @@
 """The training loop: one function you can read top to bottom, its state in plain sight.
 
 A run directory holds ``config.json`` (the resolved config), ``log.jsonl`` (one record per log interval),
-``latest.pt`` / ``best.pt`` / ``final.pt``, ``samples/`` (grids), ``loss.png`` and ``tensorboard/``.
-Running the same command again in the same run directory resumes from ``latest.pt``.
+``checkpoints/step_NNNNNNNN.pt`` (the last ``train.keep_checkpoints``) with ``latest.pt`` / ``best.pt`` /
+``final.pt`` beside them, ``samples/`` (grids), ``loss.png`` and ``tensorboard/``. Running the same command again in
+the same run directory resumes from the newest intact checkpoint. What may go wrong on the way, and what then
+happens, is in docs/reliability.md.
 """
 from __future__ import annotations
 
-import json
 import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,37 +18,21 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from .build import autocast, noise_schedule, resolve_device, sampler_options, set_tf32, unet_spec
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (link_checkpoint, load_weights, newest_intact, read_checkpoint, resume_candidates,
+                         save_checkpoint, save_periodic)
 from .config import Config, TrainConfig, config_from_dict
 from .data import BatchOrder, ImageData, batch_stream, load_images, to_model_range
 from .ema import EMA
 from .errors import DdpmkitError
+from .files import remove_stale_temporaries, write_json
 from .guidance import drop_labels
 from .losses import diffusion_loss
+from .nonfinite import NonFiniteGuard, NonFiniteLoss, optimizer_step
+from .run_log import RunLog
 from .samplers import SAMPLERS, ImageNoise
+from .stop_signals import GracefulStop
 from .unet import UNet
 from .viz import plot_loss_curve, save_grid
-
-
-class StopAtStepBoundary:
-    """Ctrl-C handling that never saves half a step: the first Ctrl-C asks the loop to finish its step, save
-    ``latest.pt`` and stop; a second one stops at once (``latest.pt`` then holds the last regular checkpoint)."""
-
-    def __enter__(self) -> "StopAtStepBoundary":
-        self.requested, self.previous = False, None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: finishing this step and saving latest.pt (press again to stop at once)", file=sys.stderr)
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 def learning_rate(step: int, t: TrainConfig) -> float:
@@ -148,10 +131,12 @@ class TrainingFD:
         return float(metric.compute())
 
 
-# Keys that may differ between a run and its resumption (everything else fixes the model or the batch order).
+# Keys that may differ between a run and its resumption: what fixes neither the model nor the batch order, and the
+# optimisation settings one changes to get a run past a numerical fault (lr, grad_clip, precision).
 RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every", "eval_every", "grid_images",
                      "grid_sampler", "grid_steps", "compile", "compile_mode", "tf32", "device", "num_workers",
-                     "fd_every", "fd_samples", "fd_sampler", "fd_steps", "fd_classifier"}
+                     "fd_every", "fd_samples", "fd_sampler", "fd_steps", "fd_classifier", "keep_checkpoints",
+                     "max_nonfinite_steps", "lr", "grad_clip", "precision"}
 
 
 def _check_resumable(saved: Config, cfg: Config) -> None:
@@ -165,36 +150,55 @@ def _check_resumable(saved: Config, cfg: Config) -> None:
                            f"restore the old values")
 
 
+def _resume_point(run_dir: Path, resume: str | Path | bool) -> tuple[dict | None, Path | None]:
+    """The checkpoint a run continues from: the one named by ``resume``, else the run directory's newest intact one
+    (None for a new run). ``resume=False`` refuses a run directory that already holds checkpoints."""
+    if isinstance(resume, (str, Path)):
+        path = Path(resume)
+        if path.is_dir():
+            found = newest_intact(resume_candidates(path))
+            if found is None:
+                raise DdpmkitError(f"--resume {path}: that folder holds no checkpoint")
+            return found
+        if not path.is_file():
+            raise DdpmkitError(f"--resume {path}: no such checkpoint")
+        return read_checkpoint(path), path
+    if resume is False:
+        if any(p.exists() for p in resume_candidates(run_dir)):
+            raise DdpmkitError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new "
+                               f"--run-dir")
+        return None, None
+    return newest_intact(resume_candidates(run_dir)) or (None, None)
+
+
 def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, stop_at: int | None = None,
           progress: bool = True) -> Path:
     """Train a model as ``cfg`` says, writing everything into ``run_dir``; returns the last checkpoint written.
 
-    resume:  True resumes from ``run_dir/latest.pt`` when it exists; a path resumes from that checkpoint; False
-             starts afresh (refusing to overwrite a run directory that has checkpoints).
+    resume:  True resumes from the newest intact checkpoint in ``run_dir`` when there is one; a path resumes from
+             that checkpoint (or run directory); False starts afresh (refusing a run directory with checkpoints).
     stop_at: stop after this step as if interrupted (``latest.pt`` written), for time-boxed jobs and tests.
+
+    A run killed at any moment (even ``kill -9``) loses only the steps since its last checkpoint: running the same
+    call again resumes and reaches the same weights as a run never interrupted.
     """
     t_cfg = cfg.train
     if stop_at is not None and stop_at < 1:
         raise DdpmkitError(f"--stop-at must be a step >= 1, got {stop_at}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)  # left by a run killed while writing
     device = resolve_device(t_cfg.device)
     set_tf32(device, t_cfg.tf32)
     torch.manual_seed(t_cfg.seed)
 
     # -- resume point --------------------------------------------------------------------------------------------
-    ckpt_path = Path(resume) if isinstance(resume, (str, Path)) else run_dir / "latest.pt"
-    state = None
-    if resume is not False and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        _check_resumable(config_from_dict(state["config"]), cfg)
-    elif isinstance(resume, (str, Path)):
-        raise DdpmkitError(f"--resume {ckpt_path}: no such checkpoint")
-    elif resume is False and (run_dir / "latest.pt").exists():
-        raise DdpmkitError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --run-dir")
-    if state is not None and int(state["step"]) >= t_cfg.steps:
-        print(f"{run_dir}: already trained for {state['step']} steps (train.steps={t_cfg.steps}); nothing to do")
-        return run_dir / "final.pt" if (run_dir / "final.pt").is_file() else ckpt_path
+    state, ckpt_path = _resume_point(run_dir, resume)
+    if state is not None:
+        _check_resumable(config_from_dict(state["config"], source=f"the config inside {ckpt_path}"), cfg)
+        if int(state["step"]) >= t_cfg.steps:
+            print(f"{run_dir}: already trained for {state['step']} steps (train.steps={t_cfg.steps}); nothing to do")
+            return run_dir / "final.pt" if (run_dir / "final.pt").is_file() else ckpt_path
 
     # -- data, model, optimisation ---------------------------------------------------------------------------------
     data = load_images(cfg.data, "train")
@@ -207,45 +211,44 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, t_cfg.ema_decay, t_cfg.ema_warmup)
     schedule = noise_schedule(cfg.diffusion).to(device)
+    # Fused AdamW (CPU and CUDA) can skip a non-finite step on the device; see nonfinite.py.
     optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.lr, betas=tuple(t_cfg.adam_betas),
-                                  weight_decay=t_cfg.weight_decay, fused=device.type == "cuda")
+                                  weight_decay=t_cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
     scaler = torch.amp.GradScaler(device.type, enabled=t_cfg.precision == "fp16")
     noise_gen = torch.Generator(device=device).manual_seed(t_cfg.seed + 1)  # timesteps, noise, flips, label drops
     step, best = 0, math.inf
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], str(ckpt_path))
+        load_weights(ema.model, state["ema"]["model"], f"{ckpt_path} (EMA)")
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
+        if state.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
         noise_gen.set_state(state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step, best = int(state["step"]), float(state.get("best", math.inf))
+        del state  # its tensors are now in the model, the EMA and the optimizer
     network = torch.compile(model, mode=t_cfg.compile_mode) if t_cfg.compile else model
     training_fd = (TrainingFD(cfg, (spec.image_channels, spec.image_size, spec.image_size), data.class_names)
                    if t_cfg.fd_every else None)
 
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    log_file = (run_dir / "log.jsonl").open("a")
+    write_json(run_dir / "config.json", cfg.to_dict())
+    log = RunLog(run_dir / "log.jsonl", resume_step=step)
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None)
     num_params = sum(p.numel() for p in model.parameters())
     print(f"ddpmkit: {cfg.data.dataset} ({len(data)} images from {data.source}), U-Net {num_params / 1e6:.2f}M "
           f"parameters, {device}, {t_cfg.precision}; run dir {run_dir}" + (f", resuming at step {step}" if step else ""))
 
-    def checkpoint(name: str) -> Path:
-        return save_checkpoint({
+    def training_state() -> dict:
+        return {
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None, "step": step, "best": best,
             "config": cfg.to_dict(), "unet": vars(spec).copy(), "class_names": data.class_names,
             "rng": {"torch": torch.get_rng_state(), "noise": noise_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-        }, run_dir / f"{name}.pt")
-
-    def log(record: dict) -> None:
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
+        }
 
     # -- the loop ----------------------------------------------------------------------------------------------------
     accum = t_cfg.grad_accum
@@ -254,16 +257,19 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     batches = batch_stream(data, order, step * accum, stop * accum, device, cfg.data.num_workers, t_cfg.seed)
     T = schedule.num_timesteps
     null_label = spec.num_classes
+    guard = NonFiniteGuard(device, t_cfg.max_nonfinite_steps)
     loss_sum = torch.zeros((), device=device)  # summed on the device; read back only every log_every steps
     interval_start, interval_steps = time.perf_counter(), 0
+    saved_step, saved = step, ckpt_path  # the newest checkpoint on disk
     bar = tqdm(total=t_cfg.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     model.train()
-    with StopAtStepBoundary() as interrupt:
+    with GracefulStop() as interrupt:
         try:
             while step < stop:
                 lr = learning_rate(step, t_cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                step_loss = torch.zeros((), device=device)
                 for _ in range(accum):
                     images, labels = next(batches)
                     x0 = to_model_range(images, cfg.data.zero_one)
@@ -282,70 +288,83 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                         loss = diffusion_loss(network, schedule, x0, t, noise, y, prediction=cfg.diffusion.prediction,
                                               loss=cfg.diffusion.loss)
                     scaler.scale(loss / accum).backward()
-                    loss_sum += loss.detach() / accum
+                    step_loss += loss.detach() / accum
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip or math.inf)
-                scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
-                scaler.step(optimizer)
-                scaler.update()
+                skip = guard.check(step_loss, grad_norm)  # a NaN or inf step changes neither weights nor EMA
+                optimizer_step(optimizer, scaler, skip)
                 optimizer.zero_grad(set_to_none=True)
-                if not scaler.is_enabled() or scaler.get_scale() >= scale_before:  # fp16 skips steps with inf grads
-                    ema.update(model)
+                ema.update(model, skip)
+                loss_sum += torch.where(skip.bool(), 0.0, step_loss)
                 step += 1
                 interval_steps += 1
                 bar.update(1)
 
                 if step % t_cfg.log_every == 0 or step == stop:
                     elapsed = time.perf_counter() - interval_start
-                    record = {"step": step, "loss": loss_sum.item() / interval_steps, "lr": lr,
-                              "grad_norm": float(grad_norm),
+                    skipped = guard.read_interval(step)
+                    finite_steps = interval_steps - skipped
+                    record = {"step": step, "loss": loss_sum.item() / finite_steps if finite_steps else None,
+                              "lr": lr, "grad_norm": float(grad_norm), "skipped_steps": skipped,
                               "images_per_s": interval_steps * accum * t_cfg.batch_size / elapsed}
-                    log(record)
-                    for key in ("loss", "lr", "grad_norm", "images_per_s"):
-                        writer.add_scalar(f"train/{key}", record[key], step)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                    log.write(record)
+                    for key in ("loss", "lr", "grad_norm", "images_per_s", "skipped_steps"):
+                        if record[key] is not None:
+                            writer.add_scalar(f"train/{key}", record[key], step)
+                    bar.set_postfix(loss=f"{record['loss'] or math.nan:.4f}", img_s=f"{record['images_per_s']:.0f}",
+                                    **({"skipped": skipped} if skipped else {}))
                     loss_sum.zero_()
                     interval_start, interval_steps = time.perf_counter(), 0
 
-                finished = step == t_cfg.steps
                 extra_work_start = time.perf_counter()  # evaluation, grids and checkpoints don't count against images/s
+                finished = step == t_cfg.steps
+                improved = False
+                if not interrupt.requested:  # a stop request saves at once: a scheduler's grace period is short
+                    # Evaluations come before the checkpoint, so that the checkpoint's "best" is up to date.
+                    if heldout_images is not None and (step % t_cfg.eval_every == 0 or finished):
+                        value = heldout_loss(ema.model, schedule, heldout_images, heldout_labels, cfg, device)
+                        log.write({"step": step, "heldout_loss": value, "heldout": heldout_source})
+                        writer.add_scalar("eval/heldout_loss_ema", value, step)
+                        if t_cfg.best_by == "heldout_loss" and value < best:
+                            best, improved = value, True
+                    if training_fd is not None and (step % t_cfg.fd_every == 0 or finished):
+                        value = training_fd(ema.model, schedule, device)
+                        log.write({"step": step, training_fd.name: value, "fd_sampler": t_cfg.fd_sampler,
+                                   "fd_steps": t_cfg.fd_steps, "fd_samples": t_cfg.fd_samples})
+                        writer.add_scalar(f"eval/{training_fd.name}_ema", value, step)
+                        if t_cfg.best_by == "fd" and value < best:
+                            best, improved = value, True
+                    if t_cfg.sample_every and step % t_cfg.sample_every == 0 or finished:
+                        grid = sample_images(ema.model, schedule, cfg, device, t_cfg.grid_images, t_cfg.grid_sampler,
+                                             t_cfg.grid_steps)
+                        save_grid(grid, run_dir / "samples" / f"step_{step:07d}.png")
+                        writer.add_images("samples/ema", grid, step)
                 if step % t_cfg.checkpoint_every == 0 or step == stop or interrupt.requested:
-                    checkpoint("latest")  # first, so nothing after it can lose this step's work
-                if heldout_images is not None and (step % t_cfg.eval_every == 0 or finished):
-                    value = heldout_loss(ema.model, schedule, heldout_images, heldout_labels, cfg, device)
-                    log({"step": step, "heldout_loss": value, "heldout": heldout_source})
-                    writer.add_scalar("eval/heldout_loss_ema", value, step)
-                    if t_cfg.best_by == "heldout_loss" and value < best:
-                        best = value
-                        checkpoint("best")
-                if training_fd is not None and (step % t_cfg.fd_every == 0 or finished):
-                    value = training_fd(ema.model, schedule, device)
-                    log({"step": step, training_fd.name: value, "fd_sampler": t_cfg.fd_sampler,
-                         "fd_steps": t_cfg.fd_steps, "fd_samples": t_cfg.fd_samples})
-                    writer.add_scalar(f"eval/{training_fd.name}_ema", value, step)
-                    if t_cfg.best_by == "fd" and value < best:
-                        best = value
-                        checkpoint("best")
-                if t_cfg.sample_every and step % t_cfg.sample_every == 0 or finished:
-                    grid = sample_images(ema.model, schedule, cfg, device, t_cfg.grid_images, t_cfg.grid_sampler,
-                                         t_cfg.grid_steps)
-                    save_grid(grid, run_dir / "samples" / f"step_{step:07d}.png")
-                    writer.add_images("samples/ema", grid, step)
-                if interrupt.requested:
-                    raise KeyboardInterrupt
+                    guard.read_limit(step)  # never save a state that a run of non-finite steps should stop
+                    saved, saved_step = save_periodic(training_state(), run_dir, t_cfg.keep_checkpoints), step
+                    if improved:
+                        link_checkpoint(saved, run_dir / "best.pt")
+                elif improved:
+                    save_checkpoint(training_state(), run_dir / "best.pt")
+                interrupt.raise_if_requested()
                 interval_start += time.perf_counter() - extra_work_start
+        except NonFiniteLoss as fault:
+            bar.close()
+            kept = f"{saved} (step {saved_step}) is from before the fault" if saved else "no checkpoint was written"
+            raise DdpmkitError(f"training stopped: {fault}. {kept}; after fixing the cause, run the same command "
+                               f"again to resume") from None
         except KeyboardInterrupt:
             bar.close()
-            saved = f"saved {run_dir / 'latest.pt'} at step {step}" if interrupt.requested else \
-                f"{run_dir / 'latest.pt'} holds the last checkpoint"
-            print(f"\ninterrupted: {saved}; run the same command again to resume", file=sys.stderr)
+            where = f"saved {run_dir / 'latest.pt'} at step {step}" if interrupt.requested and saved_step == step \
+                else (f"{saved} (step {saved_step}) holds the last checkpoint" if saved else "no checkpoint yet")
+            print(f"\ninterrupted: {where}; run the same command again to resume", file=sys.stderr)
             raise
         finally:
             bar.close()
             writer.close()
-            log_file.close()
+            log.close()
             plot_loss_curve(run_dir / "log.jsonl", run_dir / "loss.png")
 
     if step < t_cfg.steps:
         return run_dir / "latest.pt"
-    return checkpoint("final")
+    return link_checkpoint(saved, run_dir / "final.pt")

@@ -1,0 +1,49 @@
+"""Stopping a run at a step boundary when asked to: Ctrl-C (SIGINT) or SIGTERM, which SLURM, Kubernetes, systemd and
+``timeout`` send some seconds before they kill a job."""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequested(KeyboardInterrupt):
+    """The run stopped because of ``signum``; a command line exits with 128 + signum, as shells expect."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class GracefulStop:
+    """The first SIGINT or SIGTERM asks the loop to finish its step, save ``latest.pt`` and stop (``requested`` is
+    then the signal's name); a second one stops at once, and ``latest.pt`` holds the last checkpoint written.
+
+    Handlers can only be installed from the main thread; elsewhere (a training job started in a thread) the
+    signals keep their previous meaning.
+    """
+
+    def __enter__(self) -> "GracefulStop":
+        self.requested: str | None = None
+        self.signum = signal.SIGINT
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise StopRequested(signum)
+        self.requested, self.signum = signal.Signals(signum).name, signum
+        print(f"\n{self.requested}: finishing this step and saving latest.pt (send it again to stop at once)",
+              file=sys.stderr)
+
+    def raise_if_requested(self) -> None:
+        if self.requested:
+            raise StopRequested(self.signum)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
