@@ -16,7 +16,6 @@ import os
 import pickle
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +133,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                                 f"checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused a global: the file would run code or build objects
-        raise DamagedCheckpoint(f"checkpoint {path} holds Python objects that a ddpmkit checkpoint never does, "
-                                f"which loading could execute as code; refused. Load only checkpoints written by "
-                                f"'ddpmkit train'") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except pickle.UnpicklingError as err:  # weights_only refused the pickle: a forbidden global, or no pickle at all
+        if "GLOBAL" in str(err):
+            raise DamagedCheckpoint(f"checkpoint {path} holds Python objects that a ddpmkit checkpoint never does, "
+                                    f"which loading could execute as code; refused. Load only checkpoints written "
+                                    f"by 'ddpmkit train'") from None
+        raise DamagedCheckpoint(f"checkpoint {path} is truncated or corrupted, or not a PyTorch file (no pickle a "
+                                f"weights-only load accepts); use another checkpoint") from None
+    except Exception as err:  # garbage makes the unpickler fail in any number of ways: all mean "unusable"
         reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
         raise DamagedCheckpoint(f"checkpoint {path} is truncated or corrupted, or not a PyTorch file ({reason}); "
                                 f"use another checkpoint") from None
