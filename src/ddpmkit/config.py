@@ -44,7 +44,7 @@ class DataConfig:
     hflip: bool = False              # random horizontal flips (on for natural images, off for digits)
     channels: int = 0                # 0 = the dataset's own (1 for (Fashion-)MNIST, 3 otherwise); 1 or 3 converts
     zero_one: bool = False           # scale pixels to [0, 1] instead of [-1, 1]; required by the bce loss
-    max_images: int = 0              # use only the first N training images; 0 = all
+    max_images: int = 0              # use only N training images, a seeded choice keeping each class's share; 0 = all
     in_memory: str = "auto"          # hold the whole set as one tensor on the device: auto (if < 2 GB), yes, no
     num_workers: int = 2             # DataLoader workers when not in memory
     download: bool = True            # let torchvision download the dataset when it is not found locally
