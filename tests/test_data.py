@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 from conftest import FASHION_MNIST_DIR, MNIST_10K_DIR, write_idx
-from ddpmkit.config import Config, DataConfig, TrainConfig
+from ddpmkit.config import Config, DataConfig, TrainConfig, config_from_dict
 from ddpmkit.data import BatchOrder, load_images, read_idx, stratified_choice, to_model_range, to_uint8
-from ddpmkit.errors import DdpmkitError
+from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.train import _heldout_set
 
 needs_fashion = pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
@@ -239,3 +239,61 @@ def test_stratified_choice_without_labels_is_a_seeded_uniform_choice():
     # Uniform: each of the 100 images is picked in about a tenth of 300 draws (30 +- 5.2 for one sd).
     hits = torch.bincount(picks.flatten(), minlength=100)
     assert hits.min() > 10 and hits.max() < 55
+
+
+# -- unreadable files in an image folder --------------------------------------------------------------------------
+
+def _folder_with_bad_files(root, classes: bool) -> None:
+    """4 good PNGs (greys 0, 40, 80, 120), 3 unreadable image files, and 3 files that are no images' business."""
+    def place(i):
+        return root / ("ab"[i % 2]) if classes else root
+    for i in range(4):
+        _write_png(place(i) / f"good{i}.png", 40 * i)
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(place(0) / "truncated.png")
+    whole = (place(0) / "truncated.png").read_bytes()
+    (place(0) / "truncated.png").write_bytes(whole[: len(whole) // 2])  # cut mid-IDAT: opens, fails to load
+    (place(1) / "x.png").write_text("not an image\n")
+    (place(2) / "empty.jpg").write_bytes(b"")
+    (place(3) / "readme.txt").write_text("notes\n")
+    (place(3) / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (place(3) / "._good3.png").write_bytes(b"\0\5\26\7")  # a macOS resource fork: hidden, so ignored, not "bad"
+
+
+@pytest.mark.parametrize("in_memory", ["yes", "no"])
+@pytest.mark.parametrize("classes", [False, True], ids=["flat", "classes"])
+def test_unreadable_images_are_left_out_with_one_line(tmp_path, capsys, classes, in_memory):
+    _folder_with_bad_files(tmp_path, classes)
+    data = load_images(DataConfig(dataset="folder", root=str(tmp_path), image_size=8, num_workers=0,
+                                  in_memory=in_memory))  # bad_images=skip is the default
+    images, labels = _decoded(data)
+    assert sorted(images.float().mean((1, 2, 3)).round().tolist()) == [0, 40, 80, 120]
+    if classes:
+        assert data.class_names == ["a", "b"] and labels.tolist() == [0, 0, 1, 1]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "3 unreadable" in lines[0] and "--set data.bad_images=fail" in lines[0]
+    assert all(name in lines[0] for name in ("truncated.png", "x.png", "empty.jpg"))
+
+
+@pytest.mark.parametrize("classes,first_bad", [(False, "empty.jpg"), (True, "a/empty.jpg")], ids=["flat", "classes"])
+def test_unreadable_images_fail_with_one_line_when_asked(tmp_path, classes, first_bad):
+    _folder_with_bad_files(tmp_path, classes)
+    with pytest.raises(DdpmkitError) as err:
+        load_images(DataConfig(dataset="folder", root=str(tmp_path), image_size=8, num_workers=0, in_memory="no",
+                               bad_images="fail"))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / first_bad))
+    assert "3 of 7" in message and "data.bad_images=skip" in message
+
+
+def test_a_folder_of_only_unreadable_images_has_no_images(tmp_path):
+    (tmp_path / "x.png").write_text("not an image\n")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DdpmkitError, match="no images"):
+        load_images(DataConfig(dataset="folder", root=str(tmp_path)))
+
+
+def test_bad_images_is_skip_or_fail():
+    assert config_from_dict({"data": {"bad_images": "fail"}}).data.bad_images == "fail"
+    with pytest.raises(ConfigError, match="data.bad_images: 'ignore' is not allowed; choose one of skip, fail"):
+        config_from_dict({"data": {"bad_images": "ignore"}})

@@ -8,7 +8,8 @@ Where each dataset is looked for, in order:
   Fashion-MNIST the Debian package's ``/usr/share/datasets/fashion-mnist``; torchvision's download into
   ``data.root`` or ``~/.cache/ddpmkit/datasets``.
   CIFAR-10, CelebA: torchvision's own folders under ``data.root`` or the cache, downloaded if allowed.
-  folder: ``data.root``; classes are its subfolders when it has any, else the images are unlabelled.
+  folder: ``data.root``; classes are its subfolders when it has any, else the images are unlabelled. Every image
+  file is decoded once at load; unreadable ones are left out or stop the run (``data.bad_images``).
 
 ``data.max_images`` and the held-out images of a set without a test split are a seeded, class-stratified choice
 (``stratified_choice`` with ``SELECTION_SEED``), never the first or last images in file order: an image folder lists
@@ -17,15 +18,20 @@ its images class by class.
 from __future__ import annotations
 
 import gzip
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 from .config import DataConfig
 from .errors import DdpmkitError
@@ -155,17 +161,24 @@ def _fit_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 # -- image folders and CelebA (decoded on the fly) ------------------------------------------------------------------
 
 class _FlatImageFolder(Dataset):
-    """Every image file under a folder, unlabelled."""
+    """Image files, unlabelled."""
 
-    def __init__(self, root: Path, transform):
-        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        self.transform = transform
+    def __init__(self, files: list[Path], transform):
+        self.files, self.transform = files, transform
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         return self.transform(tvd.folder.default_loader(str(self.files[i]))), -1
+
+
+class _ClassFolders(tvd.ImageFolder):
+    """ImageFolder whose classes are the visible subfolders: a hidden .thumbnails or .git is no class."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        return classes, {name: i for i, name in enumerate(classes)}
 
 
 class _Uint8Images(Dataset):
@@ -190,6 +203,48 @@ def _pil_transform(size: int, channels: int, center_crop: int | None = None):
     return v2.Compose(steps)
 
 
+def _image_files(root: Path) -> list[Path]:
+    """Files with an image suffix under ``root``, found as ImageFolder finds them (links followed), hidden ones
+    (.DS_Store, macOS's ._name.jpg resource forks, anything in .folders) left out."""
+    files = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        files += [Path(folder, name) for name in names
+                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files)
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why Pillow cannot decode ``path``, or None when it can; ``load`` decodes every pixel, so truncation shows."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except UnidentifiedImageError:
+        return "not an image format Pillow knows"
+    except Exception as err:  # broken files raise OSError, SyntaxError, ValueError, struct.error, ... by format
+        return str(err) or type(err).__name__
+    return None
+
+
+def _readable_images(root: Path, bad_images: str) -> list[Path]:
+    """The image files under ``root`` that decode. Unreadable ones are left out with one line (bad_images="skip")
+    or stop the run (bad_images="fail") here, not as a traceback from a DataLoader worker mid-training."""
+    files = _image_files(root)
+    with ThreadPoolExecutor(min(16, (os.cpu_count() or 1) + 4)) as pool:  # Pillow decodes without the GIL
+        reasons = list(tqdm(pool.map(_unreadable, files), total=len(files), desc=f"checking images in {root}",
+                            unit="image", disable=len(files) < 1000, leave=False))
+    bad = [(path, reason) for path, reason in zip(files, reasons) if reason]
+    if bad and bad_images == "fail":
+        raise DdpmkitError(f"{bad[0][0]} is not a readable image ({bad[0][1]}); {len(bad)} of {len(files)} image "
+                           f"files under {root} are unreadable: repair or remove them, or --set "
+                           f"data.bad_images=skip to train without them")
+    if bad:
+        names = ", ".join(str(path.relative_to(root)) for path, _ in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        print(f"ddpmkit: left out {len(bad)} unreadable image files of {len(files)} under {root} ({names}); "
+              f"--set data.bad_images=fail stops instead", file=sys.stderr)
+    return [path for path, reason in zip(files, reasons) if not reason]
+
+
 def _load_folder(cfg: DataConfig) -> tuple[Dataset, list[str], torch.Tensor | None]:
     """(dataset, class names, labels or None) of an image folder; labels come from the file list, not decoding."""
     if not cfg.root:
@@ -197,19 +252,18 @@ def _load_folder(cfg: DataConfig) -> tuple[Dataset, list[str], torch.Tensor | No
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DdpmkitError(f"data.root {root} is not a folder; point it at a folder of images")
-    transform = _pil_transform(cfg.image_size, cfg.channels or 3)
-    has_classes = any(p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*"))
-                      for p in root.iterdir())
-    if has_classes:
-        try:
-            base = tvd.ImageFolder(str(root), transform=transform)
-        except FileNotFoundError as err:
-            raise DdpmkitError(f"{root}: {err}; every class subfolder needs at least one image") from None
-        return _Uint8Images(base, labelled=True), list(base.classes), torch.tensor(base.targets, dtype=torch.long)
-    ds = _FlatImageFolder(root, transform)
-    if len(ds) == 0:
+    files = _readable_images(root, cfg.bad_images)
+    if not files:
         raise DdpmkitError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
-    return ds, [], None
+    transform = _pil_transform(cfg.image_size, cfg.channels or 3)
+    if any(path.parent != root for path in files):  # images in subfolders: the subfolders are classes
+        readable = {str(path) for path in files}
+        try:
+            base = _ClassFolders(str(root), transform=transform, is_valid_file=readable.__contains__)
+        except FileNotFoundError as err:
+            raise DdpmkitError(f"{root}: {err}; every class subfolder needs at least one readable image") from None
+        return _Uint8Images(base, labelled=True), list(base.classes), torch.tensor(base.targets, dtype=torch.long)
+    return _FlatImageFolder(files, transform), [], None
 
 
 def _torchvision_dataset(cls, cfg: DataConfig, name: str, **kwargs):
