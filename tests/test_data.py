@@ -5,9 +5,10 @@ import torch
 from PIL import Image
 
 from conftest import FASHION_MNIST_DIR, MNIST_10K_DIR, write_idx
-from ddpmkit.config import DataConfig
-from ddpmkit.data import BatchOrder, load_images, read_idx, to_model_range, to_uint8
-from ddpmkit.errors import DdpmkitError
+from ddpmkit.config import Config, DataConfig, TrainConfig, config_from_dict
+from ddpmkit.data import BatchOrder, load_images, read_idx, stratified_choice, to_model_range, to_uint8
+from ddpmkit.errors import ConfigError, DdpmkitError
+from ddpmkit.train import _heldout_set
 
 needs_fashion = pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
                                    reason=f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} "
@@ -133,3 +134,166 @@ def test_batch_order_is_the_concatenation_of_seeded_epoch_permutations(num_image
     order = BatchOrder(num_images, batch_size, seed)
     for k in reversed(range(batches)):
         assert torch.equal(order.indices(k), stream[k * batch_size: (k + 1) * batch_size])
+
+
+# -- which images max_images keeps and which are held out ---------------------------------------------------------
+
+UNEVEN_CLASSES = {"cats": 12, "dogs": 12, "owls": 6}  # listed class by class, the smallest last
+
+
+@pytest.fixture
+def uneven_folder(tmp_path):
+    """30 tiny PNGs in 3 class folders of 12, 12 and 6; image k is a flat grey of 5 + 8k, so its value names it."""
+    k = 0
+    for cls, count in UNEVEN_CLASSES.items():
+        for i in range(count):
+            _write_png(tmp_path / cls / f"{i:02d}.png", 5 + 8 * k)
+            k += 1
+    return tmp_path
+
+
+def _image_ids(images: torch.Tensor) -> list[int]:
+    """Which of ``uneven_folder``'s images these are, from their grey value."""
+    return [(round(v) - 5) // 8 for v in images.float().mean((1, 2, 3)).tolist()]
+
+
+def _folder_config(root, **data) -> Config:
+    return Config(data=DataConfig(dataset="folder", root=str(root), image_size=8, num_workers=0, **data),
+                  train=TrainConfig(eval_images=5))
+
+
+def _decoded(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images and labels of ``data``, through its DataLoader-facing dataset when it is not in memory."""
+    if data.images is not None:
+        return data.images, data.labels
+    pairs = [data.dataset[i] for i in range(len(data))]
+    return torch.stack([x for x, _ in pairs]), torch.tensor([y for _, y in pairs])
+
+
+@pytest.mark.parametrize("in_memory", ["yes", "no"])
+def test_max_images_keeps_every_class_in_proportion(uneven_folder, in_memory):
+    # 7 of 12/12/6: 2.8, 2.8, 1.4 -> floors 2, 2, 1 and the 2 left over go to the largest remainders: 3, 3, 1.
+    cfg = DataConfig(dataset="folder", root=str(uneven_folder), image_size=8, num_workers=0, max_images=7,
+                     in_memory=in_memory)
+    images, labels = _decoded(load_images(cfg))
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2]
+    first_of_class = torch.tensor([0, 12, 24, 30])  # image ids where each class starts
+    ids = torch.tensor(_image_ids(images))
+    assert ((ids >= first_of_class[labels]) & (ids < first_of_class[labels + 1])).all()
+    assert torch.equal(_decoded(load_images(cfg))[0], images)  # the same choice on every load
+
+
+def test_heldout_without_test_split_keeps_every_class_and_is_disjoint_from_training(uneven_folder):
+    # 5 of 12/12/6 held out: exactly 2, 2, 1; the other 25 train, so the 6-image class is in both.
+    cfg = _folder_config(uneven_folder)
+    images, labels, source, rest = _heldout_set(cfg, load_images(cfg.data))
+    assert labels.tolist() == [0, 0, 1, 1, 2] and len(rest) == 25
+    assert torch.equal(torch.bincount(rest.labels), torch.tensor([10, 10, 5]))
+    held, trained = _image_ids(images), _image_ids(rest.images)
+    assert sorted(held + trained) == list(range(30))
+    again = _heldout_set(cfg, load_images(cfg.data))
+    assert torch.equal(again[0], images) and torch.equal(again[3].images, rest.images)
+
+
+def test_heldout_works_for_images_decoded_on_the_fly(uneven_folder):
+    cfg = _folder_config(uneven_folder, in_memory="no")
+    images, labels, source, rest = _heldout_set(cfg, load_images(cfg.data))
+    assert images.shape == (5, 3, 8, 8) and labels.tolist() == [0, 0, 1, 1, 2]
+    assert rest.images is None and len(rest) == 25
+    trained = [rest.dataset[i] for i in range(len(rest))]
+    assert [y for _, y in trained] == rest.labels.tolist()
+    assert sorted(_image_ids(images) + _image_ids(torch.stack([x for x, _ in trained]))) == list(range(30))
+
+
+def test_max_images_never_truncates_the_test_split(tiny_idx_root):
+    cfg = DataConfig(dataset="mnist", root=str(tiny_idx_root), image_size=8, download=False, max_images=10)
+    assert len(load_images(cfg, "train")) == 10 and len(load_images(cfg, "test")) == 16
+
+
+@needs_mnist_10k
+def test_real_mnist_max_images_takes_every_digit_in_proportion():
+    cfg = DataConfig(dataset="mnist", root=str(MNIST_10K_DIR), download=False)
+    full = torch.bincount(load_images(cfg).labels, minlength=10)
+    subset = load_images(DataConfig(dataset="mnist", root=str(MNIST_10K_DIR), download=False, max_images=1000))
+    counts = torch.bincount(subset.labels, minlength=10)
+    # Each digit's share of the 1,000 equals its share of the 10,000 up to the rounding of one image.
+    assert counts.sum() == 1000 and ((counts - full / 10).abs() < 1).all()
+    assert counts.min() >= 80 and counts.max() <= 120
+
+
+def test_stratified_choice_rounds_by_largest_remainder_and_keeps_rare_classes():
+    labels = torch.tensor([0] * 100 + [1] * 100 + [2])
+    chosen = stratified_choice(len(labels), 10, seed=0, labels=labels)
+    # 4.975, 4.975, 0.05 -> 5, 5, 0 by largest remainder; the lone class-2 image takes a place from class 0.
+    assert torch.bincount(labels[chosen]).tolist() == [4, 5, 1]
+    assert torch.equal(chosen, chosen.sort().values) and len(chosen.unique()) == 10
+    assert torch.equal(chosen, stratified_choice(len(labels), 10, seed=0, labels=labels))
+    assert not torch.equal(chosen, stratified_choice(len(labels), 10, seed=1, labels=labels))
+    assert torch.bincount(labels[stratified_choice(len(labels), 2, seed=0, labels=labels)]).tolist() == [1, 1]
+    assert torch.equal(stratified_choice(5, 9, seed=0), torch.arange(5))
+
+
+def test_stratified_choice_without_labels_is_a_seeded_uniform_choice():
+    picks = torch.stack([stratified_choice(100, 10, seed=s) for s in range(300)])
+    assert all(len(p.unique()) == 10 and p.max() < 100 for p in picks)
+    # Uniform: each of the 100 images is picked in about a tenth of 300 draws (30 +- 5.2 for one sd).
+    hits = torch.bincount(picks.flatten(), minlength=100)
+    assert hits.min() > 10 and hits.max() < 55
+
+
+# -- unreadable files in an image folder --------------------------------------------------------------------------
+
+def _folder_with_bad_files(root, classes: bool) -> None:
+    """4 good PNGs (greys 0, 40, 80, 120), 3 unreadable image files, and 3 files that are no images' business."""
+    def place(i):
+        return root / ("ab"[i % 2]) if classes else root
+    for i in range(4):
+        _write_png(place(i) / f"good{i}.png", 40 * i)
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(place(0) / "truncated.png")
+    whole = (place(0) / "truncated.png").read_bytes()
+    (place(0) / "truncated.png").write_bytes(whole[: len(whole) // 2])  # cut mid-IDAT: opens, fails to load
+    (place(1) / "x.png").write_text("not an image\n")
+    (place(2) / "empty.jpg").write_bytes(b"")
+    (place(3) / "readme.txt").write_text("notes\n")
+    (place(3) / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (place(3) / "._good3.png").write_bytes(b"\0\5\26\7")  # a macOS resource fork: hidden, so ignored, not "bad"
+
+
+@pytest.mark.parametrize("in_memory", ["yes", "no"])
+@pytest.mark.parametrize("classes", [False, True], ids=["flat", "classes"])
+def test_unreadable_images_are_left_out_with_one_line(tmp_path, capsys, classes, in_memory):
+    _folder_with_bad_files(tmp_path, classes)
+    data = load_images(DataConfig(dataset="folder", root=str(tmp_path), image_size=8, num_workers=0,
+                                  in_memory=in_memory))  # bad_images=skip is the default
+    images, labels = _decoded(data)
+    assert sorted(images.float().mean((1, 2, 3)).round().tolist()) == [0, 40, 80, 120]
+    if classes:
+        assert data.class_names == ["a", "b"] and labels.tolist() == [0, 0, 1, 1]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "3 unreadable" in lines[0] and "--set data.bad_images=fail" in lines[0]
+    assert all(name in lines[0] for name in ("truncated.png", "x.png", "empty.jpg"))
+
+
+@pytest.mark.parametrize("classes,first_bad", [(False, "empty.jpg"), (True, "a/empty.jpg")], ids=["flat", "classes"])
+def test_unreadable_images_fail_with_one_line_when_asked(tmp_path, classes, first_bad):
+    _folder_with_bad_files(tmp_path, classes)
+    with pytest.raises(DdpmkitError) as err:
+        load_images(DataConfig(dataset="folder", root=str(tmp_path), image_size=8, num_workers=0, in_memory="no",
+                               bad_images="fail"))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / first_bad))
+    assert "3 of 7" in message and "data.bad_images=skip" in message
+
+
+def test_a_folder_of_only_unreadable_images_has_no_images(tmp_path):
+    (tmp_path / "x.png").write_text("not an image\n")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DdpmkitError, match="no images"):
+        load_images(DataConfig(dataset="folder", root=str(tmp_path)))
+
+
+def test_bad_images_is_skip_or_fail():
+    assert config_from_dict({"data": {"bad_images": "fail"}}).data.bad_images == "fail"
+    with pytest.raises(ConfigError, match="data.bad_images: 'ignore' is not allowed; choose one of skip, fail"):
+        config_from_dict({"data": {"bad_images": "ignore"}})

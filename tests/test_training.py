@@ -140,7 +140,7 @@ def test_heldout_comes_from_train_when_there_is_no_test_split(tiny_config, tmp_p
     cfg = _with(tiny_config, data={"root": str(root)})
     train(cfg, tmp_path / "run", progress=False)
     log = (tmp_path / "run" / "log.jsonl").read_text()
-    assert "last images of train" in log
+    assert "held out of train" in log
 
 
 def test_sampler_api_is_batch_independent(tiny_config, tmp_path):

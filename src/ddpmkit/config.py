@@ -31,6 +31,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # torch.compile modes; reduce-overhead also replays the network as CUDA graphs on a GPU (no effect on a CPU).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 IN_MEMORY = ("auto", "yes", "no")
+BAD_IMAGES = ("skip", "fail")
 BEST_BY = ("heldout_loss", "fd")
 SAMPLER_NAMES = ("ddpm", "deterministic", "ddim")
 
@@ -44,10 +45,11 @@ class DataConfig:
     hflip: bool = False              # random horizontal flips (on for natural images, off for digits)
     channels: int = 0                # 0 = the dataset's own (1 for (Fashion-)MNIST, 3 otherwise); 1 or 3 converts
     zero_one: bool = False           # scale pixels to [0, 1] instead of [-1, 1]; required by the bce loss
-    max_images: int = 0              # use only the first N training images; 0 = all
+    max_images: int = 0              # use only N training images, a seeded choice keeping each class's share; 0 = all
     in_memory: str = "auto"          # hold the whole set as one tensor on the device: auto (if < 2 GB), yes, no
     num_workers: int = 2             # DataLoader workers when not in memory
     download: bool = True            # let torchvision download the dataset when it is not found locally
+    bad_images: str = "skip"         # unreadable files in an image folder: skip (leave out, say so) or fail
 
 
 @dataclass
@@ -317,6 +319,7 @@ def validate(cfg: Config) -> Config:
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.resize_mode", d.resize_mode, RESIZE_MODES)
     _choice("data.in_memory", d.in_memory, IN_MEMORY)
+    _choice("data.bad_images", d.bad_images, BAD_IMAGES)
     _choice("model.downsample", m.downsample, ("conv", "space_to_depth"))
     _choice("model.upsample", m.upsample, ("nearest", "transposed"))
     _choice("diffusion.beta_schedule", f.beta_schedule, BETA_SCHEDULE_NAMES)

@@ -8,20 +8,30 @@ Where each dataset is looked for, in order:
   Fashion-MNIST the Debian package's ``/usr/share/datasets/fashion-mnist``; torchvision's download into
   ``data.root`` or ``~/.cache/ddpmkit/datasets``.
   CIFAR-10, CelebA: torchvision's own folders under ``data.root`` or the cache, downloaded if allowed.
-  folder: ``data.root``; classes are its subfolders when it has any, else the images are unlabelled.
+  folder: ``data.root``; classes are its subfolders when it has any, else the images are unlabelled. Every image
+  file is decoded once at load; unreadable ones are left out or stop the run (``data.bad_images``).
+
+``data.max_images`` and the held-out images of a set without a test split are a seeded, class-stratified choice
+(``stratified_choice`` with ``SELECTION_SEED``), never the first or last images in file order: an image folder lists
+its images class by class.
 """
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 from .config import DataConfig
 from .errors import DdpmkitError
@@ -32,6 +42,7 @@ IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
 FASHION_MNIST_CLASSES = list(tvd.FashionMNIST.classes)
 MNIST_CLASSES = [str(i) for i in range(10)]
 IMAGE_SUFFIXES = set(tvd.folder.IMG_EXTENSIONS)
+SELECTION_SEED = 0  # seeds which images max_images keeps and which are held out: a config always picks the same ones
 
 
 @dataclass
@@ -39,7 +50,7 @@ class ImageData:
     """A dataset ready for training: either all images in memory, or a map-style dataset for a DataLoader."""
 
     images: torch.Tensor | None     # (N, C, H, W) uint8 when held in memory
-    labels: torch.Tensor | None     # (N,) int64 class indices, or None when unlabelled
+    labels: torch.Tensor | None     # (N,) int64 class indices (in memory or not), or None when unlabelled
     dataset: Dataset | None         # yields (uint8 CHW tensor, label or -1) when not in memory
     class_names: list[str]          # [] when unlabelled
     channels: int
@@ -150,17 +161,24 @@ def _fit_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 # -- image folders and CelebA (decoded on the fly) ------------------------------------------------------------------
 
 class _FlatImageFolder(Dataset):
-    """Every image file under a folder, unlabelled."""
+    """Image files, unlabelled."""
 
-    def __init__(self, root: Path, transform):
-        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        self.transform = transform
+    def __init__(self, files: list[Path], transform):
+        self.files, self.transform = files, transform
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         return self.transform(tvd.folder.default_loader(str(self.files[i]))), -1
+
+
+class _ClassFolders(tvd.ImageFolder):
+    """ImageFolder whose classes are the visible subfolders: a hidden .thumbnails or .git is no class."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        return classes, {name: i for i, name in enumerate(classes)}
 
 
 class _Uint8Images(Dataset):
@@ -185,25 +203,67 @@ def _pil_transform(size: int, channels: int, center_crop: int | None = None):
     return v2.Compose(steps)
 
 
-def _load_folder(cfg: DataConfig) -> tuple[Dataset, list[str]]:
+def _image_files(root: Path) -> list[Path]:
+    """Files with an image suffix under ``root``, found as ImageFolder finds them (links followed), hidden ones
+    (.DS_Store, macOS's ._name.jpg resource forks, anything in .folders) left out."""
+    files = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        files += [Path(folder, name) for name in names
+                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files)
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why Pillow cannot decode ``path``, or None when it can; ``load`` decodes every pixel, so truncation shows."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except UnidentifiedImageError:
+        return "not an image format Pillow knows"
+    except Exception as err:  # broken files raise OSError, SyntaxError, ValueError, struct.error, ... by format
+        return str(err) or type(err).__name__
+    return None
+
+
+def _readable_images(root: Path, bad_images: str) -> list[Path]:
+    """The image files under ``root`` that decode. Unreadable ones are left out with one line (bad_images="skip")
+    or stop the run (bad_images="fail") here, not as a traceback from a DataLoader worker mid-training."""
+    files = _image_files(root)
+    with ThreadPoolExecutor(min(16, (os.cpu_count() or 1) + 4)) as pool:  # Pillow decodes without the GIL
+        reasons = list(tqdm(pool.map(_unreadable, files), total=len(files), desc=f"checking images in {root}",
+                            unit="image", disable=len(files) < 1000, leave=False))
+    bad = [(path, reason) for path, reason in zip(files, reasons) if reason]
+    if bad and bad_images == "fail":
+        raise DdpmkitError(f"{bad[0][0]} is not a readable image ({bad[0][1]}); {len(bad)} of {len(files)} image "
+                           f"files under {root} are unreadable: repair or remove them, or --set "
+                           f"data.bad_images=skip to train without them")
+    if bad:
+        names = ", ".join(str(path.relative_to(root)) for path, _ in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        print(f"ddpmkit: left out {len(bad)} unreadable image files of {len(files)} under {root} ({names}); "
+              f"--set data.bad_images=fail stops instead", file=sys.stderr)
+    return [path for path, reason in zip(files, reasons) if not reason]
+
+
+def _load_folder(cfg: DataConfig) -> tuple[Dataset, list[str], torch.Tensor | None]:
+    """(dataset, class names, labels or None) of an image folder; labels come from the file list, not decoding."""
     if not cfg.root:
         raise DdpmkitError("data.dataset=folder needs a folder: pass --set data.root=PATH/TO/IMAGES")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DdpmkitError(f"data.root {root} is not a folder; point it at a folder of images")
-    transform = _pil_transform(cfg.image_size, cfg.channels or 3)
-    has_classes = any(p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*"))
-                      for p in root.iterdir())
-    if has_classes:
-        try:
-            base = tvd.ImageFolder(str(root), transform=transform)
-        except FileNotFoundError as err:
-            raise DdpmkitError(f"{root}: {err}; every class subfolder needs at least one image") from None
-        return _Uint8Images(base, labelled=True), list(base.classes)
-    ds = _FlatImageFolder(root, transform)
-    if len(ds) == 0:
+    files = _readable_images(root, cfg.bad_images)
+    if not files:
         raise DdpmkitError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
-    return ds, []
+    transform = _pil_transform(cfg.image_size, cfg.channels or 3)
+    if any(path.parent != root for path in files):  # images in subfolders: the subfolders are classes
+        readable = {str(path) for path in files}
+        try:
+            base = _ClassFolders(str(root), transform=transform, is_valid_file=readable.__contains__)
+        except FileNotFoundError as err:
+            raise DdpmkitError(f"{root}: {err}; every class subfolder needs at least one readable image") from None
+        return _Uint8Images(base, labelled=True), list(base.classes), torch.tensor(base.targets, dtype=torch.long)
+    return _FlatImageFolder(files, transform), [], None
 
 
 def _torchvision_dataset(cls, cfg: DataConfig, name: str, **kwargs):
@@ -233,38 +293,99 @@ def load_images(cfg: DataConfig, split: str = "train") -> ImageData:
         fashion = cfg.dataset == "fashion_mnist"
         images, labels, source = _load_mnist_like(cfg, split, fashion)
         names = FASHION_MNIST_CLASSES if fashion else MNIST_CLASSES
-        return _in_memory(images, labels, names, cfg, source)
+        return _in_memory(images, labels, names, cfg, source, split)
     if cfg.dataset == "cifar10":
         ds = _torchvision_dataset(tvd.CIFAR10, cfg, "CIFAR-10", train=split == "train")
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        return _in_memory(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), cfg, "torchvision")
+        return _in_memory(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), cfg, "torchvision",
+                          split)
     if cfg.dataset == "celeba":
         # CelebA's aligned faces are 178x218: crop the central 140x140 face region, then resize (as in DDIM).
         base = _torchvision_dataset(tvd.CelebA, cfg, "CelebA", split="train" if split == "train" else "test",
                                     transform=_pil_transform(cfg.image_size, cfg.channels or 3, center_crop=140))
-        dataset, names = _Uint8Images(base, labelled=False), []
+        dataset, names, labels = _Uint8Images(base, labelled=False), [], None
     elif split == "test":
-        raise DdpmkitError("an image folder has no test split; the training loop holds out its last images instead")
+        raise DdpmkitError("an image folder has no test split; the training loop holds out some of its images instead")
     else:
-        dataset, names = _load_folder(cfg)
-    if cfg.max_images:
-        dataset = torch.utils.data.Subset(dataset, range(min(cfg.max_images, len(dataset))))
+        dataset, names, labels = _load_folder(cfg)
     channels = cfg.channels or 3
-    size_bytes = len(dataset) * channels * cfg.image_size**2
+    data = _keep_max_images(ImageData(None, labels, dataset, names, channels, cfg.root or str(DEFAULT_ROOT)), cfg,
+                            split)
+    size_bytes = len(data) * channels * cfg.image_size**2
     if cfg.in_memory == "yes" or (cfg.in_memory == "auto" and size_bytes < IN_MEMORY_LIMIT_BYTES):
-        loader = DataLoader(dataset, batch_size=256, num_workers=cfg.num_workers)
-        pairs = [(x, y) for x, y in loader]
-        labels = torch.cat([y for _, y in pairs]) if names else None
-        return ImageData(torch.cat([x for x, _ in pairs]), labels, None, names, channels, cfg.root)
-    return ImageData(None, None, dataset, names, channels, cfg.root or str(DEFAULT_ROOT))
+        return load_into_memory(data, cfg.num_workers)
+    return data
 
 
 def _in_memory(images: torch.Tensor, labels: torch.Tensor, names: list[str], cfg: DataConfig,
-               source: str) -> ImageData:
-    if cfg.max_images:
-        images, labels = images[: cfg.max_images], labels[: cfg.max_images]
-    images = _fit_channels(_fit_size(images, cfg), cfg.channels)
-    return ImageData(images, labels, None, names, images.shape[1], source)
+               source: str, split: str) -> ImageData:
+    data = _keep_max_images(ImageData(images, labels, None, names, images.shape[1], source), cfg, split)
+    images = _fit_channels(_fit_size(data.images, cfg), cfg.channels)
+    return replace(data, images=images, channels=images.shape[1])
+
+
+# -- choosing images -------------------------------------------------------------------------------------------------
+
+def stratified_choice(num_images: int, n: int, seed: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Sorted indices of a seeded choice of ``n`` of ``num_images`` images that keeps every class in proportion.
+
+    Class k gets n * count_k / num_images places, rounded by largest remainder (ties to the lower class), and at
+    least one when n >= the number of classes; within a class, or without labels, the choice is uniform.
+    """
+    if n >= num_images:
+        return torch.arange(num_images)
+    labels = torch.zeros(num_images, dtype=torch.long) if labels is None else labels
+    _, classes, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    quota = _largest_remainder(counts, n)
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
+    order = order[torch.sort(classes[order], stable=True).indices]  # grouped by class, shuffled within
+    rank = torch.arange(num_images) - (torch.cumsum(counts, 0) - counts)[classes[order]]  # place within the class
+    return order[rank < quota[classes[order]]].sort().values
+
+
+def _largest_remainder(counts: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` places shared in proportion to ``counts`` (Hamilton's method); then classes left with none, when there
+    are places enough, each take one from the class holding the most."""
+    quota, remainder = counts * n // counts.sum(), counts * n % counts.sum()
+    by_remainder = torch.sort(remainder, descending=True, stable=True).indices
+    quota[by_remainder[: n - int(quota.sum())]] += 1
+    if n >= len(counts):
+        for k in (quota == 0).nonzero().flatten().tolist():
+            quota[quota.argmax()] -= 1
+            quota[k] = 1
+    return quota
+
+
+def _keep_max_images(data: ImageData, cfg: DataConfig, split: str) -> ImageData:
+    """``data.max_images``: that many training images, chosen by ``stratified_choice``; the test split stays whole."""
+    if split != "train" or not cfg.max_images or cfg.max_images >= len(data):
+        return data
+    return subset(data, stratified_choice(len(data), cfg.max_images, SELECTION_SEED, data.labels))
+
+
+def subset(data: ImageData, indices: torch.Tensor) -> ImageData:
+    """The images at ``indices``: indexed when in memory, else a Subset decoded on the fly."""
+    labels = data.labels[indices] if data.labels is not None else None
+    if data.images is not None:
+        return replace(data, images=data.images[indices], labels=labels)
+    return replace(data, dataset=Subset(data.dataset, indices.tolist()), labels=labels)
+
+
+def load_into_memory(data: ImageData, num_workers: int = 0) -> ImageData:
+    """``data`` with every image decoded into one uint8 tensor."""
+    if data.images is not None:
+        return data
+    pairs = list(DataLoader(data.dataset, batch_size=256, num_workers=num_workers))
+    labels = torch.cat([y for _, y in pairs]) if data.class_names else None
+    return replace(data, images=torch.cat([x for x, _ in pairs]), labels=labels, dataset=None)
+
+
+def hold_out(data: ImageData, n: int, num_workers: int = 0) -> tuple[ImageData, ImageData]:
+    """(``n`` held-out images in memory, the rest): a split of ``data`` by ``stratified_choice``."""
+    chosen = stratified_choice(len(data), n, SELECTION_SEED, data.labels)
+    rest = torch.ones(len(data), dtype=torch.bool)
+    rest[chosen] = False
+    return load_into_memory(subset(data, chosen), num_workers), subset(data, rest.nonzero().flatten())
 
 
 # -- batch order -----------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from .build import autocast, noise_schedule, resolve_device, sampler_options, se
 from .checkpoint import (link_checkpoint, load_weights, newest_intact, read_checkpoint, resume_candidates,
                          save_checkpoint, save_periodic)
 from .config import Config, TrainConfig, config_from_dict
-from .data import BatchOrder, ImageData, batch_stream, load_images, to_model_range
+from .data import BatchOrder, ImageData, batch_stream, hold_out, load_images, to_model_range
 from .ema import EMA
 from .errors import DdpmkitError
 from .files import remove_stale_temporaries, write_json
@@ -45,8 +45,8 @@ def learning_rate(step: int, t: TrainConfig) -> float:
 
 def _heldout_set(cfg: Config, train_data: ImageData) -> tuple[torch.Tensor, torch.Tensor | None, str, ImageData]:
     """Held-out images for the 'best' checkpoint: the test split's first ``eval_images``, or, when the dataset has
-    no test split (an image folder, a training-only IDX folder), the last ``eval_images`` of the training set,
-    which are then removed from training."""
+    no test split (an image folder, a training-only IDX folder), ``eval_images`` training images chosen by
+    ``data.hold_out`` (seeded, every class in proportion), which are then removed from training."""
     n = cfg.train.eval_images
     try:
         test = load_images(cfg.data, "test")
@@ -58,14 +58,12 @@ def _heldout_set(cfg: Config, train_data: ImageData) -> tuple[torch.Tensor, torc
         pairs = [test.dataset[i] for i in range(min(n, len(test)))]
         labels = torch.tensor([y for _, y in pairs]) if test.class_names else None
         return torch.stack([x for x, _ in pairs]), labels, "test split", train_data
-    if train_data.images is None or len(train_data) <= n:
-        raise DdpmkitError(f"no test split and too few in-memory training images to hold out {n}; "
-                           f"--set train.eval_every=0 turns the held-out evaluation off")
-    keep = len(train_data) - n
-    images, labels = train_data.images, train_data.labels
-    trimmed = ImageData(images[:keep], labels[:keep] if labels is not None else None, None,
-                        train_data.class_names, train_data.channels, train_data.source)
-    return images[keep:], (labels[keep:] if labels is not None else None), "last images of train", trimmed
+    if len(train_data) <= n:
+        raise DdpmkitError(f"no test split, and {len(train_data)} training images are too few to hold out "
+                           f"train.eval_images={n}; lower it, or --set train.eval_every=0 to turn the held-out "
+                           f"evaluation off")
+    heldout, rest = hold_out(train_data, n, cfg.data.num_workers)
+    return heldout.images, heldout.labels, "held out of train", rest
 
 
 @torch.no_grad()
