@@ -139,3 +139,14 @@ def test_reconstruction_and_diversity_errors(tiny_conditional_checkpoint, tmp_pa
     with pytest.raises(DdpmkitError, match="at least two samples of one class"):
         evaluate(tiny_conditional_checkpoint, num_samples=10, sampler="ddim", steps=2, metrics=("diversity",),
                  lpips_weights=standin_alexnet, progress=False)
+
+
+def test_an_old_torch_fidelity_stops_prc_before_sampling(tiny_conditional_checkpoint, monkeypatch):
+    import torch_fidelity
+
+    from ddpmkit.sampling import DiffusionSampler
+
+    monkeypatch.setattr(torch_fidelity, "__version__", "0.3.0")
+    monkeypatch.setattr(DiffusionSampler, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
+    with pytest.raises(DdpmkitError, match=r"needs torch-fidelity>=0\.4, but 0\.3\.0 is installed"):
+        evaluate(tiny_conditional_checkpoint, num_samples=10, metrics=("prc",), progress=False)

@@ -28,8 +28,9 @@ from .config import DataConfig
 from .data import load_images, to_uint8
 from .errors import DdpmkitError
 from .metrics.classifier import check_compatible, load_classifier, predict
-from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, classifier_fd_metric, classifier_is_metric,
-                             classifier_precision_recall, file_sha256, seeded_compute, statistics_key)
+from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, check_torch_fidelity_for_prc, classifier_fd_metric,
+                             classifier_is_metric, classifier_precision_recall, file_sha256, seeded_compute,
+                             statistics_key)
 from .metrics.inception import inception_metrics, to_inception_input
 from .metrics.inception import inception_weights as inception_weights_file
 from .metrics.perceptual import lpips_diversity, lpips_metric
@@ -115,6 +116,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         raise DdpmkitError("the reconstruction metric inverts real images with a model: give --checkpoint")
     wanted_inception = set(INCEPTION_METRICS) & set(metrics)
     weights = inception_weights_file(inception_weights) if wanted_inception else None  # fail before sampling
+    if "prc" in metrics:
+        check_torch_fidelity_for_prc()
     started = time.perf_counter()
     report: dict = {"metrics": {}}
     notes: list[str] = []

@@ -9,6 +9,7 @@ cached.
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from pathlib import Path
 
@@ -18,10 +19,12 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from tqdm.auto import tqdm
 
+from ..errors import DdpmkitError
 from .classifier import SmallClassifier
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ddpmkit" / "statistics"
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+PRC_TORCH_FIDELITY = (0, 4)  # torch_fidelity.metric_prc first shipped in 0.4.0 (0.3.0 has no precision/recall)
 
 
 class ClassifierFeatures(nn.Module):
@@ -111,6 +114,17 @@ def seeded_compute(metric, seed: int = 0):
         return metric.compute()
 
 
+def check_torch_fidelity_for_prc() -> None:
+    """Refuse, with the pip command, a torch-fidelity too old to have precision and recall."""
+    import torch_fidelity
+
+    installed = torch_fidelity.__version__
+    needed = ".".join(map(str, PRC_TORCH_FIDELITY))
+    if tuple(int(part) for part in re.findall(r"\d+", installed)[:2]) < PRC_TORCH_FIDELITY:
+        raise DdpmkitError(f"precision/recall (metric prc) needs torch-fidelity>={needed}, but {installed} is "
+                           f"installed; run pip install 'torch-fidelity>={needed}', or leave prc out of --metrics")
+
+
 @torch.inference_mode()
 def classifier_precision_recall(classifier: SmallClassifier, real_uint8: torch.Tensor, fake: torch.Tensor,
                                 neighbourhood: int = 3, seed: int = 0,
@@ -122,6 +136,7 @@ def classifier_precision_recall(classifier: SmallClassifier, real_uint8: torch.T
     The k-NN radii depend on how many points a set has, so the real side is a seeded random subset of the split of
     the same size as the samples (the paper compares equal numbers). Returns (precision, recall, real images used).
     """
+    check_torch_fidelity_for_prc()
     from torch_fidelity.metric_prc import calculate_precision_recall_part
 
     count = min(len(fake), len(real_uint8))
