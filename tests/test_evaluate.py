@@ -7,9 +7,11 @@ import torch
 
 from ddpmkit.cli import main
 from ddpmkit.config import DataConfig
+from ddpmkit.data import to_uint8
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.evaluate import evaluate, read_samples
 from ddpmkit.metrics.classifier import train_classifier
+from ddpmkit.sampling import DiffusionSampler
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,20 @@ def test_saved_samples_give_the_same_numbers_when_read_back(tiny_conditional_che
     read_back = evaluate(samples=generated["samples"]["saved"], dataset="mnist", **common)
     for name in ("fd_mnist_classifier", "classifier_is", "accuracy"):
         assert read_back["metrics"][name] == pytest.approx(generated["metrics"][name], abs=1e-6), name
+
+
+def test_every_evaluated_sample_has_its_own_seed(tiny_conditional_checkpoint, tiny_idx_root, tiny_judge, tmp_path):
+    # FD and precision/recall assume independent draws: class c must not reuse the starting noises of class 0.
+    report = evaluate(tiny_conditional_checkpoint, num_samples=20, sampler="ddim", steps=2, guidance=1.0, seed=5,
+                      metrics=("accuracy",), data_root=str(tiny_idx_root), classifier=tiny_judge, cache_dir=None,
+                      save_samples=tmp_path / "s.npz", progress=False)
     saved = np.load(tmp_path / "s.npz")
-    assert list(saved["seeds"][:3]) == [0, 1, 0] and list(saved["labels"][:3]) == [0, 0, 1]
+    seeds, labels = saved["seeds"].tolist(), saved["labels"].tolist()
+    assert seeds == list(range(5, 25)) and report["samples"]["seeds"] == "5..24"
+    assert labels == [c for c in range(10) for _ in range(2)]   # two of each class, class after class
+    expected = DiffusionSampler(tiny_conditional_checkpoint).generate(seeds, labels, sampler="ddim", steps=2,
+                                                                      guidance=1.0, progress=False)
+    assert np.array_equal(saved["arr_0"], to_uint8(expected, zero_one=True).permute(0, 2, 3, 1).numpy())
 
 
 def test_evaluate_samples_from_npz_via_the_cli(tiny_idx_root, tiny_judge, tmp_path, capsys):
@@ -143,8 +157,6 @@ def test_reconstruction_and_diversity_errors(tiny_conditional_checkpoint, tmp_pa
 
 def test_an_old_torch_fidelity_stops_prc_before_sampling(tiny_conditional_checkpoint, monkeypatch):
     import torch_fidelity
-
-    from ddpmkit.sampling import DiffusionSampler
 
     monkeypatch.setattr(torch_fidelity, "__version__", "0.3.0")
     monkeypatch.setattr(DiffusionSampler, "generate", lambda *a, **k: pytest.fail("sampled before the check"))

@@ -65,19 +65,21 @@ def read_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise DdpmkitError(f"samples {path}: expected an .npz file or a folder of PNG images")
 
 
-def _generate(sampler, num_samples, sampler_name, steps, eta, guidance, seed, batch_size, progress):
-    options = {"sampler": sampler_name, "steps": steps, "eta": eta, "batch_size": batch_size, "progress": progress}
-    if sampler.is_conditional:  # equal numbers of every class, labels kept for the accuracy
-        classes = len(sampler.class_names)
+def _generate(model, num_samples, seed, guidance, **options) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    """``num_samples`` images with seeds seed .. seed + num_samples - 1, one seed per image as FD and precision/recall
+    assume independent draws (``sample_classes`` would give every class the same starting noises). A conditional
+    model draws equal numbers of every class, class after class. Returns (images, labels or None, seeds)."""
+    labels = None
+    if model.is_conditional:
+        classes = len(model.class_names)
         if num_samples % classes:
             raise DdpmkitError(f"num_samples={num_samples} must be a multiple of the model's {classes} classes")
-        images, labels = sampler.sample_classes("all", num_samples // classes, seed=seed, guidance=guidance,
-                                                **options)
-    else:
-        if guidance:
-            raise DdpmkitError("guidance needs a class-conditional model")
-        images, labels = sampler.sample(num_samples, seed=seed, **options), None
-    return images, labels
+        labels = [c for c in range(classes) for _ in range(num_samples // classes)]
+    elif guidance:
+        raise DdpmkitError("guidance needs a class-conditional model")
+    seeds = list(range(seed, seed + num_samples))
+    images = model.generate(seeds, labels, guidance=guidance, **options)
+    return images, None if labels is None else torch.tensor(labels), seeds
 
 
 def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = None, *,
@@ -91,7 +93,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              data_root: str = "",              # where the real data is (see data.root)
              split: str = "test",              # real split compared against: test or train
              classifier: str | Path | None = None,  # judge weights; default: the shipped ones for the dataset
-             seed: int = 0,                    # image i (or image j of every class) uses seed + i (+ j)
+             seed: int = 0,                    # image i uses seed + i (classes in blocks: no noise is shared)
              batch_size: int = 500,            # images per forward pass; results don't depend on it
              device: str = "auto",
              precision: str = "auto",          # network precision: auto (bf16 where the device has it), fp32, bf16
@@ -138,14 +140,14 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         if "diversity" in metrics and per_class < 2:  # say so before sampling, not after
             raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
         if set(metrics) - {"reconstruction"}:
-            images, labels = _generate(model, num_samples, sampler, steps, eta, guidance, seed, batch_size,
-                                       progress)
-            seeds = f"{seed}..{seed + per_class - 1}" + (" per class" if labels is not None else "")
+            images, labels, seeds = _generate(model, num_samples, seed, guidance, sampler=sampler, steps=steps,
+                                              eta=eta, batch_size=batch_size, progress=progress)
             report["samples"].update(sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-                                     num_samples=len(images), seeds=seeds)
+                                     num_samples=len(images), seeds=f"{seeds[0]}..{seeds[-1]}")
+            if labels is not None:
+                report["samples"]["labels"] = f"{per_class} of each class, class after class"
             if save_samples:
-                per_image = [seed + i % per_class for i in range(len(images))]
-                report["samples"]["saved"] = str(write_npz(images, save_samples, per_image,
+                report["samples"]["saved"] = str(write_npz(images, save_samples, seeds,
                                                            None if labels is None else labels.tolist()))
     else:
         images, labels = read_samples(samples)
