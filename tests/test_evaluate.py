@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ddpmkit.cli import main
 from ddpmkit.config import DataConfig
@@ -12,6 +13,7 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.evaluate import evaluate, read_samples
 from ddpmkit.metrics.classifier import train_classifier
 from ddpmkit.sampling import DiffusionSampler
+from ddpmkit.viz import write_samples
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def test_evaluate_a_checkpoint(tiny_conditional_checkpoint, tiny_idx_root, tiny_
     assert report["samples"]["num_samples"] == 20 and report["samples"]["guidance"] == 1.0
     assert len(report["samples"]["checkpoint_sha256"]) == 64 and len(report["feature_network"]["sha256"]) == 64
     assert report["real"] == {"dataset": "mnist", "split": "test", "count": 16, "source": str(tiny_idx_root),
-                              "statistics": "computed"}
+                              "image_shape": [1, 8, 8], "statistics": "computed"}
     again = evaluate(tiny_conditional_checkpoint, num_samples=20, sampler="ddim", steps=2, guidance=1.0,
                      data_root=str(tiny_idx_root), classifier=tiny_judge, cache_dir=tmp_path, batch_size=7,
                      progress=False)
@@ -162,3 +164,71 @@ def test_an_old_torch_fidelity_stops_prc_before_sampling(tiny_conditional_checkp
     monkeypatch.setattr(DiffusionSampler, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
     with pytest.raises(DdpmkitError, match=r"needs torch-fidelity>=0\.4, but 0\.3\.0 is installed"):
         evaluate(tiny_conditional_checkpoint, num_samples=10, metrics=("prc",), progress=False)
+
+
+def test_evaluate_reads_what_sample_writes(tiny_conditional_checkpoint, tiny_idx_root, tiny_judge, tmp_path,
+                                           capsys):
+    # The output folder, its images/ subfolder and its samples.npz hold the same samples: same numbers, labels
+    # (from class_C_seed_NNNNN.png names) included.
+    out = tmp_path / "samples"
+    assert main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "all", "--num-samples", "2",
+                 "--sampler", "ddim", "--steps", "2", "--output-dir", str(out), "--no-progress"]) == 0
+    assert {Image.open(p).mode for p in (out / "images").iterdir()} == {"L"}   # the model's one channel
+    reports = []
+    for i, source in enumerate((out, out / "images", out / "samples.npz")):
+        assert main(["evaluate", "--samples", str(source), "--dataset", "mnist", "--data-root", str(tiny_idx_root),
+                     "--classifier", str(tiny_judge), "--no-cache", "--output-dir", str(tmp_path / f"eval{i}"),
+                     "--no-progress"]) == 0, capsys.readouterr().err
+        reports.append(json.loads((tmp_path / f"eval{i}" / "metrics.json").read_text()))
+    assert set(reports[0]["metrics"]) == {"fd_mnist_classifier", "classifier_is", "classifier_is_std", "accuracy",
+                                          "precision", "recall"}
+    assert reports[0]["samples"]["num_samples"] == 20
+    assert reports[0]["metrics"] == reports[1]["metrics"] == reports[2]["metrics"]
+
+
+def test_write_samples_keeps_each_image_in_its_channel_count(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    for channels, mode in ((1, "L"), (3, "RGB")):
+        images = torch.rand(4, channels, 8, 8, generator=g)
+        write_samples(images, tmp_path / mode, seeds=[3, 4, 5, 6], labels=[1, 0, 1, 0])
+        picture = Image.open(tmp_path / mode / "images" / "class_0_seed_00004.png")
+        assert picture.mode == mode
+        assert np.array_equal(np.asarray(picture).reshape(8, 8, channels),
+                              to_uint8(images[1], zero_one=True).permute(1, 2, 0).numpy())
+        read, labels = read_samples(tmp_path / mode)
+        assert read.shape == (4, channels, 8, 8) and labels.tolist() == [0, 0, 1, 1]   # class after class, by seed
+        assert torch.equal(read[0], to_uint8(images[1], zero_one=True).float() / 255)
+
+
+def test_greyscale_samples_stored_as_rgb_count_as_one_channel(tiny_idx_root, tiny_judge, tmp_path):
+    # Sample folders written before the fix hold 1-channel samples as RGB PNGs with three equal channels.
+    grey = np.random.default_rng(0).integers(0, 256, (12, 8, 8), dtype=np.uint8)
+    (tmp_path / "old").mkdir()
+    for i, image in enumerate(grey):
+        Image.fromarray(image).convert("RGB").save(tmp_path / "old" / f"seed_{i:05d}.png")
+    np.savez(tmp_path / "s.npz", arr_0=grey[..., None])
+    common = {"dataset": "mnist", "data_root": str(tiny_idx_root), "classifier": tiny_judge, "cache_dir": None,
+              "progress": False}
+    from_rgb = evaluate(samples=tmp_path / "old", **common)
+    assert from_rgb["metrics"] == evaluate(samples=tmp_path / "s.npz", **common)["metrics"]
+    assert from_rgb["real"]["image_shape"] == [1, 8, 8]
+
+
+def test_unreadable_sample_folders_give_one_line_errors(tmp_path):
+    def folder(name, *pictures):
+        (tmp_path / name).mkdir()
+        for i, picture in enumerate(pictures):
+            picture.save(tmp_path / name / f"seed_{i:05d}.png")
+        return tmp_path / name
+
+    small, large = Image.new("L", (8, 8)), Image.new("L", (10, 10))
+    cases = {folder("sizes", small, small, large): "seed_00002.png: 10x10 L, but seed_00000.png is 8x8 L",
+             folder("mode", small, Image.new("RGBA", (8, 8))): "seed_00001.png: mode RGBA",
+             folder("kinds", small, Image.new("RGB", (8, 8))): "seed_00001.png: 8x8 RGB, but seed_00000.png is 8x8 L"}
+    broken = folder("broken", small)
+    (broken / "seed_00001.png").write_bytes(b"not a png")
+    cases[broken] = "seed_00001.png is not a readable image"
+    for path, message in cases.items():
+        with pytest.raises(DdpmkitError, match=message) as err:
+            read_samples(path)
+        assert "\n" not in str(err.value)

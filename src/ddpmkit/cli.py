@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "everything needed to reproduce the numbers.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="PATH", help="generate samples from this model")
-    source.add_argument("--samples", metavar="PATH", help="an .npz (arr_0: uint8 N x H x W x C) or a folder of PNGs")
+    source.add_argument("--samples", metavar="PATH", help="an .npz (arr_0: uint8 N x H x W x C), a folder of PNGs, "
+                        "or the folder 'ddpmkit sample' wrote")
     p.add_argument("--dataset", choices=["mnist", "fashion_mnist"], help="the real data (default: the model's)")
     p.add_argument("--data-root", default="", help="where the real data is (see data.root)")
     p.add_argument("--split", default="test", choices=["test", "train"], help="real split to compare with")

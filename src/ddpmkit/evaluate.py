@@ -17,7 +17,10 @@ the feature network and its hash, the real split and its size.
 from __future__ import annotations
 
 import json
+import re
 import time
+import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ import torch
 from PIL import Image
 
 from .config import DataConfig
-from .data import load_images, to_uint8
+from .data import ImageData, load_images, to_uint8
 from .errors import DdpmkitError
 from .metrics.classifier import check_compatible, load_classifier, predict
 from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, check_torch_fidelity_for_prc, classifier_fd_metric,
@@ -41,28 +44,79 @@ OFFLINE_METRICS = ("fd", "is", "accuracy", "prc")
 INCEPTION_METRICS = ("fid", "kid", "inception_is")
 LPIPS_METRICS = ("reconstruction", "diversity")
 METRICS = OFFLINE_METRICS + INCEPTION_METRICS + LPIPS_METRICS
+SAMPLE_NAME = re.compile(r"(?:class_(\d+)_)?seed_(\d+)\.png")  # the per-image names ``ddpmkit sample`` writes
+SAMPLE_MODES = {"L": 1, "RGB": 3}
 _TOO_FEW_FOR_DIVERSITY = ("diversity compares samples of the same class and needs at least two samples of one "
                           "class; raise --num-samples")
 
 
 def read_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Samples from an .npz (``arr_0``: uint8 N x H x W x C, optional ``labels``) or a folder of images, as float
-    (N, C, H, W) in [0, 1], with labels when the .npz has them."""
+    """Samples as float (N, C, H, W) in [0, 1], with labels where known, from an .npz (``arr_0``: uint8 N x H x W x C,
+    optional ``labels``), a folder of PNGs (labels when every name is ``class_C_seed_NNNNN.png``) or a folder that
+    ``ddpmkit sample`` wrote (its per-image files, not its grid)."""
     path = Path(path)
     if path.suffix == ".npz" and path.is_file():
-        data = np.load(path)
-        if "arr_0" not in data:
-            raise DdpmkitError(f"{path} has no arr_0 array (uint8, N x H x W x C)")
-        images = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2).float() / 255
-        return images, (torch.from_numpy(data["labels"]).long() if "labels" in data else None)
+        return _read_npz(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.png"))
-        if not files:
-            raise DdpmkitError(f"no .png images under {path}")
-        arrays = [np.asarray(Image.open(f)) for f in files]
-        stacked = np.stack([a[..., None] if a.ndim == 2 else a for a in arrays])
-        return torch.from_numpy(stacked).permute(0, 3, 1, 2).float() / 255, None
+        return _read_folder(path / "images" if _is_sample_output(path) else path)
     raise DdpmkitError(f"samples {path}: expected an .npz file or a folder of PNG images")
+
+
+def _is_sample_output(folder: Path) -> bool:
+    """Whether ``folder`` is what ``ddpmkit sample`` writes: images/ beside grid.png or samples.npz."""
+    return (folder / "images").is_dir() and ((folder / "grid.png").is_file() or (folder / "samples.npz").is_file())
+
+
+def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    try:
+        data = np.load(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DdpmkitError(f"{path} is not a readable .npz file ({err})") from None
+    if "arr_0" not in data:
+        raise DdpmkitError(f"{path} has no arr_0 array (uint8, N x H x W x C)")
+    images = data["arr_0"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in SAMPLE_MODES.values():
+        raise DdpmkitError(f"{path}: arr_0 is {images.dtype} of shape {images.shape}; expected uint8 N x H x W x C "
+                           f"with C = 1 or 3")
+    labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+    if labels is not None and len(labels) != len(images):
+        raise DdpmkitError(f"{path}: {len(labels)} labels for {len(images)} images")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, labels
+
+
+def _read_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    files = sorted(folder.rglob("*.png"))
+    if not files:
+        raise DdpmkitError(f"no .png images under {folder}")
+    names = [SAMPLE_NAME.fullmatch(f.name) for f in files]
+    if all(names):  # ddpmkit sample's names: the order it drew them in, class after class, by seed
+        order = sorted(range(len(files)), key=lambda i: (int(names[i][1] or 0), int(names[i][2])))
+        files, names = [files[i] for i in order], [names[i] for i in order]
+    arrays = [_read_png(f) for f in files]
+    for f, array in zip(files, arrays):
+        if array.shape != arrays[0].shape:
+            raise DdpmkitError(f"{f}: {_describe(array)}, but {files[0].name} is {_describe(arrays[0])}; all samples "
+                               f"must have one size and one channel count")
+    labels = torch.tensor([int(m[1]) for m in names]) if all(m and m[1] is not None for m in names) else None
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255, labels
+
+
+def _read_png(path: Path) -> np.ndarray:
+    """One image as uint8 H x W x C: C = 1 for mode L, 3 for RGB."""
+    try:
+        with Image.open(path) as picture:
+            mode = picture.mode
+            array = np.asarray(picture) if mode in SAMPLE_MODES else None
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow's UnidentifiedImageError is an OSError
+        raise DdpmkitError(f"{path} is not a readable image ({err})") from None
+    if array is None:
+        raise DdpmkitError(f"{path}: mode {mode} is not supported; save samples as greyscale (L) or RGB PNGs")
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _describe(array: np.ndarray) -> str:
+    h, w, c = array.shape
+    return f"{h}x{w} {'L' if c == 1 else 'RGB'}"
 
 
 def _generate(model, num_samples, seed, guidance, **options) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
@@ -153,6 +207,11 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         images, labels = read_samples(samples)
         if dataset is None:
             raise DdpmkitError("--samples needs --dataset to know which real images to compare with")
+        if images.shape[-1] != images.shape[-2]:
+            raise DdpmkitError(f"samples {samples} are {images.shape[-2]}x{images.shape[-1]}; evaluate compares "
+                               f"square images")
+        real_cfg = DataConfig(dataset=dataset, root=data_root, image_size=images.shape[-1], download=False)
+        images, real = _real_for_samples(images, real_cfg, split)
         image_size, class_names = images.shape[-1], []
         report["samples"] = {"path": str(samples), "num_samples": len(images)}
         if "diversity" in metrics and (len(images) < 2 or (labels is not None and labels.bincount().max() < 2)):
@@ -161,8 +220,10 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
     if images is not None:  # measure what a PNG or .npz of the samples holds, so that --samples gives the same numbers
         images = to_uint8(images, zero_one=True).float() / 255
 
-    real = load_images(DataConfig(dataset=dataset, root=data_root, image_size=image_size, download=False), split)
-    report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source}
+    if checkpoint is not None:
+        real = load_images(DataConfig(dataset=dataset, root=data_root, image_size=image_size, download=False), split)
+    report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source,
+                      "image_shape": [real.channels, image_size, image_size]}
     if set(OFFLINE_METRICS) & set(metrics):
         _domain_metrics(report, metrics, images, labels, real, dataset, split, image_size, class_names, classifier,
                         cache_dir, progress)
@@ -180,6 +241,17 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         report["notes"] = notes
     report["seconds"] = {"sampling": round(generated_s, 1), "total": round(time.perf_counter() - started, 1)}
     return report
+
+
+def _real_for_samples(images: torch.Tensor, cfg: DataConfig, split: str) -> tuple[torch.Tensor, ImageData]:
+    """The samples and the real split with the samples' channel count. Greyscale samples stored as RGB (three equal
+    channels, as ``ddpmkit sample`` used to write them) count as 1 channel when the dataset's own images have 1."""
+    real = load_images(cfg, split)  # cfg.channels = 0: the dataset's own
+    if real.channels == 1 and images.shape[1] == 3 and bool((images == images[:, :1]).all()):
+        images = images[:, :1]
+    if images.shape[1] != real.channels:
+        real = load_images(replace(cfg, channels=images.shape[1]), split)
+    return images, real
 
 
 def _lpips_or_note(net: str, weights: str | Path | None, notes: list[str]):
