@@ -1,5 +1,6 @@
 """ddpmkit evaluate, end to end on the tiny model: the report holds the numbers and how to reproduce them."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,10 +9,11 @@ from PIL import Image
 
 from ddpmkit.cli import main
 from ddpmkit.config import DataConfig
-from ddpmkit.data import to_uint8
+from ddpmkit.data import load_images, to_uint8
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.evaluate import evaluate, read_samples
 from ddpmkit.metrics.classifier import train_classifier
+from ddpmkit.metrics.domain import file_sha256
 from ddpmkit.sampling import DiffusionSampler
 from ddpmkit.viz import write_samples
 
@@ -31,8 +33,10 @@ def test_evaluate_a_checkpoint(tiny_conditional_checkpoint, tiny_idx_root, tiny_
                                       "precision", "recall"}
     assert report["samples"]["num_samples"] == 20 and report["samples"]["guidance"] == 1.0
     assert len(report["samples"]["checkpoint_sha256"]) == 64 and len(report["feature_network"]["sha256"]) == 64
+    key = report["real"].pop("statistics_key")   # readable parts, then the hashes of the images and the judge
+    assert key.startswith("fd_mnist_test_16x1x8x8_images-") and file_sha256(tiny_judge)[:16] in key
     assert report["real"] == {"dataset": "mnist", "split": "test", "count": 16, "source": str(tiny_idx_root),
-                              "image_shape": [1, 8, 8], "statistics": "computed"}
+                              "image_shape": [1, 8, 8], "resize_mode": "pad", "statistics": "computed"}
     again = evaluate(tiny_conditional_checkpoint, num_samples=20, sampler="ddim", steps=2, guidance=1.0,
                      data_root=str(tiny_idx_root), classifier=tiny_judge, cache_dir=tmp_path, batch_size=7,
                      progress=False)
@@ -232,3 +236,78 @@ def test_unreadable_sample_folders_give_one_line_errors(tmp_path):
         with pytest.raises(DdpmkitError, match=message) as err:
             read_samples(path)
         assert "\n" not in str(err.value)
+
+
+def test_a_training_fd_on_other_real_images_does_not_poison_evaluate(tiny_conditional_checkpoint, tiny_idx_root,
+                                                                     tiny_judge, tmp_path):
+    # A run with data.max_images measures its in-training FD on the real images its config gives; whatever those
+    # are, the statistics it caches must not stand in for those of the images evaluate compares with.
+    from ddpmkit.train import TrainingFD
+
+    model = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+
+    def training_fd(data_changes: dict, cache_dir):
+        cfg = replace(model.config, data=replace(model.config.data, **data_changes),
+                      train=replace(model.config.train, fd_samples=10, fd_steps=2, fd_classifier=str(tiny_judge)))
+        TrainingFD(cfg, model.image_shape, model.class_names, cache_dir=cache_dir)(model.model, model.schedule,
+                                                                                   model.device)
+
+    common = {"num_samples": 20, "sampler": "ddim", "steps": 2, "metrics": ("fd",), "data_root": str(tiny_idx_root),
+              "classifier": tiny_judge, "progress": False}
+    training_fd({"max_images": 6}, tmp_path / "shared")
+    shared = evaluate(tiny_conditional_checkpoint, cache_dir=tmp_path / "shared", **common)
+    alone = evaluate(tiny_conditional_checkpoint, cache_dir=None, **common)
+    assert shared["metrics"] == pytest.approx(alone["metrics"], rel=1e-6)
+    assert shared["real"]["count"] == 16
+    training_fd({}, tmp_path / "same_images")   # the same real images as evaluate's: one cache entry serves both
+    assert evaluate(tiny_conditional_checkpoint, cache_dir=tmp_path / "same_images",
+                    **common)["real"]["statistics"] == "cache"
+
+
+@pytest.fixture(scope="module")
+def six_pixel_root(tmp_path_factory):
+    """Two-class 6x6 images, which models and judges see at 8x8 (padded or resized)."""
+    from conftest import make_two_class_images, write_idx
+
+    root = tmp_path_factory.mktemp("six_pixel")
+    for split, n, seed in (("train", 64, 0), ("t10k", 32, 1)):
+        images, labels = make_two_class_images(n, 6, seed)
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.mark.parametrize("data_changes", [{"resize_mode": "resize"}, {"channels": 3}])
+def test_evaluate_measures_against_the_images_the_model_saw(six_pixel_root, tmp_path, data_changes):
+    from ddpmkit.config import config_from_dict
+    from ddpmkit.metrics.classifier import load_classifier
+    from ddpmkit.metrics.domain import add_fake, add_real, classifier_fd_metric
+    from ddpmkit.train import train
+
+    from conftest import tiny_config_dict
+
+    d = tiny_config_dict(six_pixel_root)
+    d["data"].update(data_changes)
+    d["train"].update(steps=2, eval_every=0)
+    checkpoint = train(config_from_dict(d), tmp_path / "run", progress=False)
+    seen = DataConfig(**d["data"])   # the real images as the model saw them in training
+    judge = tmp_path / "judge.pt"
+    torch.save(train_classifier(seen, epochs=1, batch_size=16, progress=False), judge)
+    # No data_root: evaluate reads the real images from the run's own data.root.
+    report = evaluate(checkpoint, num_samples=12, sampler="ddim", steps=2, metrics=("fd",), classifier=judge,
+                      cache_dir=tmp_path / "cache", save_samples=tmp_path / "s.npz", progress=False)
+
+    metric = classifier_fd_metric(load_classifier(judge)[0], (seen.channels or 1, 8, 8))
+    add_real(metric, load_images(seen, "test").images, "unused", cache_dir=None, progress=False)
+    add_fake(metric, read_samples(tmp_path / "s.npz")[0], progress=False)
+    assert report["metrics"]["fd_mnist_classifier"] == pytest.approx(float(metric.compute()), rel=1e-5)
+    assert report["real"]["count"] == 32 and report["real"]["image_shape"] == [seen.channels or 1, 8, 8]
+    # The same samples read back, against the real images fitted the same way: the same number, and (sharing the
+    # cache) no statistics of differently fitted images are read instead.
+    common = {"dataset": "mnist", "data_root": str(six_pixel_root), "metrics": ("fd",), "classifier": judge,
+              "cache_dir": tmp_path / "cache", "progress": False}
+    read_back = evaluate(samples=tmp_path / "s.npz", resize_mode=seen.resize_mode, **common)
+    assert read_back["metrics"] == pytest.approx(report["metrics"], rel=1e-5)
+    if seen.resize_mode == "resize":
+        padded = evaluate(samples=tmp_path / "s.npz", **common)   # --resize-mode pad, the default
+        assert padded["real"]["statistics"] == "computed" and padded["metrics"] != read_back["metrics"]

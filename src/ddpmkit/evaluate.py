@@ -16,7 +16,6 @@ the feature network and its hash, the real split and its size.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 import zipfile
@@ -30,6 +29,7 @@ from PIL import Image
 from .config import DataConfig
 from .data import ImageData, load_images, to_uint8
 from .errors import DdpmkitError
+from .files import write_json
 from .metrics.classifier import check_compatible, load_classifier, predict
 from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, check_torch_fidelity_for_prc, classifier_fd_metric,
                              classifier_is_metric, classifier_precision_recall, file_sha256, seeded_compute,
@@ -144,7 +144,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              guidance: float = 0.0,            # classifier-free guidance weight w (conditional models)
              metrics: tuple[str, ...] = OFFLINE_METRICS,  # any of METRICS
              dataset: str | None = None,       # the real data; default: the checkpoint's
-             data_root: str = "",              # where the real data is (see data.root)
+             data_root: str = "",              # where the real data is (see data.root); default: the checkpoint's
+             resize_mode: str | None = None,   # samples: how real images reach their size, pad (default) or resize
              split: str = "test",              # real split compared against: test or train
              classifier: str | Path | None = None,  # judge weights; default: the shipped ones for the dataset
              seed: int = 0,                    # image i uses seed + i (classes in blocks: no noise is shared)
@@ -170,6 +171,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         raise DdpmkitError("evaluate needs exactly one of a checkpoint (to generate samples) or --samples")
     if "reconstruction" in metrics and checkpoint is None:
         raise DdpmkitError("the reconstruction metric inverts real images with a model: give --checkpoint")
+    if resize_mode not in (None, "pad", "resize"):
+        raise DdpmkitError(f"resize_mode must be pad or resize, got {resize_mode!r}")
     wanted_inception = set(INCEPTION_METRICS) & set(metrics)
     weights = inception_weights_file(inception_weights) if wanted_inception else None  # fail before sampling
     if "prc" in metrics:
@@ -186,8 +189,9 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         checkpoint = Path(checkpoint)
         ckpt_file = checkpoint / "final.pt" if checkpoint.is_dir() else checkpoint
         model = DiffusionSampler(ckpt_file, device=device, precision=precision, compile=compile)
-        dataset = dataset or model.config.data.dataset
-        image_size, class_names = model.config.data.image_size, model.class_names
+        real_cfg = _real_config_of_model(model.config.data, dataset, data_root, resize_mode)
+        real = load_images(real_cfg, split)   # before sampling: a missing dataset stops at once
+        dataset, image_size, class_names = real_cfg.dataset, real_cfg.image_size, model.class_names
         report["samples"] = {"checkpoint": str(ckpt_file), "checkpoint_sha256": file_sha256(ckpt_file),
                              "precision": model.precision, "device": str(model.device)}
         per_class = num_samples // len(class_names) if model.is_conditional else num_samples
@@ -210,7 +214,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         if images.shape[-1] != images.shape[-2]:
             raise DdpmkitError(f"samples {samples} are {images.shape[-2]}x{images.shape[-1]}; evaluate compares "
                                f"square images")
-        real_cfg = DataConfig(dataset=dataset, root=data_root, image_size=images.shape[-1], download=False)
+        real_cfg = DataConfig(dataset=dataset, root=data_root, image_size=images.shape[-1],
+                              resize_mode=resize_mode or "pad", download=False)
         images, real = _real_for_samples(images, real_cfg, split)
         image_size, class_names = images.shape[-1], []
         report["samples"] = {"path": str(samples), "num_samples": len(images)}
@@ -220,10 +225,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
     if images is not None:  # measure what a PNG or .npz of the samples holds, so that --samples gives the same numbers
         images = to_uint8(images, zero_one=True).float() / 255
 
-    if checkpoint is not None:
-        real = load_images(DataConfig(dataset=dataset, root=data_root, image_size=image_size, download=False), split)
     report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source,
-                      "image_shape": [real.channels, image_size, image_size]}
+                      "image_shape": [real.channels, image_size, image_size], "resize_mode": real_cfg.resize_mode}
     if set(OFFLINE_METRICS) & set(metrics):
         _domain_metrics(report, metrics, images, labels, real, dataset, split, image_size, class_names, classifier,
                         cache_dir, progress)
@@ -241,6 +244,20 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         report["notes"] = notes
     report["seconds"] = {"sampling": round(generated_s, 1), "total": round(time.perf_counter() - started, 1)}
     return report
+
+
+def _real_config_of_model(data: DataConfig, dataset: str | None, data_root: str,
+                          resize_mode: str | None) -> DataConfig:
+    """The real images as the model saw them in training: its size, resizing and channels, and its data root unless
+    ``data_root`` is given. The whole split, whatever the run's ``max_images``."""
+    if resize_mode not in (None, data.resize_mode):
+        raise DdpmkitError(f"resize_mode={resize_mode}: this model was trained with data.resize_mode="
+                           f"{data.resize_mode}, and evaluate compares with the images as the model saw them; leave "
+                           f"--resize-mode out (it is for --samples)")
+    dataset = dataset or data.dataset
+    root = data_root or (data.root if dataset == data.dataset else "")
+    return DataConfig(dataset=dataset, root=root, image_size=data.image_size, resize_mode=data.resize_mode,
+                      channels=data.channels, download=False)
 
 
 def _real_for_samples(images: torch.Tensor, cfg: DataConfig, split: str) -> tuple[torch.Tensor, ImageData]:
@@ -276,11 +293,11 @@ def _domain_metrics(report, metrics, images, labels, real, dataset, split, image
                                  "test_accuracy": info["test_accuracy"]}
     if "fd" in metrics:
         fd = classifier_fd_metric(clf, tuple(images.shape[1:]))
-        key = statistics_key(dataset, split, image_size, info["sha256"])
+        key = statistics_key(dataset, split, real.images, info["sha256"])
         cached = add_real(fd, real.images, key, cache_dir, progress=progress)
         add_fake(fd, images, progress=progress)
         report["metrics"][f"fd_{dataset}_classifier"] = float(fd.compute())
-        report["real"]["statistics"] = "cache" if cached else "computed"
+        report["real"].update(statistics="cache" if cached else "computed", statistics_key=key)
     if "is" in metrics:
         inception_score = classifier_is_metric(clf)
         add_fake(inception_score, images, progress=progress)
@@ -348,7 +365,4 @@ def format_report(report: dict) -> str:
 
 
 def write_report(report: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
+    return write_json(path, report)
