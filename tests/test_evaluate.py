@@ -90,6 +90,10 @@ def test_evaluate_errors(tiny_conditional_checkpoint, tmp_path):
         evaluate(tiny_conditional_checkpoint, num_samples=15, progress=False)
     with pytest.raises(DdpmkitError, match="unknown metric"):
         evaluate(tiny_conditional_checkpoint, metrics=("fid_inception",))
+    with pytest.raises(DdpmkitError, match="trained with data.resize_mode=pad.*leave --resize-mode out"):
+        evaluate(tiny_conditional_checkpoint, resize_mode="resize", progress=False)
+    with pytest.raises(DdpmkitError, match="resize_mode must be pad or resize, got 'crop'"):
+        evaluate(samples=tmp_path, dataset="mnist", resize_mode="crop")
 
 
 def test_inception_metrics_stop_with_what_to_download(tiny_conditional_checkpoint, tmp_path, monkeypatch):

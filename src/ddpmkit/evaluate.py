@@ -208,12 +208,9 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
                 report["samples"]["saved"] = str(write_npz(images, save_samples, seeds,
                                                            None if labels is None else labels.tolist()))
     else:
-        images, labels = read_samples(samples)
         if dataset is None:
             raise DdpmkitError("--samples needs --dataset to know which real images to compare with")
-        if images.shape[-1] != images.shape[-2]:
-            raise DdpmkitError(f"samples {samples} are {images.shape[-2]}x{images.shape[-1]}; evaluate compares "
-                               f"square images")
+        images, labels = read_samples(samples)
         real_cfg = DataConfig(dataset=dataset, root=data_root, image_size=images.shape[-1],
                               resize_mode=resize_mode or "pad", download=False)
         images, real = _real_for_samples(images, real_cfg, split)
@@ -263,6 +260,8 @@ def _real_config_of_model(data: DataConfig, dataset: str | None, data_root: str,
 def _real_for_samples(images: torch.Tensor, cfg: DataConfig, split: str) -> tuple[torch.Tensor, ImageData]:
     """The samples and the real split with the samples' channel count. Greyscale samples stored as RGB (three equal
     channels, as ``ddpmkit sample`` used to write them) count as 1 channel when the dataset's own images have 1."""
+    if images.shape[-1] != images.shape[-2]:
+        raise DdpmkitError(f"the samples are {images.shape[-2]}x{images.shape[-1]}; evaluate compares square images")
     real = load_images(cfg, split)  # cfg.channels = 0: the dataset's own
     if real.channels == 1 and images.shape[1] == 3 and bool((images == images[:, :1]).all()):
         images = images[:, :1]

@@ -123,7 +123,8 @@ def sample_images(model: UNet, schedule, cfg: Config, device: torch.device, num_
 
 class TrainingFD:
     """FD-<dataset>-classifier of the EMA model during training: a fixed set of seeds and sampler, so that values
-    are comparable between evaluations; the real test-split statistics come from the shared cache."""
+    are comparable between evaluations; the real test-split statistics come from the cache evaluate shares
+    (``cache_dir``, default ``~/.cache/ddpmkit/statistics``), under the key of the images this run's config gives."""
 
     def __init__(self, cfg: Config, image_shape: tuple[int, int, int], class_names: list[str],
                  cache_dir: str | Path | None = None):

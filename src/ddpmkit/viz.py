@@ -48,9 +48,10 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
 def write_samples(images: torch.Tensor, output_dir: str | Path, seeds: list[int] | None = None,
                   labels: list[int] | None = None, nrow: int | None = None,
                   row_labels: list[str] | None = None) -> dict[str, Path]:
-    """Write ``grid.png`` (rows labelled when ``row_labels`` is given), ``images/seed_XXXXX.png`` per image (with the
-    class index, ``class_C_seed_XXXXX.png``, when labelled) and ``samples.npz`` (uint8, N x H x W x C, key ``arr_0``
-    as in the guided-diffusion / TTUR evaluation tools; ``seeds`` and ``labels`` beside it)."""
+    """Write ``grid.png`` (rows labelled when ``row_labels`` is given), ``images/seed_XXXXX.png`` per image in its own
+    channel count (with the class index, ``class_C_seed_XXXXX.png``, when labelled) and ``samples.npz`` (uint8,
+    N x H x W x C, key ``arr_0`` as in the guided-diffusion / TTUR evaluation tools; ``seeds`` and ``labels`` beside
+    it)."""
     out = Path(output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     seeds = seeds if seeds is not None else list(range(len(images)))
