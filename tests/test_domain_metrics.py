@@ -8,6 +8,7 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from conftest import FASHION_MNIST_DIR
 from ddpmkit.config import DataConfig
 from ddpmkit.data import load_images
+from ddpmkit.errors import DdpmkitError
 from ddpmkit.metrics.classifier import default_classifier_path, load_classifier
 from ddpmkit.metrics.domain import (add_fake, add_real, classifier_fd_metric, classifier_is_metric,
                                    classifier_precision_recall, seeded_compute)
@@ -115,3 +116,15 @@ def test_fd_behaves_on_real_fashion_mnist(tmp_path):
     train, test = load_images(cfg, "train").images[:3000], load_images(cfg, "test").images[:3000]
     same, train_vs_test, noise, _ = check_behaviour(classifier, train, test, tmp_path)
     assert train_vs_test < 0.05 * noise[-1]
+
+
+def test_precision_recall_says_which_torch_fidelity_it_needs(synthetic_root, tiny_classifier, monkeypatch):
+    # torch-fidelity 0.3 has no metric_prc module; precision/recall arrived in 0.4.
+    import torch_fidelity
+
+    real = load_images(DataConfig(dataset="mnist", root=str(synthetic_root), image_size=8), "test").images[:20]
+    monkeypatch.setattr(torch_fidelity, "__version__", "0.3.0")
+    with pytest.raises(DdpmkitError) as err:
+        classifier_precision_recall(tiny_classifier, real, real.float() / 255)
+    message = str(err.value)
+    assert "0.3.0" in message and "pip install 'torch-fidelity>=0.4'" in message and "\n" not in message

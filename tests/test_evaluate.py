@@ -1,15 +1,21 @@
 """ddpmkit evaluate, end to end on the tiny model: the report holds the numbers and how to reproduce them."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ddpmkit.cli import main
 from ddpmkit.config import DataConfig
+from ddpmkit.data import load_images, to_uint8
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.evaluate import evaluate, read_samples
 from ddpmkit.metrics.classifier import train_classifier
+from ddpmkit.metrics.domain import file_sha256
+from ddpmkit.sampling import DiffusionSampler
+from ddpmkit.viz import write_samples
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +33,10 @@ def test_evaluate_a_checkpoint(tiny_conditional_checkpoint, tiny_idx_root, tiny_
                                       "precision", "recall"}
     assert report["samples"]["num_samples"] == 20 and report["samples"]["guidance"] == 1.0
     assert len(report["samples"]["checkpoint_sha256"]) == 64 and len(report["feature_network"]["sha256"]) == 64
+    key = report["real"].pop("statistics_key")   # readable parts, then the hashes of the images and the judge
+    assert key.startswith("fd_mnist_test_16x1x8x8_images-") and file_sha256(tiny_judge)[:16] in key
     assert report["real"] == {"dataset": "mnist", "split": "test", "count": 16, "source": str(tiny_idx_root),
-                              "statistics": "computed"}
+                              "image_shape": [1, 8, 8], "resize_mode": "pad", "statistics": "computed"}
     again = evaluate(tiny_conditional_checkpoint, num_samples=20, sampler="ddim", steps=2, guidance=1.0,
                      data_root=str(tiny_idx_root), classifier=tiny_judge, cache_dir=tmp_path, batch_size=7,
                      progress=False)
@@ -45,8 +53,20 @@ def test_saved_samples_give_the_same_numbers_when_read_back(tiny_conditional_che
     read_back = evaluate(samples=generated["samples"]["saved"], dataset="mnist", **common)
     for name in ("fd_mnist_classifier", "classifier_is", "accuracy"):
         assert read_back["metrics"][name] == pytest.approx(generated["metrics"][name], abs=1e-6), name
+
+
+def test_every_evaluated_sample_has_its_own_seed(tiny_conditional_checkpoint, tiny_idx_root, tiny_judge, tmp_path):
+    # FD and precision/recall assume independent draws: class c must not reuse the starting noises of class 0.
+    report = evaluate(tiny_conditional_checkpoint, num_samples=20, sampler="ddim", steps=2, guidance=1.0, seed=5,
+                      metrics=("accuracy",), data_root=str(tiny_idx_root), classifier=tiny_judge, cache_dir=None,
+                      save_samples=tmp_path / "s.npz", progress=False)
     saved = np.load(tmp_path / "s.npz")
-    assert list(saved["seeds"][:3]) == [0, 1, 0] and list(saved["labels"][:3]) == [0, 0, 1]
+    seeds, labels = saved["seeds"].tolist(), saved["labels"].tolist()
+    assert seeds == list(range(5, 25)) and report["samples"]["seeds"] == "5..24"
+    assert labels == [c for c in range(10) for _ in range(2)]   # two of each class, class after class
+    expected = DiffusionSampler(tiny_conditional_checkpoint).generate(seeds, labels, sampler="ddim", steps=2,
+                                                                      guidance=1.0, progress=False)
+    assert np.array_equal(saved["arr_0"], to_uint8(expected, zero_one=True).permute(0, 2, 3, 1).numpy())
 
 
 def test_evaluate_samples_from_npz_via_the_cli(tiny_idx_root, tiny_judge, tmp_path, capsys):
@@ -70,6 +90,10 @@ def test_evaluate_errors(tiny_conditional_checkpoint, tmp_path):
         evaluate(tiny_conditional_checkpoint, num_samples=15, progress=False)
     with pytest.raises(DdpmkitError, match="unknown metric"):
         evaluate(tiny_conditional_checkpoint, metrics=("fid_inception",))
+    with pytest.raises(DdpmkitError, match="trained with data.resize_mode=pad.*leave --resize-mode out"):
+        evaluate(tiny_conditional_checkpoint, resize_mode="resize", progress=False)
+    with pytest.raises(DdpmkitError, match="resize_mode must be pad or resize, got 'crop'"):
+        evaluate(samples=tmp_path, dataset="mnist", resize_mode="crop")
 
 
 def test_inception_metrics_stop_with_what_to_download(tiny_conditional_checkpoint, tmp_path, monkeypatch):
@@ -139,3 +163,155 @@ def test_reconstruction_and_diversity_errors(tiny_conditional_checkpoint, tmp_pa
     with pytest.raises(DdpmkitError, match="at least two samples of one class"):
         evaluate(tiny_conditional_checkpoint, num_samples=10, sampler="ddim", steps=2, metrics=("diversity",),
                  lpips_weights=standin_alexnet, progress=False)
+
+
+def test_an_old_torch_fidelity_stops_prc_before_sampling(tiny_conditional_checkpoint, monkeypatch):
+    import torch_fidelity
+
+    monkeypatch.setattr(torch_fidelity, "__version__", "0.3.0")
+    monkeypatch.setattr(DiffusionSampler, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
+    with pytest.raises(DdpmkitError, match=r"needs torch-fidelity>=0\.4, but 0\.3\.0 is installed"):
+        evaluate(tiny_conditional_checkpoint, num_samples=10, metrics=("prc",), progress=False)
+
+
+def test_evaluate_reads_what_sample_writes(tiny_conditional_checkpoint, tiny_idx_root, tiny_judge, tmp_path,
+                                           capsys):
+    # The output folder, its images/ subfolder and its samples.npz hold the same samples: same numbers, labels
+    # (from class_C_seed_NNNNN.png names) included.
+    out = tmp_path / "samples"
+    assert main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "all", "--num-samples", "2",
+                 "--sampler", "ddim", "--steps", "2", "--output-dir", str(out), "--no-progress"]) == 0
+    assert {Image.open(p).mode for p in (out / "images").iterdir()} == {"L"}   # the model's one channel
+    reports = []
+    for i, source in enumerate((out, out / "images", out / "samples.npz")):
+        assert main(["evaluate", "--samples", str(source), "--dataset", "mnist", "--data-root", str(tiny_idx_root),
+                     "--classifier", str(tiny_judge), "--no-cache", "--output-dir", str(tmp_path / f"eval{i}"),
+                     "--no-progress"]) == 0, capsys.readouterr().err
+        reports.append(json.loads((tmp_path / f"eval{i}" / "metrics.json").read_text()))
+    assert set(reports[0]["metrics"]) == {"fd_mnist_classifier", "classifier_is", "classifier_is_std", "accuracy",
+                                          "precision", "recall"}
+    assert reports[0]["samples"]["num_samples"] == 20
+    assert reports[0]["metrics"] == reports[1]["metrics"] == reports[2]["metrics"]
+
+
+def test_write_samples_keeps_each_image_in_its_channel_count(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    for channels, mode in ((1, "L"), (3, "RGB")):
+        images = torch.rand(4, channels, 8, 8, generator=g)
+        write_samples(images, tmp_path / mode, seeds=[3, 4, 5, 6], labels=[1, 0, 1, 0])
+        picture = Image.open(tmp_path / mode / "images" / "class_0_seed_00004.png")
+        assert picture.mode == mode
+        assert np.array_equal(np.asarray(picture).reshape(8, 8, channels),
+                              to_uint8(images[1], zero_one=True).permute(1, 2, 0).numpy())
+        read, labels = read_samples(tmp_path / mode)
+        assert read.shape == (4, channels, 8, 8) and labels.tolist() == [0, 0, 1, 1]   # class after class, by seed
+        assert torch.equal(read[0], to_uint8(images[1], zero_one=True).float() / 255)
+
+
+def test_greyscale_samples_stored_as_rgb_count_as_one_channel(tiny_idx_root, tiny_judge, tmp_path):
+    # Sample folders written before the fix hold 1-channel samples as RGB PNGs with three equal channels.
+    grey = np.random.default_rng(0).integers(0, 256, (12, 8, 8), dtype=np.uint8)
+    (tmp_path / "old").mkdir()
+    for i, image in enumerate(grey):
+        Image.fromarray(image).convert("RGB").save(tmp_path / "old" / f"seed_{i:05d}.png")
+    np.savez(tmp_path / "s.npz", arr_0=grey[..., None])
+    common = {"dataset": "mnist", "data_root": str(tiny_idx_root), "classifier": tiny_judge, "cache_dir": None,
+              "progress": False}
+    from_rgb = evaluate(samples=tmp_path / "old", **common)
+    assert from_rgb["metrics"] == evaluate(samples=tmp_path / "s.npz", **common)["metrics"]
+    assert from_rgb["real"]["image_shape"] == [1, 8, 8]
+
+
+def test_unreadable_sample_folders_give_one_line_errors(tmp_path):
+    def folder(name, *pictures):
+        (tmp_path / name).mkdir()
+        for i, picture in enumerate(pictures):
+            picture.save(tmp_path / name / f"seed_{i:05d}.png")
+        return tmp_path / name
+
+    small, large = Image.new("L", (8, 8)), Image.new("L", (10, 10))
+    cases = {folder("sizes", small, small, large): "seed_00002.png: 10x10 L, but seed_00000.png is 8x8 L",
+             folder("mode", small, Image.new("RGBA", (8, 8))): "seed_00001.png: mode RGBA",
+             folder("kinds", small, Image.new("RGB", (8, 8))): "seed_00001.png: 8x8 RGB, but seed_00000.png is 8x8 L"}
+    broken = folder("broken", small)
+    (broken / "seed_00001.png").write_bytes(b"not a png")
+    cases[broken] = "seed_00001.png is not a readable image"
+    for path, message in cases.items():
+        with pytest.raises(DdpmkitError, match=message) as err:
+            read_samples(path)
+        assert "\n" not in str(err.value)
+
+
+def test_a_training_fd_on_other_real_images_does_not_poison_evaluate(tiny_conditional_checkpoint, tiny_idx_root,
+                                                                     tiny_judge, tmp_path):
+    # A run with data.max_images measures its in-training FD on the real images its config gives; whatever those
+    # are, the statistics it caches must not stand in for those of the images evaluate compares with.
+    from ddpmkit.train import TrainingFD
+
+    model = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+
+    def training_fd(data_changes: dict, cache_dir):
+        cfg = replace(model.config, data=replace(model.config.data, **data_changes),
+                      train=replace(model.config.train, fd_samples=10, fd_steps=2, fd_classifier=str(tiny_judge)))
+        TrainingFD(cfg, model.image_shape, model.class_names, cache_dir=cache_dir)(model.model, model.schedule,
+                                                                                   model.device)
+
+    common = {"num_samples": 20, "sampler": "ddim", "steps": 2, "metrics": ("fd",), "data_root": str(tiny_idx_root),
+              "classifier": tiny_judge, "progress": False}
+    training_fd({"max_images": 6}, tmp_path / "shared")
+    shared = evaluate(tiny_conditional_checkpoint, cache_dir=tmp_path / "shared", **common)
+    alone = evaluate(tiny_conditional_checkpoint, cache_dir=None, **common)
+    assert shared["metrics"] == pytest.approx(alone["metrics"], rel=1e-6)
+    assert shared["real"]["count"] == 16
+    training_fd({}, tmp_path / "same_images")   # the same real images as evaluate's: one cache entry serves both
+    assert evaluate(tiny_conditional_checkpoint, cache_dir=tmp_path / "same_images",
+                    **common)["real"]["statistics"] == "cache"
+
+
+@pytest.fixture(scope="module")
+def six_pixel_root(tmp_path_factory):
+    """Two-class 6x6 images, which models and judges see at 8x8 (padded or resized)."""
+    from conftest import make_two_class_images, write_idx
+
+    root = tmp_path_factory.mktemp("six_pixel")
+    for split, n, seed in (("train", 64, 0), ("t10k", 32, 1)):
+        images, labels = make_two_class_images(n, 6, seed)
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.mark.parametrize("data_changes", [{"resize_mode": "resize"}, {"channels": 3}])
+def test_evaluate_measures_against_the_images_the_model_saw(six_pixel_root, tmp_path, data_changes):
+    from ddpmkit.config import config_from_dict
+    from ddpmkit.metrics.classifier import load_classifier
+    from ddpmkit.metrics.domain import add_fake, add_real, classifier_fd_metric
+    from ddpmkit.train import train
+
+    from conftest import tiny_config_dict
+
+    d = tiny_config_dict(six_pixel_root)
+    d["data"].update(data_changes)
+    d["train"].update(steps=2, eval_every=0)
+    checkpoint = train(config_from_dict(d), tmp_path / "run", progress=False)
+    seen = DataConfig(**d["data"])   # the real images as the model saw them in training
+    judge = tmp_path / "judge.pt"
+    torch.save(train_classifier(seen, epochs=1, batch_size=16, progress=False), judge)
+    # No data_root: evaluate reads the real images from the run's own data.root.
+    report = evaluate(checkpoint, num_samples=12, sampler="ddim", steps=2, metrics=("fd",), classifier=judge,
+                      cache_dir=tmp_path / "cache", save_samples=tmp_path / "s.npz", progress=False)
+
+    metric = classifier_fd_metric(load_classifier(judge)[0], (seen.channels or 1, 8, 8))
+    add_real(metric, load_images(seen, "test").images, "unused", cache_dir=None, progress=False)
+    add_fake(metric, read_samples(tmp_path / "s.npz")[0], progress=False)
+    assert report["metrics"]["fd_mnist_classifier"] == pytest.approx(float(metric.compute()), rel=1e-5)
+    assert report["real"]["count"] == 32 and report["real"]["image_shape"] == [seen.channels or 1, 8, 8]
+    # The same samples read back, against the real images fitted the same way: the same number, and (sharing the
+    # cache) no statistics of differently fitted images are read instead.
+    common = {"dataset": "mnist", "data_root": str(six_pixel_root), "metrics": ("fd",), "classifier": judge,
+              "cache_dir": tmp_path / "cache", "progress": False}
+    read_back = evaluate(samples=tmp_path / "s.npz", resize_mode=seen.resize_mode, **common)
+    assert read_back["metrics"] == pytest.approx(report["metrics"], rel=1e-5)
+    if seen.resize_mode == "resize":
+        padded = evaluate(samples=tmp_path / "s.npz", **common)   # --resize-mode pad, the default
+        assert padded["real"]["statistics"] == "computed" and padded["metrics"] != read_back["metrics"]

@@ -163,9 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "everything needed to reproduce the numbers.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="PATH", help="generate samples from this model")
-    source.add_argument("--samples", metavar="PATH", help="an .npz (arr_0: uint8 N x H x W x C) or a folder of PNGs")
+    source.add_argument("--samples", metavar="PATH", help="an .npz (arr_0: uint8 N x H x W x C), a folder of PNGs, "
+                        "or the folder 'ddpmkit sample' wrote")
     p.add_argument("--dataset", choices=["mnist", "fashion_mnist"], help="the real data (default: the model's)")
-    p.add_argument("--data-root", default="", help="where the real data is (see data.root)")
+    p.add_argument("--data-root", default="", help="where the real data is (see data.root; default: the model's)")
+    p.add_argument("--resize-mode", choices=["pad", "resize"],
+                   help="with --samples: bring the real images to the samples' size by zero-padding or resizing "
+                   "(default pad); with --checkpoint the model's own data.resize_mode is used")
     p.add_argument("--split", default="test", choices=["test", "train"], help="real split to compare with")
     p.add_argument("--num-samples", type=int, default=1000, help="samples to generate (default 1000)")
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
@@ -343,9 +347,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     report = evaluate(args.checkpoint, args.samples, num_samples=args.num_samples, sampler=args.sampler,
                       steps=args.steps, eta=args.eta, guidance=args.guidance,
                       metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), dataset=args.dataset,
-                      data_root=args.data_root, split=args.split, classifier=args.classifier, seed=args.seed,
-                      batch_size=args.batch_size, device=args.device, precision=args.precision,
-                      compile=args.compile, cache_dir=None if args.no_cache else DEFAULT_CACHE,
+                      data_root=args.data_root, resize_mode=args.resize_mode, split=args.split,
+                      classifier=args.classifier, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                      precision=args.precision, compile=args.compile,
+                      cache_dir=None if args.no_cache else DEFAULT_CACHE,
                       inception_weights=args.inception_weights,
                       inversion_steps=_int_list(args.inversion_steps, "--inversion-steps"),
                       inversion_images=args.inversion_images, inversion_refine=args.inversion_refine,

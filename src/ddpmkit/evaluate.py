@@ -16,8 +16,10 @@ the feature network and its hash, the real split and its size.
 """
 from __future__ import annotations
 
-import json
+import re
 import time
+import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +27,13 @@ import torch
 from PIL import Image
 
 from .config import DataConfig
-from .data import load_images, to_uint8
+from .data import ImageData, load_images, to_uint8
 from .errors import DdpmkitError
+from .files import write_json
 from .metrics.classifier import check_compatible, load_classifier, predict
-from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, classifier_fd_metric, classifier_is_metric,
-                             classifier_precision_recall, file_sha256, seeded_compute, statistics_key)
+from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, check_torch_fidelity_for_prc, classifier_fd_metric,
+                             classifier_is_metric, classifier_precision_recall, file_sha256, seeded_compute,
+                             statistics_key)
 from .metrics.inception import inception_metrics, to_inception_input
 from .metrics.inception import inception_weights as inception_weights_file
 from .metrics.perceptual import lpips_diversity, lpips_metric
@@ -40,43 +44,96 @@ OFFLINE_METRICS = ("fd", "is", "accuracy", "prc")
 INCEPTION_METRICS = ("fid", "kid", "inception_is")
 LPIPS_METRICS = ("reconstruction", "diversity")
 METRICS = OFFLINE_METRICS + INCEPTION_METRICS + LPIPS_METRICS
+SAMPLE_NAME = re.compile(r"(?:class_(\d+)_)?seed_(\d+)\.png")  # the per-image names ``ddpmkit sample`` writes
+SAMPLE_MODES = {"L": 1, "RGB": 3}
 _TOO_FEW_FOR_DIVERSITY = ("diversity compares samples of the same class and needs at least two samples of one "
                           "class; raise --num-samples")
 
 
 def read_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Samples from an .npz (``arr_0``: uint8 N x H x W x C, optional ``labels``) or a folder of images, as float
-    (N, C, H, W) in [0, 1], with labels when the .npz has them."""
+    """Samples as float (N, C, H, W) in [0, 1], with labels where known, from an .npz (``arr_0``: uint8 N x H x W x C,
+    optional ``labels``), a folder of PNGs (labels when every name is ``class_C_seed_NNNNN.png``) or a folder that
+    ``ddpmkit sample`` wrote (its per-image files, not its grid)."""
     path = Path(path)
     if path.suffix == ".npz" and path.is_file():
-        data = np.load(path)
-        if "arr_0" not in data:
-            raise DdpmkitError(f"{path} has no arr_0 array (uint8, N x H x W x C)")
-        images = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2).float() / 255
-        return images, (torch.from_numpy(data["labels"]).long() if "labels" in data else None)
+        return _read_npz(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.png"))
-        if not files:
-            raise DdpmkitError(f"no .png images under {path}")
-        arrays = [np.asarray(Image.open(f)) for f in files]
-        stacked = np.stack([a[..., None] if a.ndim == 2 else a for a in arrays])
-        return torch.from_numpy(stacked).permute(0, 3, 1, 2).float() / 255, None
+        return _read_folder(path / "images" if _is_sample_output(path) else path)
     raise DdpmkitError(f"samples {path}: expected an .npz file or a folder of PNG images")
 
 
-def _generate(sampler, num_samples, sampler_name, steps, eta, guidance, seed, batch_size, progress):
-    options = {"sampler": sampler_name, "steps": steps, "eta": eta, "batch_size": batch_size, "progress": progress}
-    if sampler.is_conditional:  # equal numbers of every class, labels kept for the accuracy
-        classes = len(sampler.class_names)
+def _is_sample_output(folder: Path) -> bool:
+    """Whether ``folder`` is what ``ddpmkit sample`` writes: images/ beside grid.png or samples.npz."""
+    return (folder / "images").is_dir() and ((folder / "grid.png").is_file() or (folder / "samples.npz").is_file())
+
+
+def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    try:
+        data = np.load(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DdpmkitError(f"{path} is not a readable .npz file ({err})") from None
+    if "arr_0" not in data:
+        raise DdpmkitError(f"{path} has no arr_0 array (uint8, N x H x W x C)")
+    images = data["arr_0"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in SAMPLE_MODES.values():
+        raise DdpmkitError(f"{path}: arr_0 is {images.dtype} of shape {images.shape}; expected uint8 N x H x W x C "
+                           f"with C = 1 or 3")
+    labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+    if labels is not None and len(labels) != len(images):
+        raise DdpmkitError(f"{path}: {len(labels)} labels for {len(images)} images")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, labels
+
+
+def _read_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    files = sorted(folder.rglob("*.png"))
+    if not files:
+        raise DdpmkitError(f"no .png images under {folder}")
+    names = [SAMPLE_NAME.fullmatch(f.name) for f in files]
+    if all(names):  # ddpmkit sample's names: the order it drew them in, class after class, by seed
+        order = sorted(range(len(files)), key=lambda i: (int(names[i][1] or 0), int(names[i][2])))
+        files, names = [files[i] for i in order], [names[i] for i in order]
+    arrays = [_read_png(f) for f in files]
+    for f, array in zip(files, arrays):
+        if array.shape != arrays[0].shape:
+            raise DdpmkitError(f"{f}: {_describe(array)}, but {files[0].name} is {_describe(arrays[0])}; all samples "
+                               f"must have one size and one channel count")
+    labels = torch.tensor([int(m[1]) for m in names]) if all(m and m[1] is not None for m in names) else None
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255, labels
+
+
+def _read_png(path: Path) -> np.ndarray:
+    """One image as uint8 H x W x C: C = 1 for mode L, 3 for RGB."""
+    try:
+        with Image.open(path) as picture:
+            mode = picture.mode
+            array = np.asarray(picture) if mode in SAMPLE_MODES else None
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow's UnidentifiedImageError is an OSError
+        raise DdpmkitError(f"{path} is not a readable image ({err})") from None
+    if array is None:
+        raise DdpmkitError(f"{path}: mode {mode} is not supported; save samples as greyscale (L) or RGB PNGs")
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _describe(array: np.ndarray) -> str:
+    h, w, c = array.shape
+    return f"{h}x{w} {'L' if c == 1 else 'RGB'}"
+
+
+def _generate(model, num_samples, seed, guidance, **options) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    """``num_samples`` images with seeds seed .. seed + num_samples - 1, one seed per image as FD and precision/recall
+    assume independent draws (``sample_classes`` would give every class the same starting noises). A conditional
+    model draws equal numbers of every class, class after class. Returns (images, labels or None, seeds)."""
+    labels = None
+    if model.is_conditional:
+        classes = len(model.class_names)
         if num_samples % classes:
             raise DdpmkitError(f"num_samples={num_samples} must be a multiple of the model's {classes} classes")
-        images, labels = sampler.sample_classes("all", num_samples // classes, seed=seed, guidance=guidance,
-                                                **options)
-    else:
-        if guidance:
-            raise DdpmkitError("guidance needs a class-conditional model")
-        images, labels = sampler.sample(num_samples, seed=seed, **options), None
-    return images, labels
+        labels = [c for c in range(classes) for _ in range(num_samples // classes)]
+    elif guidance:
+        raise DdpmkitError("guidance needs a class-conditional model")
+    seeds = list(range(seed, seed + num_samples))
+    images = model.generate(seeds, labels, guidance=guidance, **options)
+    return images, None if labels is None else torch.tensor(labels), seeds
 
 
 def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = None, *,
@@ -87,10 +144,11 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              guidance: float = 0.0,            # classifier-free guidance weight w (conditional models)
              metrics: tuple[str, ...] = OFFLINE_METRICS,  # any of METRICS
              dataset: str | None = None,       # the real data; default: the checkpoint's
-             data_root: str = "",              # where the real data is (see data.root)
+             data_root: str = "",              # where the real data is (see data.root); default: the checkpoint's
+             resize_mode: str | None = None,   # samples: how real images reach their size, pad (default) or resize
              split: str = "test",              # real split compared against: test or train
              classifier: str | Path | None = None,  # judge weights; default: the shipped ones for the dataset
-             seed: int = 0,                    # image i (or image j of every class) uses seed + i (+ j)
+             seed: int = 0,                    # image i uses seed + i (classes in blocks: no noise is shared)
              batch_size: int = 500,            # images per forward pass; results don't depend on it
              device: str = "auto",
              precision: str = "auto",          # network precision: auto (bf16 where the device has it), fp32, bf16
@@ -113,8 +171,12 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         raise DdpmkitError("evaluate needs exactly one of a checkpoint (to generate samples) or --samples")
     if "reconstruction" in metrics and checkpoint is None:
         raise DdpmkitError("the reconstruction metric inverts real images with a model: give --checkpoint")
+    if resize_mode not in (None, "pad", "resize"):
+        raise DdpmkitError(f"resize_mode must be pad or resize, got {resize_mode!r}")
     wanted_inception = set(INCEPTION_METRICS) & set(metrics)
     weights = inception_weights_file(inception_weights) if wanted_inception else None  # fail before sampling
+    if "prc" in metrics:
+        check_torch_fidelity_for_prc()
     started = time.perf_counter()
     report: dict = {"metrics": {}}
     notes: list[str] = []
@@ -127,27 +189,31 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         checkpoint = Path(checkpoint)
         ckpt_file = checkpoint / "final.pt" if checkpoint.is_dir() else checkpoint
         model = DiffusionSampler(ckpt_file, device=device, precision=precision, compile=compile)
-        dataset = dataset or model.config.data.dataset
-        image_size, class_names = model.config.data.image_size, model.class_names
+        real_cfg = _real_config_of_model(model.config.data, dataset, data_root, resize_mode)
+        real = load_images(real_cfg, split)   # before sampling: a missing dataset stops at once
+        dataset, image_size, class_names = real_cfg.dataset, real_cfg.image_size, model.class_names
         report["samples"] = {"checkpoint": str(ckpt_file), "checkpoint_sha256": file_sha256(ckpt_file),
                              "precision": model.precision, "device": str(model.device)}
         per_class = num_samples // len(class_names) if model.is_conditional else num_samples
         if "diversity" in metrics and per_class < 2:  # say so before sampling, not after
             raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
         if set(metrics) - {"reconstruction"}:
-            images, labels = _generate(model, num_samples, sampler, steps, eta, guidance, seed, batch_size,
-                                       progress)
-            seeds = f"{seed}..{seed + per_class - 1}" + (" per class" if labels is not None else "")
+            images, labels, seeds = _generate(model, num_samples, seed, guidance, sampler=sampler, steps=steps,
+                                              eta=eta, batch_size=batch_size, progress=progress)
             report["samples"].update(sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-                                     num_samples=len(images), seeds=seeds)
+                                     num_samples=len(images), seeds=f"{seeds[0]}..{seeds[-1]}")
+            if labels is not None:
+                report["samples"]["labels"] = f"{per_class} of each class, class after class"
             if save_samples:
-                per_image = [seed + i % per_class for i in range(len(images))]
-                report["samples"]["saved"] = str(write_npz(images, save_samples, per_image,
+                report["samples"]["saved"] = str(write_npz(images, save_samples, seeds,
                                                            None if labels is None else labels.tolist()))
     else:
-        images, labels = read_samples(samples)
         if dataset is None:
             raise DdpmkitError("--samples needs --dataset to know which real images to compare with")
+        images, labels = read_samples(samples)
+        real_cfg = DataConfig(dataset=dataset, root=data_root, image_size=images.shape[-1],
+                              resize_mode=resize_mode or "pad", download=False)
+        images, real = _real_for_samples(images, real_cfg, split)
         image_size, class_names = images.shape[-1], []
         report["samples"] = {"path": str(samples), "num_samples": len(images)}
         if "diversity" in metrics and (len(images) < 2 or (labels is not None and labels.bincount().max() < 2)):
@@ -156,8 +222,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
     if images is not None:  # measure what a PNG or .npz of the samples holds, so that --samples gives the same numbers
         images = to_uint8(images, zero_one=True).float() / 255
 
-    real = load_images(DataConfig(dataset=dataset, root=data_root, image_size=image_size, download=False), split)
-    report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source}
+    report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source,
+                      "image_shape": [real.channels, image_size, image_size], "resize_mode": real_cfg.resize_mode}
     if set(OFFLINE_METRICS) & set(metrics):
         _domain_metrics(report, metrics, images, labels, real, dataset, split, image_size, class_names, classifier,
                         cache_dir, progress)
@@ -175,6 +241,33 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         report["notes"] = notes
     report["seconds"] = {"sampling": round(generated_s, 1), "total": round(time.perf_counter() - started, 1)}
     return report
+
+
+def _real_config_of_model(data: DataConfig, dataset: str | None, data_root: str,
+                          resize_mode: str | None) -> DataConfig:
+    """The real images as the model saw them in training: its size, resizing and channels, and its data root unless
+    ``data_root`` is given. The whole split, whatever the run's ``max_images``."""
+    if resize_mode not in (None, data.resize_mode):
+        raise DdpmkitError(f"resize_mode={resize_mode}: this model was trained with data.resize_mode="
+                           f"{data.resize_mode}, and evaluate compares with the images as the model saw them; leave "
+                           f"--resize-mode out (it is for --samples)")
+    dataset = dataset or data.dataset
+    root = data_root or (data.root if dataset == data.dataset else "")
+    return DataConfig(dataset=dataset, root=root, image_size=data.image_size, resize_mode=data.resize_mode,
+                      channels=data.channels, download=False)
+
+
+def _real_for_samples(images: torch.Tensor, cfg: DataConfig, split: str) -> tuple[torch.Tensor, ImageData]:
+    """The samples and the real split with the samples' channel count. Greyscale samples stored as RGB (three equal
+    channels, as ``ddpmkit sample`` used to write them) count as 1 channel when the dataset's own images have 1."""
+    if images.shape[-1] != images.shape[-2]:
+        raise DdpmkitError(f"the samples are {images.shape[-2]}x{images.shape[-1]}; evaluate compares square images")
+    real = load_images(cfg, split)  # cfg.channels = 0: the dataset's own
+    if real.channels == 1 and images.shape[1] == 3 and bool((images == images[:, :1]).all()):
+        images = images[:, :1]
+    if images.shape[1] != real.channels:
+        real = load_images(replace(cfg, channels=images.shape[1]), split)
+    return images, real
 
 
 def _lpips_or_note(net: str, weights: str | Path | None, notes: list[str]):
@@ -199,11 +292,11 @@ def _domain_metrics(report, metrics, images, labels, real, dataset, split, image
                                  "test_accuracy": info["test_accuracy"]}
     if "fd" in metrics:
         fd = classifier_fd_metric(clf, tuple(images.shape[1:]))
-        key = statistics_key(dataset, split, image_size, info["sha256"])
+        key = statistics_key(dataset, split, real.images, info["sha256"])
         cached = add_real(fd, real.images, key, cache_dir, progress=progress)
         add_fake(fd, images, progress=progress)
         report["metrics"][f"fd_{dataset}_classifier"] = float(fd.compute())
-        report["real"]["statistics"] = "cache" if cached else "computed"
+        report["real"].update(statistics="cache" if cached else "computed", statistics_key=key)
     if "is" in metrics:
         inception_score = classifier_is_metric(clf)
         add_fake(inception_score, images, progress=progress)
@@ -271,7 +364,4 @@ def format_report(report: dict) -> str:
 
 
 def write_report(report: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
+    return write_json(path, report)

@@ -104,18 +104,20 @@ def sample_images(model: UNet, schedule, cfg: Config, device: torch.device, num_
 
 class TrainingFD:
     """FD-<dataset>-classifier of the EMA model during training: a fixed set of seeds and sampler, so that values
-    are comparable between evaluations; the real test-split statistics come from the shared cache."""
+    are comparable between evaluations; the real test-split statistics come from the cache evaluate shares
+    (``cache_dir``, default ``~/.cache/ddpmkit/statistics``), under the key of the images this run's config gives."""
 
-    def __init__(self, cfg: Config, image_shape: tuple[int, int, int], class_names: list[str]):
+    def __init__(self, cfg: Config, image_shape: tuple[int, int, int], class_names: list[str],
+                 cache_dir: str | Path | None = None):
         from .metrics.classifier import check_compatible, load_classifier
-        from .metrics.domain import statistics_key
+        from .metrics.domain import DEFAULT_CACHE, statistics_key
 
-        self.cfg = cfg
+        self.cfg, self.cache_dir = cfg, DEFAULT_CACHE if cache_dir is None else cache_dir
         self.classifier, info = load_classifier(cfg.train.fd_classifier or cfg.data.dataset)
         check_compatible(info, class_names, image_shape[-1])
         self.image_shape = image_shape
-        self.key = statistics_key(cfg.data.dataset, "test", cfg.data.image_size, info["sha256"])
         self.real = load_images(cfg.data, "test").images
+        self.key = statistics_key(cfg.data.dataset, "test", self.real, info["sha256"])
         self.name = f"fd_{cfg.data.dataset}_classifier"
 
     def __call__(self, model: UNet, schedule, device: torch.device) -> float:
@@ -124,7 +126,7 @@ class TrainingFD:
         t = self.cfg.train
         images = sample_images(model, schedule, self.cfg, device, t.fd_samples, t.fd_sampler, t.fd_steps)
         metric = classifier_fd_metric(self.classifier, self.image_shape)
-        add_real(metric, self.real, self.key, progress=False)
+        add_real(metric, self.real, self.key, self.cache_dir, progress=False)
         add_fake(metric, images, progress=False)
         return float(metric.compute())
 

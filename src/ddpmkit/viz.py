@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid, save_image
 
 from .data import to_uint8
+from .files import atomic_write
 
 
 def grid_rows(n: int) -> int:
@@ -30,26 +31,33 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
 def write_npz(images: torch.Tensor, path: str | Path, seeds: list[int], labels: list[int] | None = None) -> Path:
     """``arr_0`` (uint8, N x H x W x C, as the guided-diffusion / TTUR evaluation tools read it), ``seeds`` and, when
     given, ``labels``; ``ddpmkit evaluate --samples`` reads it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     extra = {"labels": np.asarray(labels)} if labels is not None else {}
     uint8 = to_uint8(images, zero_one=True).permute(0, 2, 3, 1).cpu().numpy()
-    np.savez_compressed(path, arr_0=uint8, seeds=np.asarray(seeds), **extra)
-    return path
+    with atomic_write(path) as f:
+        np.savez_compressed(f, arr_0=uint8, seeds=np.asarray(seeds), **extra)
+    return Path(path)
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> Path:
+    """One float (C, H, W) image in [0, 1] as a PNG of its own channel count: mode L for 1 channel, RGB for 3."""
+    with atomic_write(path) as f:
+        pil_image(image).save(f, format="PNG")
+    return Path(path)
 
 
 def write_samples(images: torch.Tensor, output_dir: str | Path, seeds: list[int] | None = None,
                   labels: list[int] | None = None, nrow: int | None = None,
                   row_labels: list[str] | None = None) -> dict[str, Path]:
-    """Write ``grid.png`` (rows labelled when ``row_labels`` is given), ``images/seed_XXXXX.png`` per image (with the
-    class index, ``class_C_seed_XXXXX.png``, when labelled) and ``samples.npz`` (uint8, N x H x W x C, key ``arr_0``
-    as in the guided-diffusion / TTUR evaluation tools; ``seeds`` and ``labels`` beside it)."""
+    """Write ``grid.png`` (rows labelled when ``row_labels`` is given), ``images/seed_XXXXX.png`` per image in its own
+    channel count (with the class index, ``class_C_seed_XXXXX.png``, when labelled) and ``samples.npz`` (uint8,
+    N x H x W x C, key ``arr_0`` as in the guided-diffusion / TTUR evaluation tools; ``seeds`` and ``labels`` beside
+    it)."""
     out = Path(output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     seeds = seeds if seeds is not None else list(range(len(images)))
     for i, (image, seed) in enumerate(zip(images, seeds)):
         prefix = f"class_{labels[i]}_" if labels is not None else ""
-        save_image(image, out / "images" / f"{prefix}seed_{seed:05d}.png")
+        save_png(image, out / "images" / f"{prefix}seed_{seed:05d}.png")
     write_npz(images, out / "samples.npz", seeds, labels)
     nrow = nrow or grid_rows(len(images))
     grid = save_labelled_grid(images, out / "grid.png", nrow, row_labels) if row_labels else \
@@ -83,10 +91,15 @@ def plot_loss_curve(log_path: str | Path, out_path: str | Path) -> Path | None:
     return Path(out_path)
 
 
+def pil_image(image: torch.Tensor) -> Image.Image:
+    """A float (C, H, W) image in [0, 1] -> PIL, mode L for 1 channel and RGB for 3."""
+    array = to_uint8(image, zero_one=True).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
 def to_pil(grid: torch.Tensor) -> Image.Image:
     """A float (C, H, W) image in [0, 1] -> PIL RGB."""
-    array = to_uint8(grid, zero_one=True).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).convert("RGB")
+    return pil_image(grid).convert("RGB")
 
 
 def upscale(image: Image.Image, rows: int, min_row_height: int = 64) -> Image.Image:

@@ -3,12 +3,13 @@
 "FD-<dataset>-classifier" is the Frechet distance between Gaussians fitted to the classifier's 128-d penultimate
 features of real and generated images; the classifier Inception Score is exp(E KL(p(y|x) || p(y))) on its class
 probabilities. Both are computed by torchmetrics with the classifier as the feature network, so the formulas are
-torchmetrics' own. Real-image statistics are computed once per (dataset, split, image size, classifier hash) and
-cached.
+torchmetrics' own. Real-image statistics are computed once per set of real images and classifier, and cached
+under ``statistics_key``: dataset, split, count, C x H x W, a hash of the images and the classifier's hash.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from pathlib import Path
 
@@ -18,10 +19,13 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from tqdm.auto import tqdm
 
+from ..errors import DdpmkitError
+from ..files import atomic_write
 from .classifier import SmallClassifier
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ddpmkit" / "statistics"
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+PRC_TORCH_FIDELITY = (0, 4)  # torch_fidelity.metric_prc first shipped in 0.4.0 (0.3.0 has no precision/recall)
 
 
 class ClassifierFeatures(nn.Module):
@@ -67,7 +71,8 @@ def add_real(metric: FrechetInceptionDistance, real_uint8: torch.Tensor, cache_k
              cache_dir: Path | None = DEFAULT_CACHE, batch_size: int = 1000, progress: bool = True) -> bool:
     """Put the real images' feature statistics into ``metric``, from the cache when present; returns True if cached.
 
-    ``real_uint8`` is the whole split as uint8 (N, C, H, W); it is only read when the cache has no entry.
+    ``real_uint8`` is the real set as uint8 (N, C, H, W); its features are only computed when the cache has no entry
+    under ``cache_key`` (``statistics_key`` of the same images).
     """
     path = Path(cache_dir) / f"{cache_key}.pt" if cache_dir is not None else None
     if path is not None and path.is_file():
@@ -78,10 +83,8 @@ def add_real(metric: FrechetInceptionDistance, real_uint8: torch.Tensor, cache_k
     for batch in _batches(real_uint8, batch_size, "real features", progress):
         metric.update(batch.float() / 255, real=True)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({name: getattr(metric, name).cpu() for name in REAL_STATES}, tmp)
-        tmp.replace(path)
+        with atomic_write(path) as f:
+            torch.save({name: getattr(metric, name).cpu() for name in REAL_STATES}, f)
     return False
 
 
@@ -95,8 +98,12 @@ def add_fake(metric, images: torch.Tensor, batch_size: int = 1000, progress: boo
             metric.update(batch)
 
 
-def statistics_key(dataset: str, split: str, image_size: int, classifier_sha256: str) -> str:
-    return f"fd_{dataset}_{split}_{image_size}px_{classifier_sha256[:16]}"
+def statistics_key(dataset: str, split: str, real_uint8: torch.Tensor, classifier_sha256: str) -> str:
+    """The cache name of the real statistics: readable parts, and a hash of the images themselves, since the count,
+    size, resizing and channel conversion of a split all change what the statistics describe."""
+    n, c, h, w = real_uint8.shape
+    content = hashlib.sha256(real_uint8.cpu().contiguous().numpy()).hexdigest()
+    return f"fd_{dataset}_{split}_{n}x{c}x{h}x{w}_images-{content[:16]}_classifier-{classifier_sha256[:16]}"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -111,6 +118,17 @@ def seeded_compute(metric, seed: int = 0):
         return metric.compute()
 
 
+def check_torch_fidelity_for_prc() -> None:
+    """Refuse, with the pip command, a torch-fidelity too old to have precision and recall."""
+    import torch_fidelity
+
+    installed = torch_fidelity.__version__
+    needed = ".".join(map(str, PRC_TORCH_FIDELITY))
+    if tuple(int(part) for part in re.findall(r"\d+", installed)[:2]) < PRC_TORCH_FIDELITY:
+        raise DdpmkitError(f"precision/recall (metric prc) needs torch-fidelity>={needed}, but {installed} is "
+                           f"installed; run pip install 'torch-fidelity>={needed}', or leave prc out of --metrics")
+
+
 @torch.inference_mode()
 def classifier_precision_recall(classifier: SmallClassifier, real_uint8: torch.Tensor, fake: torch.Tensor,
                                 neighbourhood: int = 3, seed: int = 0,
@@ -122,6 +140,7 @@ def classifier_precision_recall(classifier: SmallClassifier, real_uint8: torch.T
     The k-NN radii depend on how many points a set has, so the real side is a seeded random subset of the split of
     the same size as the samples (the paper compares equal numbers). Returns (precision, recall, real images used).
     """
+    check_torch_fidelity_for_prc()
     from torch_fidelity.metric_prc import calculate_precision_recall_part
 
     count = min(len(fake), len(real_uint8))
