@@ -2,7 +2,6 @@
 plots."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,7 +11,9 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid, save_image
 
 from .data import to_uint8
+from .errors import DdpmkitError
 from .files import atomic_write
+from .run_log import read_records
 
 
 def grid_rows(n: int) -> int:
@@ -22,10 +23,9 @@ def grid_rows(n: int) -> int:
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Save float images in [0, 1], (N, C, H, W), as one grid PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=nrow or grid_rows(len(images)), padding=2, pad_value=1.0)
-    return path
+    with atomic_write(path) as f:
+        save_image(images, f, format="PNG", nrow=nrow or grid_rows(len(images)), padding=2, pad_value=1.0)
+    return Path(path)
 
 
 def write_npz(images: torch.Tensor, path: str | Path, seeds: list[int], labels: list[int] | None = None) -> Path:
@@ -35,6 +35,28 @@ def write_npz(images: torch.Tensor, path: str | Path, seeds: list[int], labels: 
     uint8 = to_uint8(images, zero_one=True).permute(0, 2, 3, 1).cpu().numpy()
     with atomic_write(path) as f:
         np.savez_compressed(f, arr_0=uint8, seeds=np.asarray(seeds), **extra)
+    return Path(path)
+
+
+def save_pil(image: Image.Image, path: str | Path, **options) -> Path:
+    """``image.save(path, **options)``, atomically; the format follows the file name (.png, .gif, .jpg, ...)."""
+    path = Path(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise DdpmkitError(f"{path}: unknown picture format {path.suffix!r}; use a .png (or .gif, .jpg) name")
+    with atomic_write(path) as f:
+        image.save(f, format=image_format, **options)
+    return path
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a matplotlib figure atomically (the format follows the file name) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(fig)
     return Path(path)
 
 
@@ -71,8 +93,8 @@ def plot_loss_curve(log_path: str | Path, out_path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    records = read_records(log_path)
+    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
     heldout = [(r["step"], r["heldout_loss"]) for r in records if "heldout_loss" in r]
     if not train:
         return None
@@ -85,10 +107,7 @@ def plot_loss_curve(log_path: str | Path, out_path: str | Path) -> Path | None:
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_path)
-    plt.close(fig)
-    return Path(out_path)
+    return save_figure(fig, out_path)
 
 
 def pil_image(image: torch.Tensor) -> Image.Image:
@@ -129,10 +148,7 @@ def labelled_grid(images: torch.Tensor, nrow: int, row_labels: list[str] | None 
 
 def save_labelled_grid(images: torch.Tensor, path: str | Path, nrow: int, row_labels: list[str] | None = None,
                        col_labels: list[str] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labelled_grid(images, nrow, row_labels, col_labels).save(path)
-    return path
+    return save_pil(labelled_grid(images, nrow, row_labels, col_labels), path)
 
 
 def stack_rows(images: list[Image.Image]) -> Image.Image:
@@ -147,12 +163,9 @@ def stack_rows(images: list[Image.Image]) -> Image.Image:
 
 def save_gif(frames: list[Image.Image], path: str | Path, duration: float = 4.0, hold_last: float = 1.0) -> Path:
     """An endlessly looping GIF: ``frames`` spread over ``duration`` seconds, the last one held ``hold_last`` more."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     per_frame = max(20, round(1000 * duration / len(frames)))  # ms; browsers clamp shorter frames
     durations = [per_frame] * (len(frames) - 1) + [per_frame + round(1000 * hold_last)]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
-    return path
+    return save_pil(frames[0], path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
 
 
 def plot_noise_schedules(out_path: str | Path, num_timesteps: int = 1000) -> Path:
@@ -176,7 +189,4 @@ def plot_noise_schedules(out_path: str | Path, num_timesteps: int = 1000) -> Pat
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_path)
-    plt.close(fig)
-    return Path(out_path)
+    return save_figure(fig, out_path)
