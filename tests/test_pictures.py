@@ -116,7 +116,7 @@ def test_repeated_classes_get_one_label_per_row_and_bad_counts_are_errors(tiny_c
     assert sampler.sample_classes(3, 1, sampler="ddim", steps=2, progress=False)[1].tolist() == [3]
     assert main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "1", "--num-samples", "0",
                  "--output-dir", str(tmp_path)]) == 2
-    assert "per_class must be at least 1" in capsys.readouterr().err
+    assert "--num-samples: must be a whole number >= 1" in capsys.readouterr().err
     assert main(["strip", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "all",
                  "--output", str(tmp_path / "s.png")]) == 2
     assert "one class at a time" in capsys.readouterr().err

@@ -3,16 +3,97 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from .config import COMPILE_MODES, PRESETS, resolve_config
+from . import __version__
+from .config import COMPILE_MODES, PRESETS, DiffusionConfig, resolve_config
 from .errors import DdpmkitError
+from .files import atomic_write, write_json
 
 CONFIG_HELP = ("Resolution order: defaults < --preset < --config < --set. Keys: 'ddpmkit config --preset quick' "
                "prints them all.")
+# Whole numbers fit an int64, as in the config. For seeds this is narrower than torch.Generator.manual_seed's
+# 2**64 - 1, because numpy turns a list of seeds on both sides of 2**63 into float64 (samples.npz keeps them).
+MAX_WHOLE = 2**63 - 1
+# plot-schedule scales the linear schedule's betas by 1000 / T (IDDPM), so its last beta, beta_end * 1000 / T,
+# stays below 1 only from this T on.
+MIN_PLOT_T = int(DiffusionConfig().beta_end * 1000) + 1
+
+
+class UsageError(DdpmkitError):
+    """A command line that argparse or the checks below refuse; the message ends with where to read the options."""
+
+
+class HelpShown(Exception):
+    """--help or --version has printed its text; main() returns 0 instead of argparse's sys.exit(0)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing a usage block and exiting, so that main() prints one line."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+    def exit(self, status: int = 0, message: str | None = None):  # only --help and --version get here
+        raise HelpShown
+
+
+# -- argparse types: each refuses what its option cannot use, with a message that says what it takes ---------------
+
+def _checked(parse: Callable) -> Callable:
+    parse.checked = True  # marks the numeric types (tests check that every numeric option has one)
+    return parse
+
+
+def whole(low: int) -> Callable[[str], int]:
+    """A whole number from ``low`` to MAX_WHOLE."""
+    @_checked
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= MAX_WHOLE:
+            limit = f">= {low}" if value < low else f"<= {MAX_WHOLE}"
+            raise argparse.ArgumentTypeError(f"must be a whole number {limit}, got {text!r}")
+        return value
+    return parse
+
+
+def finite(low: float | None = None, above: bool = False) -> Callable[[str], float]:
+    """A finite number (NaN and infinities refused), >= ``low`` (> ``low`` when ``above``)."""
+    @_checked
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if above else value < low)):
+            limits = "" if low is None else f" {'>' if above else '>='} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number{limits}, got {text!r}")
+        return value
+    return parse
+
+
+def comma_list(item: Callable[[str], float]) -> Callable[[str], tuple]:
+    """Comma-separated values, each checked by ``item``; at least one."""
+    @_checked
+    def parse(text: str) -> tuple:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values such as 0,1,3; got {text!r}")
+        return tuple(item(part) for part in parts)
+    return parse
+
+
+SEED = whole(0)
+COUNT = whole(1)  # images, steps, epochs, batch sizes
+NUMBER = finite()
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -26,7 +107,7 @@ def _add_class_args(p: argparse.ArgumentParser, meaning: str) -> None:
     p.add_argument("--class", dest="classes", metavar="CLASS",
                    help=f"class-conditional models: a class index or name, a comma-separated list, or 'all' "
                    f"({meaning})")
-    p.add_argument("--guidance", type=float, default=0.0, metavar="W",
+    p.add_argument("--guidance", type=NUMBER, default=0.0, metavar="W",
                    help="classifier-free guidance weight w: eps = (1 + w) eps(x, class) - w eps(x, null); 0 = plain "
                    "conditional (default). diffusers' guidance_scale s is 1 + w")
 
@@ -48,7 +129,8 @@ def _add_picture_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpmkit", description="Train and sample denoising diffusion models.")
+    parser = _Parser(prog="ddpmkit", description="Train and sample denoising diffusion models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model", description="Train a model. Re-running the same command with "
@@ -58,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const=True, default=True, metavar="CHECKPOINT",
                    help="resume from this checkpoint (default: RUN_DIR/latest.pt when it exists)")
     p.add_argument("--fresh", action="store_true", help="start from scratch; refuses a run dir that has checkpoints")
-    p.add_argument("--stop-at", type=int, metavar="STEP", help="stop after STEP (resumable), e.g. to time-box a job")
+    p.add_argument("--stop-at", type=COUNT, metavar="STEP", help="stop after STEP (resumable), e.g. to time-box a job")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines still go to log.jsonl)")
 
     p = sub.add_parser("sample", help="draw images from a checkpoint",
@@ -68,12 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file, or a run directory (final.pt)")
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"],
                    help="ddpm: ancestral (DDPM Alg. 2); deterministic: DDIM eta=0 over all steps; ddim: DDIM")
-    p.add_argument("--steps", type=int, metavar="S", help="timesteps visited (default: all T; ddim: 50)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale: 0 deterministic, 1 DDPM-like (ddim)")
-    p.add_argument("--num-samples", type=int, default=64, metavar="N", help="number of images (default 64)")
-    p.add_argument("--seed", type=int, default=0, metavar="K",
+    p.add_argument("--steps", type=COUNT, metavar="S", help="timesteps visited (default: all T; ddim: 50)")
+    p.add_argument("--eta", type=finite(0), default=0.0, help="DDIM noise scale: 0 deterministic, 1 DDPM-like (ddim)")
+    p.add_argument("--num-samples", type=COUNT, default=64, metavar="N", help="number of images (default 64)")
+    p.add_argument("--seed", type=SEED, default=0, metavar="K",
                    help="image i uses seed K + i; with --class, image j of every class uses seed K + j (default 0)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (results don't depend on it)")
+    p.add_argument("--batch-size", type=COUNT, default=256, help="images per forward pass (results don't depend on it)")
     p.add_argument("--output-dir", default="samples", metavar="DIR", help="where to write (default: samples)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     _add_precision_arg(p)
@@ -88,41 +170,43 @@ def build_parser() -> argparse.ArgumentParser:
                        "and save them as one row.")
     _add_picture_args(p)
     p.add_argument("--between", choices=["noise", "classes"], default="noise", help="what to interpolate")
-    p.add_argument("--seed", type=int, default=0, help="the starting noise (the first end, for --between noise)")
-    p.add_argument("--to-seed", type=int, default=1, help="the other end's noise (--between noise)")
+    p.add_argument("--seed", type=SEED, default=0, help="the starting noise (the first end, for --between noise)")
+    p.add_argument("--to-seed", type=SEED, default=1, help="the other end's noise (--between noise)")
     p.add_argument("--to-class", metavar="CLASS", help="the other end's class (--between classes)")
-    p.add_argument("--points", type=int, default=10, help="images in the row, both ends included (default 10)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--points", type=whole(2), default=10, help="images in the row, both ends included (default 10)")
+    p.add_argument("--steps", type=COUNT, default=50, help="DDIM steps (default 50)")
     p.add_argument("--output", default="interpolation.png", help="PNG to write")
 
     p = sub.add_parser("strip", help="denoising strips: x_t and predicted x_0 from T to 0, DDPM and DDIM",
                        description="For one starting noise, show x_t and the predicted x_0 at evenly spaced steps "
                        "from T to 0, for DDPM (ancestral) and DDIM (eta = 0) side by side, as one PNG.")
     _add_picture_args(p)
-    p.add_argument("--seed", type=int, default=0, help="the starting noise")
-    p.add_argument("--frames", type=int, default=10, help="columns, the final sample included (default 10)")
-    p.add_argument("--ddpm-steps", type=int, help="DDPM steps (default: all T)")
-    p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--seed", type=SEED, default=0, help="the starting noise")
+    p.add_argument("--frames", type=whole(2), default=10, help="columns, the final sample included (default 10)")
+    p.add_argument("--ddpm-steps", type=COUNT, help="DDPM steps (default: all T)")
+    p.add_argument("--ddim-steps", type=COUNT, default=50, help="DDIM steps (default 50)")
     p.add_argument("--output", default="strip.png", help="PNG to write")
 
     p = sub.add_parser("animate", help="GIFs of the denoising process, one per class",
                        description="Animated GIFs of images being denoised from pure noise: one per requested "
                        "class (or one for an unconditional model), plus all.gif with one row per class.")
     _add_picture_args(p)
-    p.add_argument("--per-class", type=int, default=8, help="images in each GIF (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="first seed; image j uses seed + j")
+    p.add_argument("--per-class", type=COUNT, default=8, help="images in each GIF (default 8)")
+    p.add_argument("--seed", type=SEED, default=0, help="first seed; image j uses seed + j")
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
-    p.add_argument("--steps", type=int, help="sampler steps (default: all T; ddim: 50)")
-    p.add_argument("--frames", type=int, default=40,
+    p.add_argument("--steps", type=COUNT, help="sampler steps (default: all T; ddim: 50)")
+    p.add_argument("--frames", type=whole(2), default=40,
                    help="frames per GIF, evenly spaced over the run (default 40; more frames than steps repeat "
                    "states, which the GIF merges)")
-    p.add_argument("--duration", type=float, default=4.0, help="seconds for the whole denoising (default 4)")
-    p.add_argument("--hold", type=float, default=1.5, help="seconds the final frame is held (default 1.5)")
+    p.add_argument("--duration", type=finite(0, above=True), default=4.0,
+                   help="seconds for the whole denoising (default 4)")
+    p.add_argument("--hold", type=finite(0), default=1.5, help="seconds the final frame is held (default 1.5)")
     p.add_argument("--show", choices=["x_t", "x0"], default="x_t", help="show x_t or the predicted x_0")
     p.add_argument("--output-dir", default="animations", help="folder for the GIFs")
 
     p = sub.add_parser("plot-schedule", help="plot alpha-bar and SNR against t for the linear and cosine schedules")
-    p.add_argument("--num-timesteps", type=int, default=1000, help="T (default 1000)")
+    p.add_argument("--num-timesteps", type=whole(MIN_PLOT_T), default=1000,
+                   help=f"T (default 1000; at least {MIN_PLOT_T}, where the linear schedule's betas stay below 1)")
     p.add_argument("--output", default="schedules.png", help="PNG to write")
 
     p = sub.add_parser("classifier", help="train the small judge classifier, or judge guided samples with it",
@@ -134,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("train", help="train a classifier on a dataset's training set")
     c.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist"], help="which dataset")
     c.add_argument("--root", default="", help="data folder (see data.root); default: the usual places")
-    c.add_argument("--epochs", type=int, default=2, help="passes over the training set (default 2)")
-    c.add_argument("--holdout", type=int, default=2000,
+    c.add_argument("--epochs", type=COUNT, default=2, help="passes over the training set (default 2)")
+    c.add_argument("--holdout", type=COUNT, default=2000,
                    help="without a test split, hold out this many training images to measure accuracy")
     c.add_argument("--output", metavar="PATH", help="where to save (default: ./DATASET_classifier.pt; the shipped "
                    "weights are src/ddpmkit/metrics/weights/DATASET_classifier.pt)")
@@ -144,11 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", required=True, metavar="PATH", help="a class-conditional model")
     c.add_argument("--classifier", metavar="PATH_OR_DATASET",
                    help="classifier weights, or a dataset name for the shipped ones (default: the model's dataset)")
-    c.add_argument("--guidance", default="0,1,3", help="comma-separated guidance weights w (default 0,1,3)")
-    c.add_argument("--per-class", type=int, default=30, help="samples per class and guidance weight (default 30)")
+    c.add_argument("--guidance", type=comma_list(NUMBER), default="0,1,3",
+                   help="comma-separated guidance weights w (default 0,1,3)")
+    c.add_argument("--per-class", type=COUNT, default=30, help="samples per class and guidance weight (default 30)")
     c.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
-    c.add_argument("--steps", type=int, default=100, help="sampler steps (default 100)")
-    c.add_argument("--seed", type=int, default=0, help="first seed")
+    c.add_argument("--steps", type=COUNT, default=100, help="sampler steps (default 100)")
+    c.add_argument("--seed", type=SEED, default=0, help="first seed")
     c.add_argument("--output", metavar="JSON", help="also write the results here")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -171,32 +256,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --samples: bring the real images to the samples' size by zero-padding or resizing "
                    "(default pad); with --checkpoint the model's own data.resize_mode is used")
     p.add_argument("--split", default="test", choices=["test", "train"], help="real split to compare with")
-    p.add_argument("--num-samples", type=int, default=1000, help="samples to generate (default 1000)")
+    p.add_argument("--num-samples", type=COUNT, default=1000, help="samples to generate (default 1000)")
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
-    p.add_argument("--steps", type=int, help="sampler steps (default: all T; ddim: 50)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale")
-    p.add_argument("--guidance", type=float, default=0.0, help="guidance weight w (conditional models)")
+    p.add_argument("--steps", type=COUNT, help="sampler steps (default: all T; ddim: 50)")
+    p.add_argument("--eta", type=finite(0), default=0.0, help="DDIM noise scale")
+    p.add_argument("--guidance", type=NUMBER, default=0.0, help="guidance weight w (conditional models)")
     p.add_argument("--metrics", default="fd,is,accuracy,prc",
                    help="comma-separated: fd, is, accuracy, prc (offline); fid, kid, inception_is (need Inception "
                    "weights); reconstruction (DDIM inversion PSNR/SSIM, + LPIPS with its weights); diversity (LPIPS)")
-    p.add_argument("--inversion-steps", default="10,20,50", metavar="S,S,...",
+    p.add_argument("--inversion-steps", type=comma_list(COUNT), default="10,20,50", metavar="S,S,...",
                    help="reconstruction: DDIM step counts to invert and decode with (default 10,20,50)")
-    p.add_argument("--inversion-images", type=int, default=200, metavar="N",
+    p.add_argument("--inversion-images", type=COUNT, default=200, metavar="N",
                    help="reconstruction: the first N real images of the split (default 200)")
-    p.add_argument("--inversion-refine", type=int, default=0, metavar="K",
+    p.add_argument("--inversion-refine", type=whole(0), default=0, metavar="K",
                    help="reconstruction: fixed-point iterations per inversion step (exact inverse; K+1 x the cost)")
     p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"], help="LPIPS backbone")
     p.add_argument("--lpips-weights", metavar="PATH",
                    help="the backbone's torchvision ImageNet weights (default: torch hub's cache; alex: "
                    "checkpoints/alexnet-owt-7be5be79.pth)")
-    p.add_argument("--diversity-pairs", type=int, default=1000, metavar="P",
+    p.add_argument("--diversity-pairs", type=COUNT, default=1000, metavar="P",
                    help="diversity: at most P image pairs per class (default 1000)")
     p.add_argument("--inception-weights", metavar="PATH",
                    help="the TF-FID InceptionV3 weights file (default: torch hub's cache, checkpoints/"
                    "weights-inception-2015-12-05-6726825d.pth)")
     p.add_argument("--classifier", metavar="PATH_OR_DATASET", help="judge weights (default: the shipped ones)")
-    p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (results don't change)")
+    p.add_argument("--seed", type=SEED, default=0, help="first seed")
+    p.add_argument("--batch-size", type=COUNT, default=500, help="images per forward pass (results don't change)")
     p.add_argument("--output-dir", default="evaluation", help="where metrics.json goes")
     p.add_argument("--save-samples", action="store_true",
                    help="also write the generated samples to OUTPUT_DIR/samples.npz (evaluate --samples reads it)")
@@ -248,7 +333,7 @@ def _sample(args: argparse.Namespace) -> None:
 def _pictures(args: argparse.Namespace) -> None:
     from . import pictures
     from .sampling import DiffusionSampler
-    from .viz import plot_noise_schedules, save_gif, save_labelled_grid, stack_rows
+    from .viz import plot_noise_schedules, save_gif, save_labelled_grid, save_pil, stack_rows
 
     if args.command == "plot-schedule":
         print(f"wrote {plot_noise_schedules(args.output, args.num_timesteps)}")
@@ -271,9 +356,7 @@ def _pictures(args: argparse.Namespace) -> None:
     elif args.command == "strip":
         image = pictures.denoising_strip(sampler, args.frames, args.classes, args.seed,
                                          ddpm_steps=args.ddpm_steps, ddim_steps=args.ddim_steps, **common)
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        image.save(args.output)
-        print(f"wrote {args.output}")
+        print(f"wrote {save_pil(image, args.output)}")
     elif args.command == "animate":
         out = Path(args.output_dir)
         seeds = list(range(args.seed, args.seed + args.per_class))
@@ -303,8 +386,8 @@ def _classifier(args: argparse.Namespace) -> None:
         state = train_classifier(DataConfig(dataset=args.dataset, root=args.root), epochs=args.epochs,
                                  holdout=args.holdout, progress=not args.no_progress)
         path = Path(args.output or f"{args.dataset}_classifier.pt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, path)
+        with atomic_write(path) as f:
+            torch.save(state, f)
         print(f"{args.dataset} classifier: test accuracy {state['test_accuracy']:.4f} on {state['test_images']} "
               f"images ({state['test_source']}), {state['train_images']} training images, "
               f"{time.perf_counter() - start:.0f} s; saved {path}")
@@ -315,13 +398,8 @@ def _classifier(args: argparse.Namespace) -> None:
     classifier, info = load_classifier(args.classifier or sampler.config.data.dataset)
     check_compatible(info, sampler.class_names, sampler.image_shape[-1])
     classifier.to(sampler.device)
-    try:
-        weights = [float(w) for w in args.guidance.split(",")]
-    except ValueError:
-        raise DdpmkitError(f"--guidance: expected comma-separated numbers such as 0,1,3, got {args.guidance!r}") \
-            from None
     results = []
-    for w in weights:
+    for w in args.guidance:
         r = guided_accuracy(sampler, classifier, w, args.per_class, args.sampler, args.steps, args.seed,
                             progress=not args.no_progress)
         results.append(r)
@@ -330,14 +408,7 @@ def _classifier(args: argparse.Namespace) -> None:
               "per_class": args.per_class, "seed": args.seed, "classifier_sha256": info["sha256"],
               "classifier_test_accuracy": info["test_accuracy"], "results": results}
     if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-
-
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise DdpmkitError(f"{option} takes whole numbers separated by commas, e.g. 10,20,50; got {text!r}") from None
+        write_json(args.output, report)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -352,7 +423,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                       precision=args.precision, compile=args.compile,
                       cache_dir=None if args.no_cache else DEFAULT_CACHE,
                       inception_weights=args.inception_weights,
-                      inversion_steps=_int_list(args.inversion_steps, "--inversion-steps"),
+                      inversion_steps=args.inversion_steps,
                       inversion_images=args.inversion_images, inversion_refine=args.inversion_refine,
                       lpips_net=args.lpips_net, lpips_weights=args.lpips_weights,
                       diversity_pairs=args.diversity_pairs, progress=not args.no_progress,
@@ -363,9 +434,39 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {write_report(report, Path(args.output_dir) / 'metrics.json')}")
 
 
+# How many consecutive seeds from --seed on each command uses: the option that says.
+SEED_COUNTS = {"sample": "num_samples", "animate": "per_class", "classifier judge": "per_class",
+               "evaluate": "num_samples"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line -> its options, every value checked; UsageError (one line) otherwise."""
+    args, extra = build_parser().parse_known_args(argv)
+    command = " ".join(filter(None, [args.command, getattr(args, "classifier_command", None)]))
+    if extra:
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}; see 'ddpmkit {command} --help'")
+    count = SEED_COUNTS.get(command)
+    if count and args.seed + getattr(args, count) - 1 > MAX_WHOLE:
+        last = args.seed + getattr(args, count) - 1
+        raise UsageError(f"--seed: seeds {args.seed} .. {last} go past {MAX_WHOLE}; use a smaller --seed; "
+                         f"see 'ddpmkit {command} --help'")
+    return args
+
+
+# What str.splitlines() breaks at: escaped, so that an error is one line whatever a path or a value holds.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def _error(message: str) -> int:
+    print(f"ddpmkit: error: {message.translate(_LINE_BREAKS)}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns 0, 2 after a one-line error on stderr, or 128 + the signal (130 for Ctrl-C, 143 for
+    SIGTERM) when a stop was asked for."""
     try:
+        args = parse_args(argv)
         if args.command == "train":
             _train(args)
         elif args.command == "sample":
@@ -378,12 +479,12 @@ def main(argv: list[str] | None = None) -> int:
             _classifier(args)
         elif args.command == "config":
             print(json.dumps(resolve_config(args.preset, args.config, args.overrides).to_dict(), indent=2))
+    except HelpShown:
+        return 0
     except DdpmkitError as err:
-        print(f"ddpmkit: error: {err}", file=sys.stderr)
-        return 2
+        return _error(str(err))
     except OSError as err:  # a full disk, a read-only folder: say which file, without a traceback
-        print(f"ddpmkit: error: {err.strerror or err} ({err.filename or 'no file name'})", file=sys.stderr)
-        return 2
+        return _error(f"{err.strerror or err} ({err.filename or 'no file name'})")
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: exit as a shell expects of that signal
         print("ddpmkit: interrupted", file=sys.stderr)
         return 128 + getattr(stop, "signum", signal.SIGINT)

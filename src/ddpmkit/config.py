@@ -199,6 +199,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 # -- building a Config from dicts, files and strings --------------------------------------------------------------
 
+INT64 = 2**63  # whole numbers must fit an int64, as torch (tensor sizes, seeds) and numpy need
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so that an error message stays one short line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python converts to text (sys.get_int_max_str_digits)
+        text = "<an integer too long to print>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Convert ``value`` (from TOML, JSON or a --set string) to the field type ``typ``, or raise ConfigError."""
     origin = typing.get_origin(typ)
@@ -222,11 +234,20 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if typ is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
+            number = int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
+            if not -INT64 <= number < INT64:
+                raise ConfigError(f"{key}: whole numbers must lie between -2**63 and 2**63 - 1, got {_show(number)}")
+            return number
         if typ is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond the float range
+                number = math.inf
+            if not math.isfinite(number):  # NaN or infinite: JSON (NaN, Infinity), TOML (nan, inf) and --set
+                raise ConfigError(f"{key}: must be a finite number, got {_show(value)}")
+            return number
         if typ is str:
             if not isinstance(value, str):
                 raise ValueError
@@ -235,7 +256,7 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         pass
     else:
         raise ConfigError(f"{key}: unsupported field type {typ}")
-    raise ConfigError(f"{key}: {value!r} is not a valid {getattr(typ, '__name__', str(typ))}")
+    raise ConfigError(f"{key}: {_show(value)} is not a valid {getattr(typ, '__name__', str(typ))}")
 
 
 def merge_into(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
@@ -243,14 +264,16 @@ def merge_into(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
     sections = typing.get_type_hints(Config)  # section name -> dataclass
     for section, values in overrides.items():
         if section not in sections:
-            raise ConfigError(f"{source}: unknown section {section!r}; allowed: {', '.join(sections)}")
+            raise ConfigError(f"{source}: unknown section {_show(section)}; allowed: {', '.join(sections)}")
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section!r} must be a table of key = value")
+            raise ConfigError(f"{source}: section {_show(section)} must be a table of key = value")
         types = typing.get_type_hints(sections[section])
         target = getattr(cfg, section)
         for key, value in values.items():
             if key not in types:
-                raise ConfigError(f"{source}: unknown key {section}.{key}; allowed: {', '.join(types)}")
+                name = f"{section}.{key}"  # quoted when it holds a line break or the like
+                name = name if name.isprintable() and len(name) <= 60 else _show(name)
+                raise ConfigError(f"{source}: unknown key {name}; allowed: {', '.join(types)}")
             setattr(target, key, _coerce(f"{section}.{key}", value, types[key]))
     return cfg
 
@@ -276,8 +299,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
         d = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"config file {path} could not be parsed: {err}") from None
+    # ValueError: the parsers' own errors, bad UTF-8 and integers of more than 4300 digits
+    except (ValueError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else " ".join(str(err).splitlines())
+        raise ConfigError(f"config file {path} could not be parsed: {reason}") from None
     if not isinstance(d, dict):
         raise ConfigError(f"config file {path}: expected a table of sections, e.g. {{\"train\": {{\"lr\": 1e-4}}}}")
     return d
@@ -306,7 +331,7 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+        raise ConfigError(f"{key}: {_show(value)} is not allowed; choose one of {', '.join(allowed)}")
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:

@@ -1,6 +1,7 @@
 """Sampling from a trained checkpoint: the ``DiffusionSampler`` object."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,8 +89,10 @@ class DiffusionSampler:
         if sampler not in SAMPLERS:
             raise DdpmkitError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         self.check_steps(steps)
-        if eta < 0:
-            raise DdpmkitError(f"eta must be >= 0, got {eta}")
+        if not math.isfinite(guidance):  # NaN would turn every image into NaN without a word
+            raise DdpmkitError(f"guidance must be a finite number, got {guidance}")
+        if not (math.isfinite(eta) and eta >= 0):
+            raise DdpmkitError(f"eta must be a finite number >= 0, got {eta}")
         options = sampler_options(self.config, sampler, steps, eta, clip is None or clip)
         options.update(progress=progress, on_step=on_step, noise=noise)
         x_T = x_T.to(self.device).contiguous(memory_format=self.memory_format)
