@@ -51,15 +51,19 @@ def make_two_class_images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
-@pytest.fixture(scope="session")
-def tiny_idx_root(tmp_path_factory) -> Path:
-    """An MNIST-format folder with 64 training and 16 test 8x8 images of two classes."""
-    root = tmp_path_factory.mktemp("tiny_idx")
-    for split, n, seed in (("train", 64, 0), ("t10k", 16, 1)):
-        images, labels = make_two_class_images(n, 8, seed)
+def write_two_class_idx(root: Path, size: int, train: tuple[int, int], test: tuple[int, int]) -> Path:
+    """An MNIST-format folder of two-class images: ``train`` and ``test`` are (count, seed)."""
+    for split, (n, seed) in (("train", train), ("t10k", test)):
+        images, labels = make_two_class_images(n, size, seed)
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_idx_root(tmp_path_factory) -> Path:
+    """An MNIST-format folder with 64 training and 16 test 8x8 images of two classes."""
+    return write_two_class_idx(tmp_path_factory.mktemp("tiny_idx"), 8, train=(64, 0), test=(16, 1))
 
 
 def tiny_config_dict(root: Path) -> dict:
@@ -98,12 +102,7 @@ def tiny_conditional_checkpoint(tiny_idx_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """2,000 + 2,000 synthetic 8x8 two-class images: enough for stable 128-d feature covariances."""
-    root = tmp_path_factory.mktemp("synthetic")
-    for split, seed in (("train", 10), ("t10k", 11)):
-        images, labels = make_two_class_images(2000, 8, seed)
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
+    return write_two_class_idx(tmp_path_factory.mktemp("synthetic"), 8, train=(2000, 10), test=(2000, 11))
 
 
 @pytest.fixture(scope="session")

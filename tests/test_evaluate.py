@@ -271,14 +271,9 @@ def test_a_training_fd_on_other_real_images_does_not_poison_evaluate(tiny_condit
 @pytest.fixture(scope="module")
 def six_pixel_root(tmp_path_factory):
     """Two-class 6x6 images, which models and judges see at 8x8 (padded or resized)."""
-    from conftest import make_two_class_images, write_idx
+    from conftest import write_two_class_idx
 
-    root = tmp_path_factory.mktemp("six_pixel")
-    for split, n, seed in (("train", 64, 0), ("t10k", 32, 1)):
-        images, labels = make_two_class_images(n, 6, seed)
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
+    return write_two_class_idx(tmp_path_factory.mktemp("six_pixel"), 6, train=(64, 0), test=(32, 1))
 
 
 @pytest.mark.parametrize("data_changes", [{"resize_mode": "resize"}, {"channels": 3}])
