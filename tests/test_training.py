@@ -154,9 +154,10 @@ def test_sampler_api_is_batch_independent(tiny_config, tmp_path):
     assert math.isfinite(sampler.sample_deterministic(2, progress=False).sum().item())
 
 
-def test_in_training_fd_is_logged_and_can_choose_best(tiny_config, tiny_idx_root, tmp_path):
+def test_in_training_fd_is_logged_and_can_choose_best(tiny_config, tiny_idx_root, tmp_path, monkeypatch):
     import json
 
+    monkeypatch.setattr("ddpmkit.metrics.domain.DEFAULT_CACHE", tmp_path / "statistics")  # not the user's cache
     from ddpmkit.config import DataConfig
     from ddpmkit.metrics.classifier import train_classifier
 
