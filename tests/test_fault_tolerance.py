@@ -120,7 +120,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_same_weights(job, tmp_pa
     rng = random.Random(int(os.environ.get("DDPMKIT_KILL_SEED", "0")))
     targets = sorted(rng.sample(range(1, _steps()), _trials()))
     run = tmp_path / "run"
-    killed_at = []
+    killed_at, mid_write = [], 0
     for target in targets:
         process = subprocess.Popen(_command(config, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         while _newest_periodic_step(run) < target and process.poll() is None:
@@ -130,10 +130,12 @@ def test_kill_9_at_random_moments_then_resume_gives_the_same_weights(job, tmp_pa
         process.kill()
         process.wait()
         killed_at.append(_newest_periodic_step(run))
+        mid_write += any(is_temporary(p) for p in run.rglob("*"))  # it died while writing a file
         _assert_nothing_half_written(run)
     finish = subprocess.run(_command(config, run), capture_output=True, text=True)
     assert finish.returncode == 0, finish.stderr
-    print(f"{len(targets)} kills; newest checkpoint at each kill: {killed_at}")
+    print(f"{len(targets)} kills, {mid_write} of them while a file was being written; newest checkpoint at each "
+          f"kill: {killed_at}")
     _assert_same_training_state(read_checkpoint(run / "final.pt"), reference)
     assert not [p for p in run.rglob("*") if is_temporary(p)], "a temporary file was left behind"
     steps = [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
