@@ -297,3 +297,68 @@ def test_bad_images_is_skip_or_fail():
     assert config_from_dict({"data": {"bad_images": "fail"}}).data.bad_images == "fail"
     with pytest.raises(ConfigError, match="data.bad_images: 'ignore' is not allowed; choose one of skip, fail"):
         config_from_dict({"data": {"bad_images": "ignore"}})
+
+
+def _encoded(picture, fmt: str, **options) -> bytes:
+    """An array or PIL image encoded as ``fmt``."""
+    import io
+
+    buffer = io.BytesIO()
+    (picture if isinstance(picture, Image.Image) else Image.fromarray(picture)).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _catalogue_of_bad_files(root, rng) -> tuple[list[str], list[str]]:
+    """Every kind of file that has an image suffix but no usable image, and readable oddities that must stay;
+    returns (the unreadable ones, the readable oddities)."""
+    import os
+
+    picture = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    png, jpg = _encoded(picture, "PNG"), _encoded(picture, "JPEG", quality=90)
+    flipped_png, flipped_jpg = bytearray(png), bytearray(jpg)
+    flipped_png[len(png) // 2] ^= 0xFF
+    flipped_jpg[len(jpg) // 2] ^= 0xFF
+    bad = {"0/trunc_png_50.png": png[: len(png) // 2], "0/trunc_png_90.png": png[: int(len(png) * 0.9)],
+           "1/png_header_only.png": png[:40], "1/trunc_jpg_50.jpg": jpg[: len(jpg) // 2],
+           "2/trunc_jpg_97.jpg": jpg[: int(len(jpg) * 0.97)], "2/text.png": b"this is not an image\n",
+           "3/html.jpg": b"<html><body>404 Not Found</body></html>", "3/zero.jpg": b"", "4/zero.png": b"",
+           "4/random.jpeg": rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+           "5/random.png": rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+           "5/png_magic_only.png": b"\x89PNG\r\n\x1a\n",
+           "6/trunc_webp.webp": _encoded(picture, "WEBP")[:200], "7/trunc_bmp.bmp": _encoded(picture, "BMP")[:5000],
+           "8/flipped_png.png": bytes(flipped_png)}
+    for name, content in bad.items():
+        (root / name).write_bytes(content)
+    os.symlink("/nonexistent/picture.png", root / "8" / "dangling_link.png")
+    readable = {"9/jpeg_named_png.png": _encoded(picture, "JPEG"), "9/cmyk.jpg": _encoded(Image.fromarray(picture).convert("CMYK"), "JPEG"),
+                "9/ok.webp": _encoded(picture, "WEBP"), "9/UPPER.PNG": png,
+                "9/sixteen_bit.png": _encoded(rng.integers(0, 65535, (28, 28)).astype(np.uint16), "PNG"),
+                "8/flipped_jpg.jpg": bytes(flipped_jpg)}  # decodes, to wrong pixels: no check can tell
+    for name, content in readable.items():
+        (root / name).write_bytes(content)
+    for hidden in (".DS_Store", "3/.DS_Store", "3/._0000.png", "0/readme.txt"):
+        (root / hidden).write_bytes(b"\0\0\0\1Bud1")
+    return [*bad, "8/dangling_link.png"], list(readable)
+
+
+@needs_mnist_10k
+def test_a_real_image_folder_with_every_kind_of_bad_file(tmp_path, capsys):
+    # Real MNIST digits in class folders (20 of digits 0-6, 5 of 7-9), plus the catalogue above.
+    images, labels = read_idx(MNIST_10K_DIR / "train-images-idx3-ubyte.gz"), read_idx(
+        MNIST_10K_DIR / "train-labels-idx1-ubyte.gz")
+    for digit in range(10):
+        (tmp_path / str(digit)).mkdir()
+        for i in np.flatnonzero(labels == digit)[: 20 if digit < 7 else 5]:
+            Image.fromarray(images[i]).save(tmp_path / str(digit) / f"{i:05d}.png")
+    unreadable, readable = _catalogue_of_bad_files(tmp_path, np.random.default_rng(0))
+    good = 7 * 20 + 3 * 5
+    data = load_images(DataConfig(dataset="folder", root=str(tmp_path), image_size=32, channels=1, num_workers=0))
+    assert len(data) == good + len(readable)
+    err = capsys.readouterr().err.strip().splitlines()
+    total = good + len(readable) + len(unreadable)
+    assert len(err) == 1 and f"{len(unreadable)} unreadable image files of {total}" in err[0], err
+    with pytest.raises(DdpmkitError) as stopped:
+        load_images(DataConfig(dataset="folder", root=str(tmp_path), image_size=32, bad_images="fail"))
+    message = str(stopped.value)
+    assert "\n" not in message and "is not a readable image" in message
+    assert f"{len(unreadable)} of {total}" in message
