@@ -238,6 +238,26 @@ def test_a_really_full_disk_and_a_really_read_only_folder(tmp_path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_training_onto_a_disk_that_fills_up_then_resuming_once_there_is_room(tiny_config, tmp_path, capsys):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "1800k"):  # room for two of this model's ~0.9 MB checkpoints, not three
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        cfg = _with(tiny_config, train={"steps": 6, "checkpoint_every": 1, "keep_checkpoints": 2, "eval_every": 0})
+        with pytest.raises(DdpmkitError, match="No space left on device; .* then run the same command again"):
+            train(cfg, disk / "run", progress=False)
+        kept = read_checkpoint(disk / "run" / "latest.pt")["step"]
+        assert kept >= 1 and not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        capsys.readouterr()
+        train(cfg, disk / "run", progress=False)
+        assert f"resuming at step {kept}" in capsys.readouterr().out
+        assert read_checkpoint(disk / "run" / "final.pt")["step"] == 6
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 def test_atomic_write_leaves_nothing_on_error(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with atomic_write(tmp_path / "x.bin") as f:

@@ -8,6 +8,7 @@ happens, is in docs/reliability.md.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -363,7 +364,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
             bar.close()
             writer.close()
             log.close()
-            plot_loss_curve(run_dir / "log.jsonl", run_dir / "loss.png")
+            with contextlib.suppress(OSError):  # a full disk must not hide why the run stopped behind a plot error
+                plot_loss_curve(run_dir / "log.jsonl", run_dir / "loss.png")
 
     if step < t_cfg.steps:
         return run_dir / "latest.pt"
