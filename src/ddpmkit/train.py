@@ -22,7 +22,8 @@ from .build import autocast, noise_schedule, resolve_device, sampler_options, se
 from .checkpoint import (link_checkpoint, load_weights, newest_intact, read_checkpoint, resume_candidates,
                          save_checkpoint, save_periodic)
 from .config import Config, TrainConfig, config_from_dict
-from .data import BatchOrder, ImageData, batch_stream, hold_out, load_images, to_model_range
+from .data import (BatchOrder, ImageData, batch_stream, hold_out, load_images, load_into_memory, subset,
+                   to_model_range)
 from .ema import EMA
 from .errors import DdpmkitError
 from .files import remove_stale_temporaries, write_json
@@ -53,12 +54,9 @@ def _heldout_set(cfg: Config, train_data: ImageData) -> tuple[torch.Tensor, torc
         test = load_images(cfg.data, "test")
     except (DdpmkitError, RuntimeError, OSError):
         test = None
-    if test is not None and test.images is not None and len(test):
-        return test.images[:n], (test.labels[:n] if test.labels is not None else None), "test split", train_data
-    if test is not None and len(test):  # decoded on the fly (CelebA): materialise the first n
-        pairs = [test.dataset[i] for i in range(min(n, len(test)))]
-        labels = torch.tensor([y for _, y in pairs]) if test.class_names else None
-        return torch.stack([x for x, _ in pairs]), labels, "test split", train_data
+    if test is not None and len(test):  # its first n, decoded now if the split is read on the fly (CelebA)
+        first = load_into_memory(subset(test, torch.arange(min(n, len(test)))), cfg.data.num_workers)
+        return first.images, first.labels, "test split", train_data
     if len(train_data) <= n:
         raise DdpmkitError(f"no test split, and {len(train_data)} training images are too few to hold out "
                            f"train.eval_images={n}; lower it, or --set train.eval_every=0 to turn the held-out "
