@@ -99,6 +99,22 @@ def tiny_conditional_checkpoint(tiny_idx_root, tmp_path_factory) -> Path:
     return train(config_from_dict(d), tmp_path_factory.mktemp("conditional_run"), progress=False)
 
 
+def _train_judge(root: Path, path: Path, batch_size: int) -> Path:
+    """A judge classifier for 8x8 images (the shipped ones judge 32x32 digits and clothes), saved as ``classifier
+    train`` saves it."""
+    from ddpmkit.config import DataConfig
+    from ddpmkit.metrics.classifier import train_classifier
+
+    torch.save(train_classifier(DataConfig(dataset="mnist", root=str(root), image_size=8), epochs=2,
+                                batch_size=batch_size, progress=False), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(tiny_idx_root, tmp_path_factory) -> Path:
+    return _train_judge(tiny_idx_root, tmp_path_factory.mktemp("judge") / "tiny_classifier.pt", batch_size=16)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """2,000 + 2,000 synthetic 8x8 two-class images: enough for stable 128-d feature covariances."""
@@ -107,14 +123,8 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_judge(synthetic_root, tmp_path_factory) -> Path:
-    """A judge classifier trained on the synthetic images, saved as ``classifier train`` saves it."""
-    from ddpmkit.config import DataConfig
-    from ddpmkit.metrics.classifier import train_classifier
-
-    path = tmp_path_factory.mktemp("synthetic_judge") / "classifier.pt"
-    torch.save(train_classifier(DataConfig(dataset="mnist", root=str(synthetic_root), image_size=8), epochs=2,
-                                batch_size=64, progress=False), path)
-    return path
+    """A judge classifier trained on the synthetic images."""
+    return _train_judge(synthetic_root, tmp_path_factory.mktemp("synthetic_judge") / "classifier.pt", batch_size=64)
 
 
 @pytest.fixture

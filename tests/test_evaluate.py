@@ -18,14 +18,6 @@ from ddpmkit.sampling import DiffusionSampler
 from ddpmkit.viz import write_samples
 
 
-@pytest.fixture(scope="module")
-def tiny_judge(tiny_idx_root, tmp_path_factory):
-    path = tmp_path_factory.mktemp("judge") / "tiny_classifier.pt"
-    torch.save(train_classifier(DataConfig(dataset="mnist", root=str(tiny_idx_root), image_size=8), epochs=2,
-                                batch_size=16, progress=False), path)
-    return path
-
-
 def test_evaluate_a_checkpoint(tiny_conditional_checkpoint, tiny_idx_root, tiny_judge, tmp_path):
     report = evaluate(tiny_conditional_checkpoint, num_samples=20, sampler="ddim", steps=2, guidance=1.0,
                       data_root=str(tiny_idx_root), classifier=tiny_judge, cache_dir=tmp_path, progress=False)

@@ -74,7 +74,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     try:
         with atomic_write(path) as f:
             torch.save(state, f)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
+        # torch.save's zip writer may turn a failed write into a RuntimeError while closing the archive.
+        cause = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(cause, OSError):
+            raise
+        err = cause
         before = f"{path} still holds the previous checkpoint" if path.exists() else "no earlier file was touched"
         raise DdpmkitError(f"could not write checkpoint {path}: {err.strerror or err}; {before}. Free disk space or "
                            f"make {path.parent} writable, then run the same command again") from None

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__
+from . import __version__, distributed
 from .config import COMPILE_MODES, PRESETS, DiffusionConfig, resolve_config
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
@@ -304,7 +304,8 @@ def _train(args: argparse.Namespace) -> None:
     resume = False if args.fresh else args.resume
     start = time.perf_counter()
     path = train(cfg, run_dir, resume=resume, stop_at=args.stop_at, progress=not args.no_progress)
-    print(f"done in {time.perf_counter() - start:.0f} s: {path}")
+    if distributed.is_main():
+        print(f"done in {time.perf_counter() - start:.0f} s: {path}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -318,16 +319,16 @@ def _sample(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.classes is not None:
         images, labels = sampler.sample_classes(args.classes, args.num_samples, seed=args.seed, **options)
-        row_classes = labels[:: args.num_samples].tolist()  # one row per requested class, repeats included
-        written = write_samples(images, args.output_dir, seeds=[args.seed + i % args.num_samples
-                                                                for i in range(len(images))],
-                                labels=labels.tolist(), nrow=args.num_samples,
-                                row_labels=[sampler.class_names[c] for c in row_classes])
+        seeds, labels = [args.seed + i % args.num_samples for i in range(len(images))], labels.tolist()
+        row_classes = labels[:: args.num_samples]  # one row per requested class, repeats included
+        layout = {"nrow": args.num_samples, "row_labels": [sampler.class_names[c] for c in row_classes]}
     else:
         images = sampler.sample(args.num_samples, seed=args.seed, **options)
-        written = write_samples(images, args.output_dir, seeds=list(range(args.seed, args.seed + args.num_samples)))
-    print(f"{len(images)} samples ({args.sampler}) in {time.perf_counter() - start:.1f} s: {written['grid']}, "
-          f"{written['npz']}, {written['images']}/")
+        seeds, labels, layout = list(range(args.seed, args.seed + args.num_samples)), None, {}
+    if distributed.is_main():  # every process holds all the images; one writes them
+        written = write_samples(images, args.output_dir, seeds=seeds, labels=labels, **layout)
+        print(f"{len(images)} samples ({args.sampler}) in {time.perf_counter() - start:.1f} s: {written['grid']}, "
+              f"{written['npz']}, {written['images']}/")
 
 
 def _pictures(args: argparse.Namespace) -> None:
@@ -403,11 +404,13 @@ def _classifier(args: argparse.Namespace) -> None:
         r = guided_accuracy(sampler, classifier, w, args.per_class, args.sampler, args.steps, args.seed,
                             progress=not args.no_progress)
         results.append(r)
-        print(f"guidance w={w:g}: {r['accuracy']:.3f} of {r['samples']} samples classified as the requested class")
+        if distributed.is_main():
+                print(f"guidance w={w:g}: {r['accuracy']:.3f} of {r['samples']} samples classified as the requested "
+                  f"class")
     report = {"checkpoint": str(args.checkpoint), "step": sampler.step, "sampler": args.sampler, "steps": args.steps,
               "per_class": args.per_class, "seed": args.seed, "classifier_sha256": info["sha256"],
               "classifier_test_accuracy": info["test_accuracy"], "results": results}
-    if args.output:
+    if args.output and distributed.is_main():
         write_json(args.output, report)
 
 
@@ -428,6 +431,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                       lpips_net=args.lpips_net, lpips_weights=args.lpips_weights,
                       diversity_pairs=args.diversity_pairs, progress=not args.no_progress,
                       save_samples=Path(args.output_dir) / "samples.npz" if args.save_samples else None)
+    if report is None:  # a process other than rank 0 under torchrun: its share of the samples is with rank 0
+        return
     for note in report.get("notes", []):
         print(f"note: {note}")
     print(format_report(report))
@@ -458,15 +463,26 @@ _LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u
 
 
 def _error(message: str) -> int:
-    print(f"ddpmkit: error: {message.translate(_LINE_BREAKS)}", file=sys.stderr)
+    where = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
+    print(f"ddpmkit: error: {where}{message.translate(_LINE_BREAKS)}", file=sys.stderr)
     return 2
+
+
+# What each command does under torchrun; the rest run as one process.
+DISTRIBUTED_COMMANDS = ("train", "sample", "evaluate", "classifier judge")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns 0, 2 after a one-line error on stderr, or 128 + the signal (130 for Ctrl-C, 143 for
     SIGTERM) when a stop was asked for."""
+    import torch.distributed
+
     try:
         args = parse_args(argv)
+        command = " ".join(filter(None, [args.command, getattr(args, "classifier_command", None)]))
+        if distributed.launched() and command not in DISTRIBUTED_COMMANDS:
+            raise UsageError(f"'ddpmkit {command}' runs as one process; start it without torchrun (torchrun runs "
+                             f"{', '.join(DISTRIBUTED_COMMANDS)})")
         if args.command == "train":
             _train(args)
         elif args.command == "sample":
@@ -488,4 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: exit as a shell expects of that signal
         print("ddpmkit: interrupted", file=sys.stderr)
         return 128 + getattr(stop, "signum", signal.SIGINT)
+    except (torch.distributed.DistError, RuntimeError) as err:
+        if not distributed.active():  # a bug, not a lost process: show the traceback
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return _error(f"lost contact with another process ({first}); torchrun's report names the process that "
+                      f"failed first and why. Run the same command again to resume from the last checkpoint")
+    finally:
+        distributed.shutdown()
     return 0

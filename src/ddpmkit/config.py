@@ -84,8 +84,8 @@ class DiffusionConfig:
 @dataclass
 class TrainConfig:
     steps: int = 50_000              # optimizer steps
-    batch_size: int = 128            # images per micro-batch
-    grad_accum: int = 1              # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
+    batch_size: int = 128            # the global batch: images per optimizer step, over all processes and micro-batches
+    grad_accum: int = 1              # micro-batches per process and step, of batch_size / (processes x grad_accum) each
     lr: float = 2e-4                 # peak learning rate (DDPM: 2e-4)
     weight_decay: float = 0.0        # AdamW decoupled weight decay
     adam_betas: tuple[float, ...] = (0.9, 0.999)

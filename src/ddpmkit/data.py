@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .config import DataConfig
 from .errors import DdpmkitError
+from .global_batch import BatchSplit
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = Path.home() / ".cache" / "ddpmkit" / "datasets"
@@ -391,10 +392,11 @@ def hold_out(data: ImageData, n: int, num_workers: int = 0) -> tuple[ImageData, 
 # -- batch order -----------------------------------------------------------------------------------------------------
 
 class BatchOrder:
-    """Which images make up micro-batch k, a pure function of (seed, k).
+    """Which images make up global batch k (the images of optimizer step k), a pure function of (seed, k).
 
     The training stream is a sequence of epochs, each a fresh permutation seeded by (seed, epoch). Because it
-    holds no state, a resumed run draws exactly the batches the uninterrupted run would have.
+    holds no state, a resumed run draws exactly the batches the uninterrupted run would have, on any number of
+    processes: each takes its slices of every global batch (``global_batch.BatchSplit``).
     """
 
     def __init__(self, num_images: int, batch_size: int, seed: int):
@@ -412,7 +414,7 @@ class BatchOrder:
         return self._cache[key]
 
     def indices(self, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The image indices of micro-batch k: draws k * batch_size .. (k + 1) * batch_size - 1 of the stream."""
+        """The image indices of batch k: draws k * batch_size .. (k + 1) * batch_size - 1 of the stream."""
         device = torch.device(device)
         start, stop, parts = k * self.batch_size, (k + 1) * self.batch_size, []
         while start < stop:  # one epoch, or more when the batch straddles a boundary
@@ -423,32 +425,40 @@ class BatchOrder:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-class _BatchOrderSampler(Sampler):
-    def __init__(self, order: BatchOrder, start: int, stop: int):
-        self.order, self.start, self.stop = order, start, stop
+class _RankSampler(Sampler):
+    """For a DataLoader: rank ``rank``'s micro-batches of steps start..stop-1, so that each process reads (decodes)
+    only its own images."""
+
+    def __init__(self, order: BatchOrder, split: BatchSplit, rank: int, start: int, stop: int):
+        self.order, self.split, self.rank, self.start, self.stop = order, split, rank, start, stop
 
     def __iter__(self):
-        for k in range(self.start, self.stop):
-            yield self.order.indices(k).tolist()
+        for step in range(self.start, self.stop):
+            batch = self.order.indices(step)
+            for micro in range(self.split.grad_accum):
+                yield batch[self.split.part(self.rank, micro)].tolist()
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return (self.stop - self.start) * self.split.grad_accum
 
 
-def batch_stream(data: ImageData, order: BatchOrder, start: int, stop: int, device: torch.device,
-                 num_workers: int = 2, seed: int = 0):
-    """Yield (uint8 images, labels or None) for micro-batches start..stop-1, on ``device``.
+def batch_stream(data: ImageData, order: BatchOrder, split: BatchSplit, rank: int, start: int, stop: int,
+                 device: torch.device, num_workers: int = 2, seed: int = 0):
+    """Yield (uint8 images, labels or None) on ``device``: rank ``rank``'s ``split.grad_accum`` micro-batches of
+    each of the steps start..stop-1 (``order`` gives each step's global batch).
 
     In-memory sets are indexed directly on the device; others go through a DataLoader with workers.
     """
     if data.images is not None:
         images = data.images.to(device)
         labels = data.labels.to(device) if data.labels is not None else None
-        for k in range(start, stop):
-            idx = order.indices(k, device)
-            yield images[idx], (labels[idx] if labels is not None else None)
+        for step in range(start, stop):
+            batch = order.indices(step, device)
+            for micro in range(split.grad_accum):
+                idx = batch[split.part(rank, micro)]
+                yield images[idx], (labels[idx] if labels is not None else None)
         return
-    loader = DataLoader(data.dataset, batch_sampler=_BatchOrderSampler(order, start, stop),
+    loader = DataLoader(data.dataset, batch_sampler=_RankSampler(order, split, rank, start, stop),
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(seed))  # else it draws from the global RNG
     for images, labels in loader:

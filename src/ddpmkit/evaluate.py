@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import distributed
 from .config import DataConfig
 from .data import ImageData, load_images, to_uint8
 from .errors import DdpmkitError
@@ -162,8 +163,9 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              lpips_weights: str | Path | None = None,  # its torchvision weights, if not in the hub cache
              diversity_pairs: int = 1000,      # diversity: at most this many image pairs per class
              save_samples: str | Path | None = None,  # also write the generated samples to this .npz
-             progress: bool = True) -> dict:
-    """Measure samples from ``checkpoint`` (or read from ``samples``) and return the report dict."""
+             progress: bool = True) -> dict | None:
+    """Measure samples from ``checkpoint`` (or read from ``samples``) and return the report dict. Under torchrun
+    the processes share the sampling out and rank 0 measures; the others return None."""
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise DdpmkitError(f"unknown metric(s) {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
@@ -190,7 +192,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         ckpt_file = checkpoint / "final.pt" if checkpoint.is_dir() else checkpoint
         model = DiffusionSampler(ckpt_file, device=device, precision=precision, compile=compile)
         real_cfg = _real_config_of_model(model.config.data, dataset, data_root, resize_mode)
-        real = load_images(real_cfg, split)   # before sampling: a missing dataset stops at once
+        real = distributed.main_only(load_images, real_cfg, split)  # before sampling: a missing dataset stops at once
         dataset, image_size, class_names = real_cfg.dataset, real_cfg.image_size, model.class_names
         report["samples"] = {"checkpoint": str(ckpt_file), "checkpoint_sha256": file_sha256(ckpt_file),
                              "precision": model.precision, "device": str(model.device)}
@@ -204,7 +206,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
                                      num_samples=len(images), seeds=f"{seeds[0]}..{seeds[-1]}")
             if labels is not None:
                 report["samples"]["labels"] = f"{per_class} of each class, class after class"
-            if save_samples:
+            if save_samples and distributed.is_main():
                 report["samples"]["saved"] = str(write_npz(images, save_samples, seeds,
                                                            None if labels is None else labels.tolist()))
     else:
@@ -218,6 +220,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         report["samples"] = {"path": str(samples), "num_samples": len(images)}
         if "diversity" in metrics and (len(images) < 2 or (labels is not None and labels.bincount().max() < 2)):
             raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
+    if not distributed.is_main():  # under torchrun: this process's samples went to rank 0, which measures them
+        return None
     generated_s = time.perf_counter() - started
     if images is not None:  # measure what a PNG or .npz of the samples holds, so that --samples gives the same numbers
         images = to_uint8(images, zero_one=True).float() / 255

@@ -33,12 +33,10 @@ def guided_denoiser(model, labels: torch.Tensor, guidance: float, null_label: in
     return denoise
 
 
-def drop_labels(labels: torch.Tensor, probability: float, null_label: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace each label by the null label with ``probability``, so that one network learns both the conditional
-    and the unconditional model (Ho & Salimans 2022, Algorithm 1, p_uncond)."""
-    drop = torch.rand(labels.shape, device=labels.device, generator=generator) < probability
-    return torch.where(drop, torch.full_like(labels, null_label), labels)
+def drop_labels(labels: torch.Tensor, drops: torch.Tensor, null_label: int) -> torch.Tensor:
+    """The null label where ``drops`` (bool, drawn with probability p_uncond = diffusion.label_dropout) is set, so
+    that one network learns both the conditional and the unconditional model (Ho & Salimans 2022, Algorithm 1)."""
+    return torch.where(drops, torch.full_like(labels, null_label), labels)
 
 
 def parse_classes(spec: str | int | list, class_names: list[str]) -> list[int]:

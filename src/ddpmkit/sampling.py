@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, resolve_device,
-                    sampler_options, sampling_compile_mode, set_tf32, unet_from_dict)
+from . import distributed
+from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, sampler_options,
+                    sampling_compile_mode, set_tf32, unet_from_dict)
 from .checkpoint import load_checkpoint, load_weights
 from .config import config_from_dict
 from .errors import DdpmkitError
@@ -35,7 +36,7 @@ class DiffusionSampler:
                  precision: str = "auto", compile: str | bool | None = None):
         state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
-        self.device = resolve_device(device)
+        self.device = distributed.setup(device)  # under torchrun: this process's device, the process group joined
         self.precision = inference_precision(self.device, precision)
         self.config = config_from_dict(state["config"], source=f"the config inside {source}")
         self.model = unet_from_dict(state["unet"], source)
@@ -131,25 +132,31 @@ class DiffusionSampler:
 
     def generate(self, seeds: Sequence[int], labels: Sequence[int] | None = None, batch_size: int = 256,
                  **options) -> torch.Tensor:
-        """Images for explicit per-image seeds (and class labels), in batches; float in [0, 1] on the CPU."""
+        """Images for explicit per-image seeds (and class labels), in batches; float in [0, 1] on the CPU.
+
+        Launched by torchrun, the processes share the batches out (each one exactly as a single process draws it) and
+        every process returns all the images, in order: the same tensor a single process gives."""
         if batch_size < 1:
             raise DdpmkitError("batch_size must be at least 1")
         if not seeds:
             raise DdpmkitError("nothing to sample: ask for at least one image")
         if labels is not None and len(labels) != len(seeds):
             raise DdpmkitError(f"{len(labels)} labels for {len(seeds)} images")
-        chunks = []
+        options = {**options, "progress": options.get("progress", True) and distributed.is_main()}
         batches = range(0, len(seeds), batch_size)
-        # Over several batches, one bar for all images gives the remaining time of the whole job.
-        overall = tqdm(total=len(seeds), desc="images", unit="img", disable=not options.get("progress", True)
-                       or len(batches) < 2)
-        for start in batches:
+        share = distributed.my_share(len(batches))  # every batch, or, under torchrun, every world_size-th
+        chunks = []
+        # Over several batches, one bar for all images gives the remaining time of the whole job (rank 0's share).
+        overall = tqdm(total=sum(len(seeds[batches[k]: batches[k] + batch_size]) for k in share), desc="images",
+                       unit="img", disable=not options["progress"] or len(share) < 2)
+        for k in share:
+            start = batches[k]
             x_T, noise = self.noise(seeds[start: start + batch_size])
             y = torch.as_tensor(list(labels[start: start + batch_size])) if labels is not None else None
             chunks.append(self.to_images(self.run(x_T, noise, labels=y, **options)))
             overall.update(len(x_T))
         overall.close()
-        return torch.cat(chunks)
+        return torch.cat(distributed.gather_in_order(chunks, len(batches)))
 
     def sample(self, num_samples: int = 16, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
                seed: int = 0, batch_size: int = 256, clip: bool | None = None, labels: Sequence[int] | None = None,

@@ -25,6 +25,9 @@ class GracefulStop:
     signals keep their previous meaning.
     """
 
+    def __init__(self, announce: bool = True):
+        self.announce = announce  # say what happens next (only one of several processes does)
+
     def __enter__(self) -> "GracefulStop":
         self.requested: str | None = None
         self.signum = signal.SIGINT
@@ -37,12 +40,9 @@ class GracefulStop:
         if self.requested:
             raise StopRequested(signum)
         self.requested, self.signum = signal.Signals(signum).name, signum
-        print(f"\n{self.requested}: finishing this step and saving latest.pt (send it again to stop at once)",
-              file=sys.stderr)
-
-    def raise_if_requested(self) -> None:
-        if self.requested:
-            raise StopRequested(self.signum)
+        if self.announce:
+            print(f"\n{self.requested}: finishing this step and saving latest.pt (send it again to stop at once)",
+                  file=sys.stderr)
 
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():

@@ -18,21 +18,23 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .build import autocast, noise_schedule, resolve_device, sampler_options, set_tf32, unet_spec
-from .checkpoint import (link_checkpoint, load_weights, newest_intact, read_checkpoint, resume_candidates,
-                         save_checkpoint, save_periodic)
+from . import distributed
+from .build import autocast, noise_schedule, sampler_options, set_tf32, unet_spec
+from .checkpoint import (link_checkpoint, load_weights, newest_intact, periodic_path, read_checkpoint,
+                         resume_candidates, save_checkpoint, save_periodic)
 from .config import Config, TrainConfig, config_from_dict
 from .data import (BatchOrder, ImageData, batch_stream, hold_out, load_images, load_into_memory, subset,
                    to_model_range)
 from .ema import EMA
 from .errors import DdpmkitError
 from .files import remove_stale_temporaries, write_json
+from .global_batch import BatchSplit, StepRandomness, step_seed
 from .guidance import drop_labels
 from .losses import diffusion_loss
 from .nonfinite import NonFiniteGuard, NonFiniteLoss, optimizer_step
 from .run_log import RunLog
 from .samplers import SAMPLERS, ImageNoise
-from .stop_signals import GracefulStop
+from .stop_signals import GracefulStop, StopRequested
 from .unet import UNet
 from .viz import plot_loss_curve, save_grid
 
@@ -67,37 +69,42 @@ def _heldout_set(cfg: Config, train_data: ImageData) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def heldout_loss(model, schedule, images: torch.Tensor, labels, cfg: Config, device: torch.device) -> float:
-    """Loss on fixed images at fixed timesteps (evenly spread over 0..T-1) and fixed noise: comparable across steps."""
-    g = torch.Generator().manual_seed(12345)
-    total, count = 0.0, 0
-    for start in range(0, len(images), 256):
+    """Loss on fixed images at fixed timesteps (evenly spread over 0..T-1) and fixed noise: comparable across steps.
+    Its batches of 256 are shared out over the processes of a distributed run."""
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(12345))
+    starts = range(0, len(images), 256)
+    total = 0.0
+    for k in distributed.my_share(len(starts)):
+        start = starts[k]
         x0 = to_model_range(images[start: start + 256], cfg.data.zero_one).to(device)
         n = len(x0)
         t = (torch.arange(start, start + n) * schedule.num_timesteps // len(images)).to(device)
-        noise = torch.randn(x0.shape, generator=g).to(device)
         y = labels[start: start + n].to(device) if labels is not None and model.spec.num_classes else None
         with autocast(device, cfg.train.precision):
-            loss = diffusion_loss(model, schedule, x0, t, noise, y, prediction=cfg.diffusion.prediction,
-                                  loss=cfg.diffusion.loss)
-        total, count = total + float(loss) * n, count + n
-    return total / count
+            loss = diffusion_loss(model, schedule, x0, t, noise[start: start + n].to(device), y,
+                                  prediction=cfg.diffusion.prediction, loss=cfg.diffusion.loss)
+        total += float(loss) * n
+    return distributed.sum_over_ranks([total])[0] / len(images)
 
 
 @torch.no_grad()
 def sample_images(model: UNet, schedule, cfg: Config, device: torch.device, num_images: int, sampler: str,
                   steps: int, batch_size: int = 500) -> torch.Tensor:
     """Samples of ``model`` with seeds 0..num_images-1, in [0, 1] on the CPU; a conditional model draws class
-    i mod K for image i, so every class is (nearly) equally represented."""
-    spec, chunks = model.spec, []
-    for start in range(0, num_images, batch_size):
-        seeds = range(start, min(start + batch_size, num_images))
+    i mod K for image i, so every class is (nearly) equally represented. In a distributed run the batches are shared
+    out over the processes and every process gets all the images."""
+    spec = model.spec
+    starts = range(0, num_images, batch_size)
+    chunks = []
+    for k in distributed.my_share(len(starts)):
+        seeds = range(starts[k], min(starts[k] + batch_size, num_images))
         noise = ImageNoise.from_seeds(seeds)
         x_T = noise.randn((len(seeds), spec.image_channels, spec.image_size, spec.image_size)).to(device)
         y = torch.tensor([i % spec.num_classes for i in seeds], device=device) if spec.num_classes else None
         options = sampler_options(cfg, sampler, None if sampler == "deterministic" else steps)
         chunks.append(SAMPLERS[sampler](lambda x, t: model(x, t, y), schedule, x_T, noise=noise, progress=False,
                                         **options).float().cpu())
-    x0 = torch.cat(chunks)
+    x0 = torch.cat(distributed.gather_in_order(chunks, len(starts)))
     return x0.clamp(0, 1) if cfg.data.zero_one else ((x0 + 1) / 2).clamp(0, 1)
 
 
@@ -120,22 +127,27 @@ class TrainingFD:
         self.name = f"fd_{cfg.data.dataset}_classifier"
 
     def __call__(self, model: UNet, schedule, device: torch.device) -> float:
-        from .metrics.domain import add_fake, add_real, classifier_fd_metric
-
+        """The FD now; the samples are drawn by all processes, the features and the distance by rank 0."""
         t = self.cfg.train
         images = sample_images(model, schedule, self.cfg, device, t.fd_samples, t.fd_sampler, t.fd_steps)
+        return distributed.run_on_main(self.distance, images)
+
+    def distance(self, images: torch.Tensor) -> float:
+        from .metrics.domain import add_fake, add_real, classifier_fd_metric
+
         metric = classifier_fd_metric(self.classifier, self.image_shape)
         add_real(metric, self.real, self.key, self.cache_dir, progress=False)
         add_fake(metric, images, progress=False)
         return float(metric.compute())
 
 
-# Keys that may differ between a run and its resumption: what fixes neither the model nor the batch order, and the
-# optimisation settings one changes to get a run past a numerical fault (lr, grad_clip, precision).
+# Keys that may differ between a run and its resumption: what fixes neither the model nor the batch order (grad_accum
+# only splits the global batch), and the optimisation settings one changes to get a run past a numerical fault (lr,
+# grad_clip, precision).
 RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every", "eval_every", "grid_images",
                      "grid_sampler", "grid_steps", "compile", "compile_mode", "tf32", "device", "num_workers",
                      "fd_every", "fd_samples", "fd_sampler", "fd_steps", "fd_classifier", "keep_checkpoints",
-                     "max_nonfinite_steps", "lr", "grad_clip", "precision"}
+                     "max_nonfinite_steps", "lr", "grad_clip", "precision", "grad_accum"}
 
 
 def _check_resumable(saved: Config, cfg: Config) -> None:
@@ -170,6 +182,23 @@ def _resume_point(run_dir: Path, resume: str | Path | bool) -> tuple[dict | None
     return newest_intact(resume_candidates(run_dir)) or (None, None)
 
 
+def _prepare_run_dir(run_dir: Path, resume: str | Path | bool, cfg: Config) -> tuple[dict | None, Path | None]:
+    """Rank 0's part of starting a run: clear what a killed writer left, and read and check the resume point."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)  # left by a run killed while writing
+    state, ckpt_path = _resume_point(run_dir, resume)
+    if state is not None:
+        _check_resumable(config_from_dict(state["config"], source=f"the config inside {ckpt_path}"), cfg)
+    return state, ckpt_path
+
+
+class _Silent:
+    """What a rank other than 0 has in place of the log, the TensorBoard writer and the progress bar."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, stop_at: int | None = None,
           progress: bool = True) -> Path:
     """Train a model as ``cfg`` says, writing everything into ``run_dir``; returns the last checkpoint written.
@@ -180,30 +209,33 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
 
     A run killed at any moment (even ``kill -9``) loses only the steps since its last checkpoint: running the same
     call again resumes and reaches the same weights as a run never interrupted.
+
+    Launched by torchrun, every process runs this function: each trains on its slices of every global batch under
+    DistributedDataParallel, and rank 0 alone reads and writes the run directory (docs/distributed.md).
     """
     t_cfg = cfg.train
     if stop_at is not None and stop_at < 1:
         raise DdpmkitError(f"--stop-at must be a step >= 1, got {stop_at}")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)  # left by a run killed while writing
-    device = resolve_device(t_cfg.device)
+    device = distributed.setup(t_cfg.device)
+    rank, main = distributed.rank(), distributed.is_main()
+    split = BatchSplit(t_cfg.batch_size, distributed.world_size(), t_cfg.grad_accum)
     set_tf32(device, t_cfg.tf32)
-    torch.manual_seed(t_cfg.seed)
+    torch.manual_seed(t_cfg.seed)  # the initial weights
 
-    # -- resume point --------------------------------------------------------------------------------------------
-    state, ckpt_path = _resume_point(run_dir, resume)
-    if state is not None:
-        _check_resumable(config_from_dict(state["config"], source=f"the config inside {ckpt_path}"), cfg)
-        if int(state["step"]) >= t_cfg.steps:
+    # -- resume point (read by rank 0, passed to the others: only rank 0 needs the run directory) ------------------
+    state, ckpt_path = distributed.run_on_main(_prepare_run_dir, run_dir, resume, cfg)
+    if state is not None and int(state["step"]) >= t_cfg.steps:
+        if main:
             print(f"{run_dir}: already trained for {state['step']} steps (train.steps={t_cfg.steps}); nothing to do")
-            return run_dir / "final.pt" if (run_dir / "final.pt").is_file() else ckpt_path
+        return run_dir / "final.pt" if (run_dir / "final.pt").is_file() else ckpt_path
 
     # -- data, model, optimisation ---------------------------------------------------------------------------------
-    data = load_images(cfg.data, "train")
-    heldout_images = heldout_labels = None
-    if t_cfg.eval_every:
-        heldout_images, heldout_labels, heldout_source, data = _heldout_set(cfg, data)
+    with distributed.local_rank_zero_first():  # one download or decoding pass per machine at a time
+        data = load_images(cfg.data, "train")
+        heldout_images = heldout_labels = None
+        if t_cfg.eval_every:
+            heldout_images, heldout_labels, heldout_source, data = _heldout_set(cfg, data)
     spec = unet_spec(cfg, data.channels, data.num_classes)
     model = UNet(spec).to(device)
     if t_cfg.channels_last:
@@ -214,7 +246,6 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.lr, betas=tuple(t_cfg.adam_betas),
                                   weight_decay=t_cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
     scaler = torch.amp.GradScaler(device.type, enabled=t_cfg.precision == "fp16")
-    noise_gen = torch.Generator(device=device).manual_seed(t_cfg.seed + 1)  # timesteps, noise, flips, label drops
     step, best = 0, math.inf
     if state is not None:
         load_weights(model, state["model"], str(ckpt_path))
@@ -223,71 +254,88 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
-        noise_gen.set_state(state["rng"]["noise"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step, best = int(state["step"]), float(state.get("best", math.inf))
         del state  # its tensors are now in the model, the EMA and the optimizer
-    network = torch.compile(model, mode=t_cfg.compile_mode) if t_cfg.compile else model
+    replicated = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged over the processes
+    network = torch.compile(replicated, mode=t_cfg.compile_mode) if t_cfg.compile else replicated
     training_fd = (TrainingFD(cfg, (spec.image_channels, spec.image_size, spec.image_size), data.class_names)
                    if t_cfg.fd_every else None)
 
-    write_json(run_dir / "config.json", cfg.to_dict())
-    log = RunLog(run_dir / "log.jsonl", resume_step=step)
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None)
+    if main:
+        write_json(run_dir / "config.json", cfg.to_dict())
+    log = RunLog(run_dir / "log.jsonl", resume_step=step) if main else _Silent()
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None) if main else _Silent()
     num_params = sum(p.numel() for p in model.parameters())
-    print(f"ddpmkit: {cfg.data.dataset} ({len(data)} images from {data.source}), U-Net {num_params / 1e6:.2f}M "
-          f"parameters, {device}, {t_cfg.precision}; run dir {run_dir}" + (f", resuming at step {step}" if step else ""))
+    processes = "es" if split.world_size > 1 else ""
+    processes = (f", {split.world_size} process{processes} x {split.grad_accum} micro-batches of {split.micro_batch}"
+                 if split.world_size > 1 or split.grad_accum > 1 else "")
+    if main:
+        print(f"ddpmkit: {cfg.data.dataset} ({len(data)} images from {data.source}), U-Net {num_params / 1e6:.2f}M "
+              f"parameters, {device}, {t_cfg.precision}, batch {t_cfg.batch_size}{processes}; run dir {run_dir}"
+              + (f", resuming at step {step}" if step else ""))
 
     def training_state() -> dict:
+        """What a run resumes from: nothing in it depends on the number of processes or the kind of device."""
         return {
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None, "step": step, "best": best,
             "config": cfg.to_dict(), "unet": vars(spec).copy(), "class_names": data.class_names,
-            "rng": {"torch": torch.get_rng_state(), "noise": noise_gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         }
+
+    def check_replicas() -> None:
+        """Every process must hold the same weights and EMA; a difference means a bug, so stop and say where."""
+        differs = distributed.first_difference({"model": model, "ema": ema.model})
+        if differs:
+            raise DdpmkitError(f"the processes' copies of the model diverged at step {step} ({differs} differs from "
+                               f"rank 0); please report this. {saved or 'no checkpoint'} holds the last good state")
+        if split.world_size > 1:
+            log.write({"step": step, "replicas_identical": split.world_size})
 
     # -- the loop ----------------------------------------------------------------------------------------------------
     accum = t_cfg.grad_accum
     order = BatchOrder(len(data), t_cfg.batch_size, t_cfg.seed)
     stop = min(t_cfg.steps, stop_at if stop_at is not None else t_cfg.steps)
-    batches = batch_stream(data, order, step * accum, stop * accum, device, cfg.data.num_workers, t_cfg.seed)
+    batches = batch_stream(data, order, split, rank, step, stop, device, cfg.data.num_workers, t_cfg.seed)
     T = schedule.num_timesteps
+    image_shape = (spec.image_channels, spec.image_size, spec.image_size)
+    label_dropout = cfg.diffusion.label_dropout if spec.num_classes else None
     null_label = spec.num_classes
+    noise_gen = torch.Generator(device=device)  # reseeded every step from (seed, step): see global_batch.py
     guard = NonFiniteGuard(device, t_cfg.max_nonfinite_steps)
+    vote = distributed.StopVote()
     loss_sum = torch.zeros((), device=device)  # summed on the device; read back only every log_every steps
     interval_start, interval_steps = time.perf_counter(), 0
     saved_step, saved = step, ckpt_path  # the newest checkpoint on disk
-    bar = tqdm(total=t_cfg.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=t_cfg.steps, initial=step, desc="train", unit="step", disable=not (progress and main),
+               dynamic_ncols=True)
     model.train()
-    with GracefulStop() as interrupt:
+    with GracefulStop(announce=main) as interrupt:
         try:
             while step < stop:
                 lr = learning_rate(step, t_cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if cfg.model.dropout:  # dropout masks: this process's own, seeded by (seed, step, rank)
+                    torch.manual_seed(step_seed(t_cfg.seed, step, f"dropout/{rank}"))
+                drawn = StepRandomness.draw(noise_gen, t_cfg.seed, step, t_cfg.batch_size, image_shape, T,
+                                            cfg.data.hflip, label_dropout)
                 step_loss = torch.zeros((), device=device)
-                for _ in range(accum):
+                for micro in range(accum):
                     images, labels = next(batches)
+                    mine = drawn[split.part(rank, micro)]
                     x0 = to_model_range(images, cfg.data.zero_one)
                     if t_cfg.channels_last:
                         x0 = x0.contiguous(memory_format=torch.channels_last)
-                    n = x0.shape[0]
-                    if cfg.data.hflip:
-                        flip = torch.rand(n, device=device, generator=noise_gen) < 0.5
-                        x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
-                    y = None
-                    if spec.num_classes:  # classifier-free guidance: train the null label with p = label_dropout
-                        y = drop_labels(labels, cfg.diffusion.label_dropout, null_label, noise_gen)
-                    t = torch.randint(0, T, (n,), device=device, generator=noise_gen)
-                    noise = torch.randn(x0.shape, device=device, generator=noise_gen)
-                    with autocast(device, t_cfg.precision):
-                        loss = diffusion_loss(network, schedule, x0, t, noise, y, prediction=cfg.diffusion.prediction,
-                                              loss=cfg.diffusion.loss)
-                    scaler.scale(loss / accum).backward()
+                    if mine.flips is not None:
+                        x0 = torch.where(mine.flips[:, None, None, None], x0.flip(3), x0)
+                    y = drop_labels(labels, mine.drops, null_label) if spec.num_classes else None
+                    with distributed.no_sync(replicated, last=micro == accum - 1):
+                        with autocast(device, t_cfg.precision):
+                            loss = diffusion_loss(network, schedule, x0, mine.t, mine.noise, y,
+                                                  prediction=cfg.diffusion.prediction, loss=cfg.diffusion.loss)
+                        scaler.scale(loss / accum).backward()  # the last micro-batch's all-reduces the gradients
                     step_loss += loss.detach() / accum
+                distributed.mean_over_ranks_(step_loss)  # the global batch's loss, the same on every process
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip or math.inf)
                 skip = guard.check(step_loss, grad_norm)  # a NaN or inf step changes neither weights nor EMA
@@ -305,7 +353,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                     finite_steps = interval_steps - skipped
                     record = {"step": step, "loss": loss_sum.item() / finite_steps if finite_steps else None,
                               "lr": lr, "grad_norm": float(grad_norm), "skipped_steps": skipped,
-                              "images_per_s": interval_steps * accum * t_cfg.batch_size / elapsed}
+                              "images_per_s": interval_steps * t_cfg.batch_size / elapsed}
                     log.write(record)
                     for key in ("loss", "lr", "grad_norm", "images_per_s", "skipped_steps"):
                         if record[key] is not None:
@@ -316,9 +364,10 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                     interval_start, interval_steps = time.perf_counter(), 0
 
                 extra_work_start = time.perf_counter()  # evaluation, grids and checkpoints don't count against images/s
+                stop_signal = vote(interrupt.signum if interrupt.requested else 0)  # any rank's, agreed by all
                 finished = step == t_cfg.steps
                 improved = False
-                if not interrupt.requested:  # a stop request saves at once: a scheduler's grace period is short
+                if not stop_signal:  # a stop request saves at once: a scheduler's grace period is short
                     # Evaluations come before the checkpoint, so that the checkpoint's "best" is up to date.
                     if heldout_images is not None and (step % t_cfg.eval_every == 0 or finished):
                         value = heldout_loss(ema.model, schedule, heldout_images, heldout_labels, cfg, device)
@@ -336,16 +385,22 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                     if t_cfg.sample_every and step % t_cfg.sample_every == 0 or finished:
                         grid = sample_images(ema.model, schedule, cfg, device, t_cfg.grid_images, t_cfg.grid_sampler,
                                              t_cfg.grid_steps)
-                        save_grid(grid, run_dir / "samples" / f"step_{step:07d}.png")
+                        if main:
+                            save_grid(grid, run_dir / "samples" / f"step_{step:07d}.png")
                         writer.add_images("samples/ema", grid, step)
-                if step % t_cfg.checkpoint_every == 0 or step == stop or interrupt.requested:
+                if step % t_cfg.checkpoint_every == 0 or step == stop or stop_signal:
                     guard.read_limit(step)  # never save a state that a run of non-finite steps should stop
-                    saved, saved_step = save_periodic(training_state(), run_dir, t_cfg.keep_checkpoints), step
-                    if improved:
-                        link_checkpoint(saved, run_dir / "best.pt")
-                elif improved:
+                    check_replicas()
+                    if main:
+                        saved = save_periodic(training_state(), run_dir, t_cfg.keep_checkpoints)
+                        if improved:
+                            link_checkpoint(saved, run_dir / "best.pt")
+                    saved, saved_step = periodic_path(run_dir, step), step
+                    distributed.barrier()  # no process goes on before the checkpoint it may resume from exists
+                elif improved and main:
                     save_checkpoint(training_state(), run_dir / "best.pt")
-                interrupt.raise_if_requested()
+                if stop_signal:
+                    raise StopRequested(stop_signal)
                 interval_start += time.perf_counter() - extra_work_start
         except NonFiniteLoss as fault:
             bar.close()
@@ -354,17 +409,24 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                                f"again to resume") from None
         except KeyboardInterrupt:
             bar.close()
-            where = f"saved {run_dir / 'latest.pt'} at step {step}" if interrupt.requested and saved_step == step \
-                else (f"{saved} (step {saved_step}) holds the last checkpoint" if saved else "no checkpoint yet")
-            print(f"\ninterrupted: {where}; run the same command again to resume", file=sys.stderr)
+            if main:
+                where = (f"saved {run_dir / 'latest.pt'} at step {step}" if saved_step == step else
+                         f"{saved} (step {saved_step}) holds the last checkpoint" if saved else "no checkpoint yet")
+                print(f"\ninterrupted: {where}; run the same command again to resume", file=sys.stderr)
             raise
         finally:
+            vote.close()
             bar.close()
             writer.close()
             log.close()
-            with contextlib.suppress(OSError):  # a full disk must not hide why the run stopped behind a plot error
-                plot_loss_curve(run_dir / "log.jsonl", run_dir / "loss.png")
+            if main:
+                with contextlib.suppress(OSError):  # a full disk must not hide why the run stopped behind a plot error
+                    plot_loss_curve(run_dir / "log.jsonl", run_dir / "loss.png")
 
     if step < t_cfg.steps:
         return run_dir / "latest.pt"
-    return link_checkpoint(saved, run_dir / "final.pt")
+    final = run_dir / "final.pt"
+    if main:
+        link_checkpoint(saved, final)
+    distributed.barrier()
+    return final

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DdpmkitError
 from ..files import atomic_write
+from . import LOCAL
 from .classifier import SmallClassifier
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ddpmkit" / "statistics"
@@ -51,14 +52,14 @@ class ClassifierFeatures(nn.Module):
 def classifier_fd_metric(classifier: SmallClassifier, image_shape: tuple[int, int, int]) -> FrechetInceptionDistance:
     """A torchmetrics FID object measuring FD on the classifier's features; feed it float images in [0, 1]."""
     return FrechetInceptionDistance(feature=ClassifierFeatures(classifier), input_img_size=image_shape,
-                                    normalize=True, reset_real_features=False).eval()
+                                    normalize=True, reset_real_features=False, **LOCAL).eval()
 
 
 def classifier_is_metric(classifier: SmallClassifier, splits: int = 10) -> InceptionScore:
     with warnings.catch_warnings():  # it keeps every sample's logits: a few MB for MNIST-size sample sets
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
         return InceptionScore(feature=ClassifierFeatures(classifier, logits=True), splits=splits,
-                              normalize=True).eval()
+                              normalize=True, **LOCAL).eval()
 
 
 def _batches(images: torch.Tensor, batch_size: int, desc: str, progress: bool):

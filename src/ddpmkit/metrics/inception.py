@@ -12,6 +12,7 @@ import torch
 
 from ..data import to_uint8
 from ..errors import DdpmkitError
+from . import LOCAL
 from .hub import find_weights, serving
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -37,11 +38,12 @@ def inception_metrics(names: set[str], weights: Path, kid_subset: int):
     made = {}
     with serving(weights, INCEPTION_FILE):
         if "fid" in names:
-            made["fid"] = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights))
+            made["fid"] = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights),
+                                                     **LOCAL)
         if "kid" in names:
-            made["kid"] = KernelInceptionDistance(feature=2048, subset_size=kid_subset)
+            made["kid"] = KernelInceptionDistance(feature=2048, subset_size=kid_subset, **LOCAL)
         if "inception_is" in names:
-            made["inception_is"] = InceptionScore()
+            made["inception_is"] = InceptionScore(**LOCAL)
     return {name: metric.eval() for name, metric in made.items()}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import LOCAL
 from .hub import find_weights, serving
 
 # LPIPS network name -> torchvision's weights enum for its backbone.
@@ -40,7 +41,7 @@ def lpips_metric(net: str = "alex", path: str | Path | None = None):
 
     weights, filename = lpips_backbone(net, path)
     with serving(weights, filename):
-        metric = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True)
+        metric = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True, **LOCAL)
     return metric.eval()
 
 

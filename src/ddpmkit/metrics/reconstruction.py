@@ -9,6 +9,7 @@ import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 from tqdm.auto import tqdm
 
+from . import LOCAL
 from .perceptual import paired_lpips
 
 
@@ -22,8 +23,8 @@ def reconstruction_metrics(sampler, images: torch.Tensor, labels: torch.Tensor |
     Also reports the root mean square of the inverted latents: about 1 for an inversion that reaches the N(0, I) prior.
     """
     started = time.perf_counter()
-    psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
-    ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+    psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3), **LOCAL)
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, **LOCAL)
     rebuilt, latent_sq, latent_count = [], 0.0, 0
     batches = range(0, len(images), batch_size)
     for start in tqdm(batches, desc=f"inversion, {steps} steps", disable=not progress or len(batches) < 2):
