@@ -16,6 +16,16 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_DIR = REPO.parent / "shared" / "data" / "mnist-10k"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped, with the reason, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; PyTorch sees none here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def oracle_denoiser(sched, prediction: str, posterior_mean_x0):
     """A network that outputs the exact optimum for the given E[x_0 | x_t] function, in the asked-for form."""
     def model(x, t):

@@ -183,6 +183,22 @@ def test_two_processes_train_exactly_as_one(two_process_run, reference_run):
     assert sorted(p.name for p in two_process_run.iterdir()) == sorted(p.name for p in reference_run.iterdir())
 
 
+def test_a_checkpoint_holds_nothing_tied_to_processes_or_devices(two_process_run):
+    state = read_checkpoint(two_process_run / "final.pt")
+    assert set(state) == {"model", "ema", "optimizer", "scaler", "step", "best", "config", "unet", "class_names",
+                          "sha256"}  # no generator states, no process count
+    assert not any(name.startswith("module.") for name in state["model"])  # the network's names, not DDP's
+
+
+@pytest.mark.gpu
+def test_a_run_moves_from_the_cpu_to_a_gpu_and_back(tiny_idx_root, tmp_path):
+    d = _config(tiny_idx_root)
+    for device, stop in (("cpu", 2), ("cuda", 4), ("cpu", 6)):
+        train(config_from_dict({**d, "train": {**d["train"], "device": device}}), tmp_path, stop_at=stop,
+              progress=False)
+        assert read_checkpoint(tmp_path / "latest.pt")["step"] == stop
+
+
 def test_resume_across_world_sizes(tiny_idx_root, reference_run, tmp_path):
     run = tmp_path / "run"
     config = _write(_config(tiny_idx_root), tmp_path / "tiny.json")
@@ -229,6 +245,13 @@ def image_folder_config(tmp_path_factory) -> tuple[Path, Path]:
     reference = root / "one_process"
     train(config_from_dict(d), reference, progress=False)
     return _write(d, root / "folder.json"), reference
+
+
+def test_the_slurm_script_parses_and_starts_torchrun_on_every_machine():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm" / "train.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "srun" in text and "--rdzv_backend=c10d" in text and "-m ddpmkit train" in text
 
 
 def _free_port() -> int:
@@ -353,7 +376,7 @@ def test_a_killed_worker_ends_the_job_naming_it_and_the_same_command_resumes(tin
 
 
 def test_torchrun_max_restarts_recovers_a_crashed_worker(tiny_idx_root, tmp_path):
-    d = _config(tiny_idx_root, steps=60, checkpoint_every=2, eval_every=0, log_every=1)
+    d = _config(tiny_idx_root, steps=100, checkpoint_every=2, eval_every=0, log_every=1)
     run = tmp_path / "run"
     args = ["train", "--config", str(_write(d, tmp_path / "c.json")), "--run-dir", str(run), "--no-progress"]
     launcher = _start(args, "--max-restarts=1")
@@ -363,4 +386,4 @@ def test_torchrun_max_restarts_recovers_a_crashed_worker(tiny_idx_root, tmp_path
     output = launcher.communicate(timeout=120)[0]
     assert launcher.returncode == 0, output[-3000:]
     assert "resuming at step" in output
-    assert read_checkpoint(run / "final.pt")["step"] == 60
+    assert read_checkpoint(run / "final.pt")["step"] == 100

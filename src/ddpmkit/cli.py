@@ -504,8 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: exit as a shell expects of that signal
         print("ddpmkit: interrupted", file=sys.stderr)
         return 128 + getattr(stop, "signum", signal.SIGINT)
-    except (torch.distributed.DistError, RuntimeError) as err:
-        if not distributed.active():  # a bug, not a lost process: show the traceback
+    except RuntimeError as err:  # torch.distributed.DistError is one; gloo's lost connections are plain ones
+        lost = isinstance(err, torch.distributed.DistError) or any(word in str(err).lower() for word in
+                                                                   ("gloo", "nccl", "connection"))
+        if not (distributed.active() and lost):  # a bug, not a lost process: show the traceback
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         return _error(f"lost contact with another process ({first}); torchrun's report names the process that "
