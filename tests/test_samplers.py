@@ -61,16 +61,20 @@ def _setup(T=50, schedule="linear"):
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("variance", ["posterior", "beta"])
-@pytest.mark.parametrize("steps", [None, 10])
+@pytest.mark.parametrize("steps,spacing", [(None, "trailing"), (10, "trailing"), (10, "leading"), (7, "linspace")])
 @pytest.mark.parametrize("clip", [True, False])
-def test_ddpm_matches_diffusers(diffusers, prediction, variance, steps, clip):
+def test_ddpm_matches_diffusers(diffusers, prediction, variance, steps, spacing, clip):
+    if variance == "beta" and steps and spacing == "trailing":
+        pytest.skip("diffusers adds noise at the last step whenever it is not t = 0 (with beta_t, not zero), unlike "
+                    "DDPM Algorithm 2 (z = 0 at the last step), and trailing steps end at t = T / S - 1")
     sched, betas, seeds, noise, x_T = _setup()
     model = ToyDenoiser()
     ours = sample_ddpm(model, sched, x_T.clone(), steps=steps, prediction=prediction, variance=variance,
-                       clip_range=(-1, 1) if clip else None, noise=noise, progress=False)
+                       clip_range=(-1, 1) if clip else None, spacing=spacing, noise=noise, progress=False)
     ref = diffusers.DDPMScheduler(num_train_timesteps=len(betas), trained_betas=betas.float().numpy(),
                                   variance_type="fixed_small" if variance == "posterior" else "fixed_large",
-                                  clip_sample=clip, prediction_type=DIFFUSERS_PREDICTION[prediction])
+                                  clip_sample=clip, prediction_type=DIFFUSERS_PREDICTION[prediction],
+                                  timestep_spacing=spacing)
     ref.set_timesteps(steps or len(betas))
     expected = _diffusers_loop(ref, model, x_T, seeds, {})
     assert_same_samples(ours, expected)
@@ -79,15 +83,16 @@ def test_ddpm_matches_diffusers(diffusers, prediction, variance, steps, clip):
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("steps", [50, 10])
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])  # diffusers' DDIM steps by T // S: no linspace
 @pytest.mark.parametrize("clip", [True, False])
-def test_ddim_matches_diffusers(diffusers, prediction, eta, steps, clip):
+def test_ddim_matches_diffusers(diffusers, prediction, eta, steps, spacing, clip):
     sched, betas, seeds, noise, x_T = _setup(schedule="cosine")
     model = ToyDenoiser()
     ours = sample_ddim(model, sched, x_T.clone(), steps=steps, eta=eta, prediction=prediction,
-                       clip_range=(-1, 1) if clip else None, noise=noise, progress=False)
+                       clip_range=(-1, 1) if clip else None, spacing=spacing, noise=noise, progress=False)
     ref = diffusers.DDIMScheduler(num_train_timesteps=len(betas), trained_betas=betas.float().numpy(),
-                                  clip_sample=clip, set_alpha_to_one=True, prediction_type=DIFFUSERS_PREDICTION[prediction],
-                                  timestep_spacing="leading")
+                                  clip_sample=clip, set_alpha_to_one=True,
+                                  prediction_type=DIFFUSERS_PREDICTION[prediction], timestep_spacing=spacing)
     ref.set_timesteps(steps)
     expected = _diffusers_loop(ref, model, x_T, seeds, {"eta": eta, "use_clipped_model_output": clip})
     assert_same_samples(ours, expected)
@@ -103,13 +108,36 @@ def test_deterministic_is_ddim_eta0_over_all_steps():
 
 def test_spaced_timesteps():
     assert spaced_timesteps(10, None) == list(range(9, -1, -1))
-    assert spaced_timesteps(1000, 50) == list(range(980, -1, -20))  # DDIM's linear sub-sequence tau
-    # A count that doesn't divide T is spread evenly over 0..T-1 (IDDPM), not collapsed to stride 1 from t = 599.
-    assert spaced_timesteps(10, 3) == [9, 4, 0]  # round(4.5) = 4, as in IDDPM (Python rounding)
-    uneven = spaced_timesteps(1000, 600)
-    assert len(uneven) == 600 and uneven[0] == 999 and uneven[-1] == 0 and len(set(uneven)) == 600
+    assert spaced_timesteps(1000, 50, "leading") == list(range(980, -1, -20))  # DDIM's linear sub-sequence tau
+    assert spaced_timesteps(1000, 50) == list(range(999, 0, -20))  # trailing, the default: starts at T - 1
+    assert spaced_timesteps(10, 3, "linspace") == [9, 4, 0]  # round(4.5) = 4 (round half to even)
     with pytest.raises(ValueError):
         spaced_timesteps(10, 11)
+    with pytest.raises(ValueError, match="unknown spacing 'even'"):
+        spaced_timesteps(10, 3, "even")
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+@pytest.mark.parametrize("T,steps", [(1000, 10), (1000, 50), (1000, 7), (1000, 600), (50, 10), (10, 3)])
+def test_spacings_are_diffusers_timestep_spacings(diffusers, spacing, T, steps):
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
+    ref.set_timesteps(steps)
+    assert spaced_timesteps(T, steps, spacing) == ref.timesteps.tolist()
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_logsnr_and_karras_spacings_are_uniform_in_their_variable(spacing):
+    sched = NoiseSchedule(linear_beta_schedule(1000))
+    abar = sched.alphas_cumprod_float64
+    steps = spaced_timesteps(1000, 20, spacing, abar)
+    assert steps[0] == 999 and steps[-1] == 0 and steps == sorted(set(steps), reverse=True)
+    sigma = ((1 - abar) / abar).sqrt()
+    level = (abar / (1 - abar)).log() if spacing == "logsnr" else sigma ** (1 / 7)
+    gaps = (level[steps[1:]] - level[steps[:-1]]).abs()
+    # Even gaps up to rounding to whole timesteps: much closer to uniform than trailing's.
+    trailing = spaced_timesteps(1000, 20)
+    trailing_gaps = (level[trailing[1:]] - level[trailing[:-1]]).abs()
+    assert gaps.std() / gaps.mean() < 0.1 < trailing_gaps.std() / trailing_gaps.mean()
 
 
 # -- closed-form optimal denoisers ---------------------------------------------------------------------------------

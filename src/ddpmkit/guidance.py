@@ -9,7 +9,7 @@ from .errors import DdpmkitError
 from .samplers import Denoiser
 
 
-def guided_denoiser(model, labels: torch.Tensor, guidance: float, null_label: int) -> Denoiser:
+def guided_denoiser(model, labels: torch.Tensor, guidance: float, null_label: int, rescale: float = 0.0) -> Denoiser:
     """A denoiser for ``labels`` with guidance weight w = ``guidance``:
 
         eps = (1 + w) eps(x_t, y) - w eps(x_t, null)          (Ho & Salimans 2022, eq. 6)
@@ -18,6 +18,8 @@ def guided_denoiser(model, labels: torch.Tensor, guidance: float, null_label: in
     ``guidance_scale``, use s = 1 + w. The conditional and unconditional predictions come from one batched forward
     pass. ``labels`` are class indices (B,) or mixture weights over the classes and the null label (B, K + 1); the
     formula is applied to the raw output, which for x_0 and v networks is equivalent because both are affine in eps.
+    ``rescale`` phi > 0 rescales the guided output towards the conditional one's standard deviation (see
+    ``rescale_guidance``).
     """
     if guidance == 0:
         return lambda x, t: model(x, t, labels)
@@ -28,9 +30,20 @@ def guided_denoiser(model, labels: torch.Tensor, guidance: float, null_label: in
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
         cond, uncond = out.chunk(2)
-        return cond + guidance * (cond - uncond)
+        guided = cond + guidance * (cond - uncond)
+        return rescale_guidance(guided, cond, rescale) if rescale else guided
 
     return denoise
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2024, eq. 15-16): the guided prediction scaled to the conditional one's standard
+    deviation (per image), mixed in with weight phi. Strong guidance inflates the prediction's scale, which
+    over-exposes images; this undoes the inflation while keeping the guided direction (diffusers' ``guidance_rescale``
+    does the same on the network output)."""
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * guided
 
 
 def drop_labels(labels: torch.Tensor, drops: torch.Tensor, null_label: int) -> torch.Tensor:

@@ -1,14 +1,21 @@
-"""Samplers: plain functions ``fn(model, schedule, x_T, *, steps, prediction, clip_range, noise, ...)``."""
-from .common import Denoiser, ImageNoise, StepCallback, spaced_timesteps
+"""Samplers: plain functions ``fn(model, schedule, x_T, *, steps, prediction, clip_range, threshold, spacing, noise,
+on_step, progress)``."""
+from .common import SPACINGS, Denoiser, ImageNoise, StepCallback, dynamic_threshold, spaced_timesteps
 from .ddim import sample_ddim, sample_deterministic
 from .ddim_inversion import invert_ddim
 from .ddpm import VARIANCES, sample_ddpm
+from .dpm_solver import sample_dpm_solver, sample_dpm_solver_2m, sample_dpm_solver_3m
+from .heun import sample_heun
 
 SAMPLERS = {
     "ddpm": sample_ddpm,
     "deterministic": sample_deterministic,
     "ddim": sample_ddim,
+    "dpm++2m": sample_dpm_solver_2m,
+    "dpm++3m": sample_dpm_solver_3m,
+    "heun": sample_heun,
 }
 
-__all__ = ["SAMPLERS", "VARIANCES", "Denoiser", "ImageNoise", "StepCallback", "invert_ddim", "sample_ddim",
-           "sample_ddpm", "sample_deterministic", "spaced_timesteps"]
+__all__ = ["SAMPLERS", "SPACINGS", "VARIANCES", "Denoiser", "ImageNoise", "StepCallback", "dynamic_threshold",
+           "invert_ddim", "sample_ddim", "sample_ddpm", "sample_deterministic", "sample_dpm_solver",
+           "sample_dpm_solver_2m", "sample_dpm_solver_3m", "sample_heun", "spaced_timesteps"]

@@ -15,6 +15,8 @@ def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
                 eta: float = 0.0,                                  # 0: deterministic DDIM, 1: DDPM-like noise
                 prediction: str = "eps",                           # what the network outputs: eps, x0 or v
                 clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0 to the data range; None: off
+                threshold: float | None = None,                    # dynamic thresholding quantile (e.g. 0.995)
+                spacing: str = "trailing",                         # which timesteps fewer steps visit (SPACINGS)
                 noise: ImageNoise | None = None,                   # per-image generators for the added noise
                 on_step: StepCallback | None = None,               # called as on_step(t, x_t, predicted x_0)
                 progress: bool = True) -> torch.Tensor:
@@ -28,8 +30,8 @@ def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
         raise ValueError(f"eta must be >= 0, got {eta}")
     noise = noise or ImageNoise()
     x = x_T
-    for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddim", progress):
-        x0, eps = predict_x0_eps(model, schedule, x, t, prediction, clip_range)
+    for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddim", progress, spacing):
+        x0, eps = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold)
         if on_step is not None:
             on_step(t, x, x0)
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
@@ -41,9 +43,10 @@ def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
 
 def sample_deterministic(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
                          steps: int | None = None, prediction: str = "eps",
-                         clip_range: tuple[float, float] | None = (-1, 1), noise: ImageNoise | None = None,
+                         clip_range: tuple[float, float] | None = (-1, 1), threshold: float | None = None,
+                         spacing: str = "trailing", noise: ImageNoise | None = None,
                          on_step: StepCallback | None = None, progress: bool = True) -> torch.Tensor:
     """The deterministic sampler: DDIM with eta = 0, by default over all T steps (the probability-flow ODE's
     Euler discretisation in alpha-bar, DDIM §4.3). ``noise`` is accepted for a uniform signature and unused."""
     return sample_ddim(model, schedule, x_T, steps=steps, eta=0.0, prediction=prediction, clip_range=clip_range,
-                       on_step=on_step, progress=progress)
+                       threshold=threshold, spacing=spacing, on_step=on_step, progress=progress)

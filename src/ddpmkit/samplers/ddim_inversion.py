@@ -21,6 +21,7 @@ def invert_ddim(model: Denoiser, schedule: NoiseSchedule, x_0: torch.Tensor, *,
                 steps: int | None = 50,    # network evaluations (without refinement); the decoder must use the same
                 prediction: str = "eps",   # what the network outputs: eps, x0 or v
                 refine: int = 0,           # fixed-point iterations per step that make the step the exact inverse
+                spacing: str = "trailing",  # the decoder's timestep spacing
                 progress: bool = True) -> torch.Tensor:
     """x_0 -> x_T along the timesteps that ``sample_ddim(steps=steps, eta=0, clip_range=None)`` visits backwards.
 
@@ -36,7 +37,7 @@ def invert_ddim(model: Denoiser, schedule: NoiseSchedule, x_0: torch.Tensor, *,
     """
     if refine < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
-    timesteps = spaced_timesteps(schedule.num_timesteps, steps)[::-1]  # cleanest to noisiest
+    timesteps = spaced_timesteps(schedule.num_timesteps, steps, spacing, schedule.alphas_cumprod_float64)[::-1]
     abar = schedule.alphas_cumprod_float64
     x = x_0
     for i, t_next in enumerate(tqdm(timesteps, desc="ddim inversion", disable=not progress, leave=False)):

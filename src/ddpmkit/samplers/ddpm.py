@@ -17,6 +17,8 @@ def sample_ddpm(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
                 prediction: str = "eps",                           # what the network outputs: eps, x0 or v
                 variance: str = "posterior",                       # sigma_t^2: posterior tilde-beta_t, or beta_t
                 clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0 to the data range; None: off
+                threshold: float | None = None,                    # dynamic thresholding quantile (e.g. 0.995)
+                spacing: str = "trailing",                         # which timesteps fewer steps visit (SPACINGS)
                 noise: ImageNoise | None = None,                   # per-image generators for the added noise
                 on_step: StepCallback | None = None,               # called as on_step(t, x_t, predicted x_0)
                 progress: bool = True) -> torch.Tensor:
@@ -30,9 +32,9 @@ def sample_ddpm(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
         raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
     noise = noise or ImageNoise()
     x = x_T
-    for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddpm", progress):
+    for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddpm", progress, spacing):
         beta = 1 - abar / abar_prev
-        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range)
+        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold)
         if on_step is not None:
             on_step(t, x, x0)
         # DDPM eq. 7: mu = sqrt(abar_prev) beta / (1 - abar) x_0 + sqrt(alpha) (1 - abar_prev) / (1 - abar) x_t
