@@ -120,3 +120,46 @@ def test_each_solver_converges_at_its_order(sampler, order):
     errors = [_ode_error(sampler, steps) for steps in (20, 40, 80)]
     measured = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
     assert errors == sorted(errors, reverse=True) and measured[-1] > order - 0.35, (errors, measured)
+
+
+# -- through DiffusionSampler and the command line ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["dpm++2m", "dpm++3m", "heun"])
+def test_new_samplers_with_guidance_thresholding_and_rescale_do_not_depend_on_the_batch(tiny_conditional_checkpoint,
+                                                                                         name):
+    from ddpmkit.sampling import DiffusionSampler
+
+    model = DiffusionSampler(tiny_conditional_checkpoint)
+    options = {"sampler": name, "steps": 4, "labels": [0, 1, 1], "guidance": 3.0, "threshold": 0.995,
+               "guidance_rescale": 0.7, "spacing": "logsnr", "progress": False}
+    whole = model.sample(3, batch_size=3, **options)
+    assert whole.shape == (3, 1, 8, 8) and whole.min() >= 0 and whole.max() <= 1
+    torch.testing.assert_close(model.sample(3, batch_size=1, **options), whole, atol=1e-5, rtol=0)
+
+
+def test_heun_churn_draws_its_noise_from_each_images_seed(tiny_conditional_checkpoint):
+    from ddpmkit.sampling import DiffusionSampler
+
+    model = DiffusionSampler(tiny_conditional_checkpoint)
+    plain = model.sample_heun(2, steps=5, progress=False)
+    churned = model.sample_heun(2, steps=5, churn=5.0, progress=False)
+    assert not torch.allclose(plain, churned)
+    torch.testing.assert_close(model.sample_heun(2, steps=5, churn=5.0, seed=1, progress=False)[0],
+                               churned[1], atol=1e-5, rtol=0)
+
+
+def test_sampler_options_from_the_command_line(tiny_conditional_checkpoint, tmp_path, capsys):
+    from ddpmkit.cli import main
+
+    common = ["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--num-samples", "2", "--no-progress",
+              "--output-dir", str(tmp_path)]
+    assert main([*common, "--sampler", "dpm++2m", "--spacing", "karras", "--class", "1", "--guidance", "2",
+                 "--threshold", "0.99", "--guidance-rescale", "0.5"]) == 0
+    assert len(list((tmp_path / "images").glob("class_1_seed_*.png"))) == 2
+    capsys.readouterr()
+    assert main([*common, "--sampler", "heun", "--threshold", "1.5"]) == 2
+    assert "threshold is the quantile of |x_0|" in capsys.readouterr().err
+    assert main([*common, "--threshold", "0.99", "--no-clip"]) == 2
+    assert "cannot be combined with --no-clip" in capsys.readouterr().err
+    assert main([*common, "--guidance-rescale", "2"]) == 2
+    assert "guidance_rescale must be between 0 and 1" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import torch
 
 from .config import COMPILE_MODES, Config, DiffusionConfig
 from .errors import DdpmkitError
+from .samplers import SPACINGS
 from .schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule
 from .unet import UNet, UNetSpec
 
@@ -67,14 +68,32 @@ def clip_range(cfg: Config) -> tuple[float, float] | None:
     return (0.0, 1.0) if cfg.data.zero_one else (-1.0, 1.0)
 
 
-def sampler_options(cfg: Config, sampler: str, steps: int | None, eta: float = 0.0, clip: bool = True) -> dict:
+# Steps when none are asked for: all T for ddpm and deterministic; the others' usual counts.
+DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "dpm++3m": 20, "heun": 10}
+
+
+def sampler_options(cfg: Config, sampler: str, steps: int | None, eta: float = 0.0, clip: bool = True,
+                    spacing: str | None = None, threshold: float | None = None) -> dict:
     """Keyword arguments for ``SAMPLERS[sampler]`` that follow from a model's config: what it predicts, the reverse
-    variance (ddpm), eta and the default of 50 steps (ddim), and the clip range."""
-    options = {"steps": steps, "prediction": cfg.diffusion.prediction, "clip_range": clip_range(cfg) if clip else None}
+    variance (ddpm), eta (ddim), the default number of steps, the clip range or dynamic thresholding within it, and
+    the timestep spacing (None: the samplers' default, trailing)."""
+    if threshold is not None and not (0 < threshold < 1):
+        raise DdpmkitError(f"threshold is the quantile of |x_0| for dynamic thresholding, between 0 and 1 (e.g. "
+                           f"0.995), got {threshold}")
+    if threshold is not None and not clip:
+        raise DdpmkitError("dynamic thresholding works within the data range: it cannot be combined with --no-clip")
+    if steps is None and sampler in DEFAULT_STEPS:
+        steps = min(DEFAULT_STEPS[sampler], cfg.diffusion.num_timesteps)
+    options = {"steps": steps, "prediction": cfg.diffusion.prediction,
+               "clip_range": clip_range(cfg) if clip else None, "threshold": threshold}
+    if spacing is not None:
+        if spacing not in SPACINGS:
+            raise DdpmkitError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+        options["spacing"] = spacing
     if sampler == "ddpm":
         options["variance"] = cfg.diffusion.variance
     if sampler == "ddim":
-        options.update(eta=eta, steps=steps or 50)
+        options["eta"] = eta
     return options
 
 

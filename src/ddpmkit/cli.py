@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__, distributed
-from .config import COMPILE_MODES, PRESETS, DiffusionConfig, resolve_config
+from .config import COMPILE_MODES, PRESETS, SAMPLER_NAMES, SPACINGS, DiffusionConfig, resolve_config
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
 
@@ -112,6 +112,27 @@ def _add_class_args(p: argparse.ArgumentParser, meaning: str) -> None:
                    "conditional (default). diffusers' guidance_scale s is 1 + w")
 
 
+SAMPLER_HELP = ("ddpm: ancestral (DDPM Alg. 2); deterministic: DDIM eta=0 over all steps; ddim: DDIM; dpm++2m, "
+                "dpm++3m: DPM-Solver++ (multistep, 20 steps by default); heun: EDM's Heun (S levels = 2S - 1 "
+                "network evaluations, 10 by default)")
+
+
+def _add_solver_args(p: argparse.ArgumentParser) -> None:
+    """Options that every sampler takes: the timestep spacing, dynamic thresholding and guidance rescale."""
+    p.add_argument("--spacing", choices=SPACINGS, help="which timesteps fewer than T steps visit (default trailing: "
+                   "from t = T-1; leading is DDIM's original; logsnr suits dpm++)")
+    p.add_argument("--threshold", type=finite(0, above=True), metavar="Q",
+                   help="dynamic thresholding of predicted x_0 at quantile Q (e.g. 0.995; Saharia et al. 2022) "
+                   "instead of clipping: keeps strong guidance from saturating images")
+    p.add_argument("--guidance-rescale", type=finite(0), default=0.0, metavar="PHI",
+                   help="rescale the guided prediction to the conditional one's std, mixed in with weight PHI in "
+                   "[0, 1] (Lin et al. 2024; 0 = off, 0.7 is their choice)")
+
+
+def _solver_options(args: argparse.Namespace) -> dict:
+    return {"spacing": args.spacing, "threshold": args.threshold, "guidance_rescale": args.guidance_rescale}
+
+
 def _add_precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="network precision: auto = bf16 on GPUs that support it, fp32 elsewhere")
@@ -148,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUTPUT_DIR/images/seed_NNNNN.png (class_C_seed_NNNNN.png with --class) and "
                        "OUTPUT_DIR/samples.npz (arr_0: uint8, N x H x W x C; seeds; labels with --class).")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file, or a run directory (final.pt)")
-    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"],
-                   help="ddpm: ancestral (DDPM Alg. 2); deterministic: DDIM eta=0 over all steps; ddim: DDIM")
-    p.add_argument("--steps", type=COUNT, metavar="S", help="timesteps visited (default: all T; ddim: 50)")
+    p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    _add_solver_args(p)
+    p.add_argument("--steps", type=COUNT, metavar="S", help="timesteps visited (default: all T; ddim: 50; dpm++: "
+                   "20; heun: 10)")
     p.add_argument("--eta", type=finite(0), default=0.0, help="DDIM noise scale: 0 deterministic, 1 DDPM-like (ddim)")
     p.add_argument("--num-samples", type=COUNT, default=64, metavar="N", help="number of images (default 64)")
     p.add_argument("--seed", type=SEED, default=0, metavar="K",
@@ -193,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_picture_args(p)
     p.add_argument("--per-class", type=COUNT, default=8, help="images in each GIF (default 8)")
     p.add_argument("--seed", type=SEED, default=0, help="first seed; image j uses seed + j")
-    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
+    p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    _add_solver_args(p)
     p.add_argument("--steps", type=COUNT, help="sampler steps (default: all T; ddim: 50)")
     p.add_argument("--frames", type=whole(2), default=40,
                    help="frames per GIF, evenly spaced over the run (default 40; more frames than steps repeat "
@@ -231,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--guidance", type=comma_list(NUMBER), default="0,1,3",
                    help="comma-separated guidance weights w (default 0,1,3)")
     c.add_argument("--per-class", type=COUNT, default=30, help="samples per class and guidance weight (default 30)")
-    c.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
+    c.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    _add_solver_args(c)
     c.add_argument("--steps", type=COUNT, default=100, help="sampler steps (default 100)")
     c.add_argument("--seed", type=SEED, default=0, help="first seed")
     c.add_argument("--output", metavar="JSON", help="also write the results here")
@@ -257,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default pad); with --checkpoint the model's own data.resize_mode is used")
     p.add_argument("--split", default="test", choices=["test", "train"], help="real split to compare with")
     p.add_argument("--num-samples", type=COUNT, default=1000, help="samples to generate (default 1000)")
-    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "deterministic", "ddim"], help="sampler")
+    p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    _add_solver_args(p)
     p.add_argument("--steps", type=COUNT, help="sampler steps (default: all T; ddim: 50)")
     p.add_argument("--eta", type=finite(0), default=0.0, help="DDIM noise scale")
     p.add_argument("--guidance", type=NUMBER, default=0.0, help="guidance weight w (conditional models)")
@@ -315,7 +340,8 @@ def _sample(args: argparse.Namespace) -> None:
     sampler = DiffusionSampler(args.checkpoint, device=args.device, use_ema=not args.no_ema,
                                precision=args.precision, compile=args.compile)
     options = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "batch_size": args.batch_size,
-               "clip": not args.no_clip, "guidance": args.guidance, "progress": not args.no_progress}
+               "clip": not args.no_clip, "guidance": args.guidance, "progress": not args.no_progress,
+               **_solver_options(args)}
     start = time.perf_counter()
     if args.classes is not None:
         images, labels = sampler.sample_classes(args.classes, args.num_samples, seed=args.seed, **options)
@@ -365,7 +391,7 @@ def _pictures(args: argparse.Namespace) -> None:
         all_rows = []
         for c in classes:
             frames = pictures.denoising_frames(sampler, seeds, c, args.frames, args.sampler, args.steps,
-                                               show=args.show, **common)
+                                               show=args.show, **common, **_solver_options(args))
             name = "unconditional" if c is None else f"class_{c}_{sampler.class_names[c]}"
             name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in name)
             print(f"wrote {save_gif(frames, out / f'{name}.gif', args.duration, args.hold)}")
@@ -402,12 +428,13 @@ def _classifier(args: argparse.Namespace) -> None:
     results = []
     for w in args.guidance:
         r = guided_accuracy(sampler, classifier, w, args.per_class, args.sampler, args.steps, args.seed,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, **_solver_options(args))
         results.append(r)
         if distributed.is_main():
                 print(f"guidance w={w:g}: {r['accuracy']:.3f} of {r['samples']} samples classified as the requested "
                   f"class")
     report = {"checkpoint": str(args.checkpoint), "step": sampler.step, "sampler": args.sampler, "steps": args.steps,
+              **_solver_options(args),
               "per_class": args.per_class, "seed": args.seed, "classifier_sha256": info["sha256"],
               "classifier_test_accuracy": info["test_accuracy"], "results": results}
     if args.output and distributed.is_main():
@@ -419,7 +446,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .metrics.domain import DEFAULT_CACHE
 
     report = evaluate(args.checkpoint, args.samples, num_samples=args.num_samples, sampler=args.sampler,
-                      steps=args.steps, eta=args.eta, guidance=args.guidance,
+                      steps=args.steps, eta=args.eta, guidance=args.guidance, **_solver_options(args),
                       metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), dataset=args.dataset,
                       data_root=args.data_root, resize_mode=args.resize_mode, split=args.split,
                       classifier=args.classifier, seed=args.seed, batch_size=args.batch_size, device=args.device,

@@ -143,6 +143,9 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              steps: int | None = None,         # sampler steps; None: all T (ddim: 50)
              eta: float = 0.0,                 # DDIM noise scale
              guidance: float = 0.0,            # classifier-free guidance weight w (conditional models)
+             spacing: str | None = None,       # timestep spacing (samplers.SPACINGS); None: trailing
+             threshold: float | None = None,   # dynamic thresholding quantile of predicted x_0; None: clipping
+             guidance_rescale: float = 0.0,    # Lin et al.'s guidance rescale phi; 0: off
              metrics: tuple[str, ...] = OFFLINE_METRICS,  # any of METRICS
              dataset: str | None = None,       # the real data; default: the checkpoint's
              data_root: str = "",              # where the real data is (see data.root); default: the checkpoint's
@@ -200,9 +203,10 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         if "diversity" in metrics and per_class < 2:  # say so before sampling, not after
             raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
         if set(metrics) - {"reconstruction"}:
+            solver = {"spacing": spacing, "threshold": threshold, "guidance_rescale": guidance_rescale}
             images, labels, seeds = _generate(model, num_samples, seed, guidance, sampler=sampler, steps=steps,
-                                              eta=eta, batch_size=batch_size, progress=progress)
-            report["samples"].update(sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                                              eta=eta, batch_size=batch_size, progress=progress, **solver)
+            report["samples"].update(sampler=sampler, steps=steps, eta=eta, guidance=guidance, **solver,
                                      num_samples=len(images), seeds=f"{seeds[0]}..{seeds[-1]}")
             if labels is not None:
                 report["samples"]["labels"] = f"{per_class} of each class, class after class"

@@ -66,7 +66,7 @@ def interpolate_classes(sampler: DiffusionSampler, cls_a, cls_b, points: int = 8
 
 
 def _record(sampler: DiffusionSampler, sampler_name: str, steps: int | None, frames: int, seeds: list[int],
-            labels: torch.Tensor | None, guidance: float, progress: bool) -> tuple[list, list]:
+            labels: torch.Tensor | None, guidance: float, progress: bool, **options) -> tuple[list, list]:
     """Run a sampler and return x_t and the predicted x_0 at ``frames`` evenly spaced points of the run.
 
     The run has n + 1 states: the inputs x_t of its n steps and the final sample. Frame i shows state
@@ -81,7 +81,7 @@ def _record(sampler: DiffusionSampler, sampler_name: str, steps: int | None, fra
 
     x_T, noise = sampler.noise(seeds)
     final = sampler.run(x_T, noise, labels=labels, guidance=guidance, sampler=sampler_name, steps=steps,
-                        on_step=on_step, progress=progress).cpu()
+                        on_step=on_step, progress=progress, **options).cpu()
     seen_x.append(final)
     seen_x0.append(final)
     n = len(seen_x) - 1
@@ -107,14 +107,15 @@ def denoising_strip(sampler: DiffusionSampler, frames: int = 10, cls=None, seed:
 
 def denoising_frames(sampler: DiffusionSampler, seeds: list[int], cls=None, frames: int = 40, sampler_name: str = "ddpm",
                      steps: int | None = None, guidance: float = 0.0, show: str = "x_t",
-                     progress: bool = True) -> list[Image.Image]:
-    """Frames of a grid of images (one per seed) being denoised: x_t (or the predicted x_0) from noise to sample."""
+                     progress: bool = True, **options) -> list[Image.Image]:
+    """Frames of a grid of images (one per seed) being denoised: x_t (or the predicted x_0) from noise to sample;
+    ``options`` (spacing, threshold, guidance_rescale) go to ``DiffusionSampler.run``."""
     if frames < 2:
         raise DdpmkitError("an animation needs at least 2 frames")
     if not seeds:
         raise DdpmkitError("an animation needs at least one image (--per-class >= 1)")
     xs, x0s = _record(sampler, sampler_name, steps, frames, seeds, _labels(sampler, cls, len(seeds)), guidance,
-                      progress)
+                      progress, **options)
     nrow = len(seeds)
     return [upscale(to_pil(make_grid(f, nrow=nrow, padding=2, pad_value=1.0)), 1, 64)
             for f in (xs if show == "x_t" else x0s)]

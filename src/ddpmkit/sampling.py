@@ -64,8 +64,10 @@ class DiffusionSampler:
         """'all', a class, or a list of classes, by index or name -> class indices (see guidance.parse_classes)."""
         return parse_classes(spec, self.class_names if self.is_conditional else [])
 
-    def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 0.0) -> Denoiser:
-        """The network as a sampler sees it: unconditional (null label) when ``labels`` is None, else guided."""
+    def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 0.0,
+                 guidance_rescale: float = 0.0) -> Denoiser:
+        """The network as a sampler sees it: unconditional (null label) when ``labels`` is None, else guided
+        (``guidance_rescale`` phi: Lin et al. 2024's rescale of the guided output, see guidance.rescale_guidance)."""
         if labels is None:
             if guidance:
                 raise DdpmkitError("guidance needs classes to guide towards: add --class (or labels=...)")
@@ -74,7 +76,8 @@ class DiffusionSampler:
             raise DdpmkitError("this model is unconditional (trained without labels): it takes no classes or "
                                "guidance; train with --set model.class_conditional=true")
         else:
-            network = guided_denoiser(self.network, labels.to(self.device), guidance, self.model.spec.num_classes)
+            network = guided_denoiser(self.network, labels.to(self.device), guidance, self.model.spec.num_classes,
+                                      rescale=guidance_rescale)
         if self.precision == "fp32":
             return network
 
@@ -85,8 +88,15 @@ class DiffusionSampler:
 
     def run(self, x_T: torch.Tensor, noise: ImageNoise | None = None, labels: torch.Tensor | None = None,
             guidance: float = 0.0, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-            clip: bool | None = None, on_step: StepCallback | None = None, progress: bool = True) -> torch.Tensor:
-        """One batch through ``sampler`` from a given x_T; returns x_0 in the model's range, on the device."""
+            clip: bool | None = None, spacing: str | None = None, threshold: float | None = None,
+            guidance_rescale: float = 0.0, on_step: StepCallback | None = None,
+            progress: bool = True, **sampler_kwargs) -> torch.Tensor:
+        """One batch through ``sampler`` from a given x_T; returns x_0 in the model's range, on the device.
+
+        spacing: which timesteps fewer than T steps visit (samplers.SPACINGS; default trailing, from t = T - 1);
+        threshold: dynamic thresholding of x_0 at this quantile (e.g. 0.995) instead of clipping;
+        guidance_rescale: phi of Lin et al.'s guidance rescale (0 = off); other keywords (e.g. heun's ``churn``)
+        go to the sampler function."""
         if sampler not in SAMPLERS:
             raise DdpmkitError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         self.check_steps(steps)
@@ -94,10 +104,12 @@ class DiffusionSampler:
             raise DdpmkitError(f"guidance must be a finite number, got {guidance}")
         if not (math.isfinite(eta) and eta >= 0):
             raise DdpmkitError(f"eta must be a finite number >= 0, got {eta}")
-        options = sampler_options(self.config, sampler, steps, eta, clip is None or clip)
-        options.update(progress=progress, on_step=on_step, noise=noise)
+        if not (math.isfinite(guidance_rescale) and 0 <= guidance_rescale <= 1):
+            raise DdpmkitError(f"guidance_rescale must be between 0 and 1, got {guidance_rescale}")
+        options = sampler_options(self.config, sampler, steps, eta, clip is None or clip, spacing, threshold)
+        options.update(progress=progress, on_step=on_step, noise=noise, **sampler_kwargs)
         x_T = x_T.to(self.device).contiguous(memory_format=self.memory_format)
-        return SAMPLERS[sampler](self.denoiser(labels, guidance), self.schedule, x_T, **options)
+        return SAMPLERS[sampler](self.denoiser(labels, guidance, guidance_rescale), self.schedule, x_T, **options)
 
     def invert(self, images: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 50, refine: int = 0,
                progress: bool = True) -> torch.Tensor:
@@ -160,16 +172,17 @@ class DiffusionSampler:
 
     def sample(self, num_samples: int = 16, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
                seed: int = 0, batch_size: int = 256, clip: bool | None = None, labels: Sequence[int] | None = None,
-               guidance: float = 0.0, progress: bool = True) -> torch.Tensor:
+               guidance: float = 0.0, progress: bool = True, **options) -> torch.Tensor:
         """Draw ``num_samples`` images with ``sampler`` (ddpm, deterministic or ddim); float in [0, 1] on the CPU.
 
         ``labels`` (one class index per image) and ``guidance`` w sample a conditional model; without labels a
-        conditional model samples unconditionally (the null label).
+        conditional model samples unconditionally (the null label). Other options (spacing, threshold,
+        guidance_rescale, ...) are ``run``'s.
         """
         if num_samples < 1:
             raise DdpmkitError("num_samples must be at least 1")
         return self.generate(list(range(seed, seed + num_samples)), labels, batch_size, sampler=sampler,
-                             steps=steps, eta=eta, clip=clip, guidance=guidance, progress=progress)
+                             steps=steps, eta=eta, clip=clip, guidance=guidance, progress=progress, **options)
 
     def sample_classes(self, classes: str | Sequence, per_class: int = 8, seed: int = 0,
                        **options) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,3 +207,14 @@ class DiffusionSampler:
     def sample_ddim(self, num_samples: int = 16, steps: int = 50, eta: float = 0.0, **kwargs) -> torch.Tensor:
         """DDIM (Song et al. 2020) over ``steps`` timesteps with noise scale ``eta``."""
         return self.sample(num_samples, sampler="ddim", steps=steps, eta=eta, **kwargs)
+
+    def sample_dpm_solver(self, num_samples: int = 16, steps: int = 20, order: int = 2, **kwargs) -> torch.Tensor:
+        """DPM-Solver++(2M) or, with ``order=3``, (3M) (Lu et al. 2022): ``steps`` network evaluations."""
+        if order not in (2, 3):
+            raise DdpmkitError(f"order must be 2 or 3, got {order}")
+        return self.sample(num_samples, sampler=f"dpm++{order}m", steps=steps, **kwargs)
+
+    def sample_heun(self, num_samples: int = 16, steps: int = 10, churn: float = 0.0, **kwargs) -> torch.Tensor:
+        """EDM's Heun sampler (Karras et al. 2022, Algorithm 1; Algorithm 2 with ``churn``): ``steps`` noise
+        levels, 2 steps - 1 network evaluations."""
+        return self.sample(num_samples, sampler="heun", steps=steps, churn=churn, **kwargs)

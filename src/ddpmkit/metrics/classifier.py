@@ -134,12 +134,13 @@ def check_compatible(info: dict, class_names: list[str], image_size: int) -> Non
 
 
 def guided_accuracy(sampler, classifier: SmallClassifier, guidance: float, per_class: int, sampler_name: str = "ddpm",
-                    steps: int | None = 100, seed: int = 0, batch_size: int = 500, progress: bool = True) -> dict:
+                    steps: int | None = 100, seed: int = 0, batch_size: int = 500, progress: bool = True,
+                    **options) -> dict:
     """Draw ``per_class`` samples of every class with guidance w and return the fraction the classifier assigns to
-    the requested class, overall and per class."""
+    the requested class, overall and per class; ``options`` (spacing, threshold, ...) go to the sampler."""
     classes = list(range(len(sampler.class_names)))
     images, labels = sampler.sample_classes(classes, per_class, sampler=sampler_name, steps=steps, seed=seed,
-                                            guidance=guidance, batch_size=batch_size, progress=progress)
+                                            guidance=guidance, batch_size=batch_size, progress=progress, **options)
     hits = predict(classifier, images) == labels
     return {"guidance": guidance, "accuracy": hits.float().mean().item(), "samples": len(labels),
             "per_class": {sampler.class_names[c]: hits[labels == c].float().mean().item() for c in classes}}

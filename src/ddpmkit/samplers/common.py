@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..schedule import NoiseSchedule
+from ..config import SPACINGS  # trailing (the default) starts at T - 1, where the model was trained on nearly pure
+from ..schedule import NoiseSchedule  # noise; the others may start lower while x_T is pure noise (Lin et al. 2024)
 
 # A denoiser as the samplers see it: (x_t, t) -> network output. Class labels and guidance are bound in by the caller.
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -15,9 +16,6 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
-# Which timesteps a sampler with fewer steps than T visits. trailing (the default) starts at T - 1, where the model
-# was trained on nearly pure noise: the others may start lower while x_T is still pure noise (Lin et al. 2024, §3.3).
-SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
 KARRAS_RHO = 7.0  # EDM's rho (Karras et al. 2022, eq. 5)
 
 
