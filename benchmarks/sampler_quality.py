@@ -12,8 +12,9 @@ largest S within the budget. Also measured: DDPM at 1,000 steps (the reference),
 starts at t = T - T/S) against the default trailing one, and guidance w = 3 with and without dynamic thresholding
 and guidance rescale (conditional models).
 
-Every row is written to the JSON as soon as it is measured, and rows already there are skipped: an interrupted run
-continues where it stopped. Prints a markdown table at the end.
+Rows run from the fewest evaluations to the most (DDPM-1000 last); each is written to the JSON as soon as it is
+measured, and rows already there are skipped: an interrupted run continues where it stopped. ``--table`` prints the
+markdown table of a JSON file.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def plan(nfes: list[int], conditional: bool, guided_nfe: int) -> list[dict]:
                      {"sampler": sampler, "steps": steps, "guidance": 3.0, "threshold": 0.995},
                      {"sampler": sampler, "steps": steps, "guidance": 3.0, "threshold": 0.995,
                       "guidance_rescale": 0.7}]
-    return rows
+    return sorted(rows, key=lambda r: nfe_of(r["sampler"], r["steps"]))  # the cheap rows first, DDPM-1000 last
 
 
 def key(row: dict) -> str:
@@ -63,7 +64,7 @@ def key(row: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", help="a .pt file or a run directory (needed unless --table)")
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--nfe", default=NFE_DEFAULT, help=f"budgets of network evaluations (default {NFE_DEFAULT})")
     p.add_argument("--guided-nfe", type=int, default=20, help="the solver budget of the guidance rows (default 20)")
@@ -71,7 +72,13 @@ def main() -> None:
     p.add_argument("--data-root", default="")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", required=True, help="results, written row by row; an existing file is continued")
+    p.add_argument("--table", action="store_true", help="only print the table of the rows in --json")
     a = p.parse_args()
+    if a.table:
+        print(table(json.loads(Path(a.json).read_text())["rows"]))
+        return
+    if not a.checkpoint:
+        p.error("--checkpoint is required to measure")
 
     out = Path(a.json)
     done = json.loads(out.read_text()) if out.is_file() else {"rows": []}

@@ -141,32 +141,14 @@ def test_one_process_commands_refuse_torchrun(monkeypatch, capsys):
     assert "'ddpmkit plot-schedule' runs as one process; start it without torchrun" in capsys.readouterr().err
 
 
-def _collectives(rank: int, world: int, init_file: str) -> None:
-    """Run in each of two spawned processes: gather in order, the stop vote and the replica check."""
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    distributed._control = torch.distributed.group.WORLD
-    try:
-        share = list(distributed.my_share(5))
-        assert share == list(range(rank, 5, world))
-        assert distributed.gather_in_order([f"item {i}" for i in share], 5) == [f"item {i}" for i in range(5)]
-        vote = distributed.StopVote()
-        assert vote(signal.SIGTERM if rank == 1 else 0) == 0  # cast at boundary k ...
-        assert vote(0) == signal.SIGTERM                      # ... agreed by both at boundary k + 1
-        vote.close()
-        net = torch.nn.Linear(3, 2)
-        torch.nn.init.constant_(net.weight, 1.0)
-        torch.nn.init.constant_(net.bias, 0.0)
-        assert distributed.first_difference({"ema": net}) is None
-        if rank == 1:
-            with torch.no_grad():
-                net.weight[0, 2] += 1e-7
-        assert distributed.first_difference({"ema": net}) == "ema: weight on rank 1"
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def test_gather_vote_and_replica_check_across_two_processes(tmp_path):
-    torch.multiprocessing.spawn(_collectives, args=(2, str(tmp_path / "init")), nprocs=2)
+def test_gather_vote_and_replica_check_across_two_processes():
+    """tests/distributed_checks.py under torchrun: gather order, the stop vote, sums, and the replica check catching
+    a 1e-7 difference. (Processes from torch.multiprocessing.spawn sometimes abort in gloo's teardown at exit with
+    this PyTorch, "terminate called without an active exception"; processes that torchrun starts exit cleanly.)"""
+    script = Path(__file__).with_name("distributed_checks.py")
+    result = _ok(subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node=2", str(script)], capture_output=True,
+                                text=True, timeout=120, env=_env()))
+    assert result.stdout.count("all checks passed") == 2
 
 
 # -- training ----------------------------------------------------------------------------------------------------
