@@ -12,8 +12,8 @@ largest S within the budget. Also measured: DDPM at 1,000 steps (the reference),
 starts at t = T - T/S) against the default trailing one, and guidance w = 3 with and without dynamic thresholding
 and guidance rescale (conditional models).
 
-Rows run from the fewest evaluations to the most (DDPM-1000 last); each is written to the JSON as soon as it is
-measured, and rows already there are skipped: an interrupted run continues where it stopped. ``--table`` prints the
+Rows run in the order the targets need them (up to 50 evaluations, then the DDPM-100 and DDPM-1000 references, then
+the rest); each is written to the JSON as soon as it is measured, and rows already there are skipped: an interrupted run continues where it stopped. ``--table`` prints the
 markdown table of a JSON file.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ddpmkit.files import write_json
 from ddpmkit.sampling import DiffusionSampler
 
 NFE_DEFAULT = "5,10,20,50,100"
-SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "heun")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "sde-dpm++2m", "heun")
 
 
 def steps_for(sampler: str, nfe: int) -> int:
@@ -54,7 +54,18 @@ def plan(nfes: list[int], conditional: bool, guided_nfe: int) -> list[dict]:
                      {"sampler": sampler, "steps": steps, "guidance": 3.0, "threshold": 0.995},
                      {"sampler": sampler, "steps": steps, "guidance": 3.0, "threshold": 0.995,
                       "guidance_rescale": 0.7}]
-    return sorted(rows, key=lambda r: nfe_of(r["sampler"], r["steps"]))  # the cheap rows first, DDPM-1000 last
+    return sorted(rows, key=priority)
+
+
+def priority(row: dict) -> tuple[int, int]:
+    """What the targets need first: everything up to 50 evaluations, then DDPM-100 and DDPM-1000 (the references),
+    then the rest, cheapest first (guided rows cost two evaluations per step)."""
+    nfe, guided = nfe_of(row["sampler"], row["steps"]), bool(row.get("guidance"))
+    if nfe <= 50 and not (guided and row["sampler"] == "ddpm"):
+        return 0, nfe
+    if row["sampler"] == "ddpm" and not guided:
+        return 1, nfe
+    return 2, nfe * (2 if guided else 1)
 
 
 def key(row: dict) -> str:

@@ -10,7 +10,8 @@ import torch
 
 from conftest import gaussian_posterior_mean, oracle_denoiser
 from ddpmkit.guidance import guided_denoiser
-from ddpmkit.samplers import SAMPLERS, dynamic_threshold, sample_dpm_solver, sample_heun, spaced_timesteps
+from ddpmkit.samplers import (SAMPLERS, dynamic_threshold, sample_dpm_solver, sample_heun, sample_sde_dpm_solver,
+                              spaced_timesteps)
 from ddpmkit.schedule import NoiseSchedule, linear_beta_schedule
 from test_samplers import DIFFUSERS_PREDICTION, ToyDenoiser, _setup, assert_same_samples
 
@@ -46,6 +47,26 @@ def test_dpm_solver_matches_diffusers(diffusers, order, prediction, steps, spaci
         dynamic_thresholding_ratio=threshold or 0.995, sample_max_value=1e9)
     ref.set_timesteps(timesteps=spaced_timesteps(len(betas), steps, spacing, sched.alphas_cumprod_float64))
     assert_same_samples(ours, _run(ref, model, x_T.clone()))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("steps,spacing", [(5, "trailing"), (12, "logsnr")])
+def test_sde_dpm_solver_matches_diffusers(diffusers, prediction, steps, spacing):
+    sched, betas, seeds, noise, x_T = _setup(T=100)
+    model = ToyDenoiser()
+    ours = sample_sde_dpm_solver(model, sched, x_T.clone(), steps=steps, prediction=prediction, clip_range=None,
+                                 spacing=spacing, noise=noise, progress=False)
+    ref = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=len(betas), trained_betas=betas.float().numpy(), solver_order=2,
+        prediction_type=DIFFUSERS_PREDICTION[prediction], algorithm_type="sde-dpmsolver++", solver_type="midpoint",
+        lower_order_final=True, final_sigmas_type="zero")
+    ref.set_timesteps(timesteps=spaced_timesteps(len(betas), steps, spacing, sched.alphas_cumprod_float64))
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    x = torch.cat([torch.randn((1, *x_T.shape[1:]), generator=g) for g in gens])  # x_T, from the same generators
+    with torch.no_grad():
+        for t in ref.timesteps:
+            x = ref.step(model(x, torch.full((len(x),), int(t))), t, x, generator=gens).prev_sample
+    assert_same_samples(ours, x)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
@@ -124,7 +145,7 @@ def test_each_solver_converges_at_its_order(sampler, order):
 
 # -- through DiffusionSampler and the command line ---------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["dpm++2m", "dpm++3m", "heun"])
+@pytest.mark.parametrize("name", ["dpm++2m", "dpm++3m", "sde-dpm++2m", "heun"])
 def test_new_samplers_with_guidance_thresholding_and_rescale_do_not_depend_on_the_batch(tiny_conditional_checkpoint,
                                                                                          name):
     from ddpmkit.sampling import DiffusionSampler

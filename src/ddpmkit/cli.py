@@ -113,7 +113,7 @@ def _add_class_args(p: argparse.ArgumentParser, meaning: str) -> None:
 
 
 SAMPLER_HELP = ("ddpm: ancestral (DDPM Alg. 2); deterministic: DDIM eta=0 over all steps; ddim: DDIM; dpm++2m, "
-                "dpm++3m: DPM-Solver++ (multistep, 20 steps by default); heun: EDM's Heun (S levels = 2S - 1 "
+                "dpm++3m: DPM-Solver++ (multistep, 20 steps by default); sde-dpm++2m: its stochastic variant; heun: EDM's Heun (S levels = 2S - 1 "
                 "network evaluations, 10 by default)")
 
 

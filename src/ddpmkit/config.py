@@ -33,7 +33,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 IN_MEMORY = ("auto", "yes", "no")
 BAD_IMAGES = ("skip", "fail")
 BEST_BY = ("heldout_loss", "fd")
-SAMPLER_NAMES = ("ddpm", "deterministic", "ddim", "dpm++2m", "dpm++3m", "heun")  # = samplers.SAMPLERS
+SAMPLER_NAMES = ("ddpm", "deterministic", "ddim", "dpm++2m", "dpm++3m", "sde-dpm++2m", "heun")  # = samplers.SAMPLERS
 # Which timesteps a sampler with fewer steps than T visits (samplers/common.py); trailing starts at t = T - 1.
 SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
 

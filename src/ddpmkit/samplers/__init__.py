@@ -4,7 +4,7 @@ from .common import SPACINGS, Denoiser, ImageNoise, StepCallback, dynamic_thresh
 from .ddim import sample_ddim, sample_deterministic
 from .ddim_inversion import invert_ddim
 from .ddpm import VARIANCES, sample_ddpm
-from .dpm_solver import sample_dpm_solver, sample_dpm_solver_2m, sample_dpm_solver_3m
+from .dpm_solver import sample_dpm_solver, sample_dpm_solver_2m, sample_dpm_solver_3m, sample_sde_dpm_solver
 from .heun import sample_heun
 
 SAMPLERS = {
@@ -13,9 +13,10 @@ SAMPLERS = {
     "ddim": sample_ddim,
     "dpm++2m": sample_dpm_solver_2m,
     "dpm++3m": sample_dpm_solver_3m,
+    "sde-dpm++2m": sample_sde_dpm_solver,
     "heun": sample_heun,
 }
 
 __all__ = ["SAMPLERS", "SPACINGS", "VARIANCES", "Denoiser", "ImageNoise", "StepCallback", "dynamic_threshold",
            "invert_ddim", "sample_ddim", "sample_ddpm", "sample_deterministic", "sample_dpm_solver",
-           "sample_dpm_solver_2m", "sample_dpm_solver_3m", "sample_heun", "spaced_timesteps"]
+           "sample_dpm_solver_2m", "sample_dpm_solver_3m", "sample_heun", "sample_sde_dpm_solver", "spaced_timesteps"]

@@ -67,6 +67,45 @@ def sample_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tenso
     return x
 
 
+@torch.no_grad()
+def sample_sde_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
+                          steps: int | None = 20,                            # network evaluations
+                          prediction: str = "eps",                           # what the network outputs
+                          clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0; None: off
+                          threshold: float | None = None,                    # dynamic thresholding quantile
+                          spacing: str = "trailing",                         # which timesteps are visited
+                          noise: ImageNoise | None = None,                   # per-image generators for the noise
+                          on_step: StepCallback | None = None,               # on_step(t, x_t, predicted x_0)
+                          progress: bool = True) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, appendix; the variant the authors' and diffusers' code name
+    sde-dpmsolver++): the same data-prediction polynomial, integrated along the reverse SDE instead of the ODE,
+
+        x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) (D0 + D1 / 2) + sigma_t sqrt(1 - e^{-2h}) z,
+
+    with D1 the multistep correction (0 at the first step). The noise it adds at every step corrects errors of an
+    imperfect model, as ancestral DDPM does, at the solver's cost in evaluations."""
+    noise = noise or ImageNoise()
+    timesteps = spaced_timesteps(schedule.num_timesteps, steps, spacing, schedule.alphas_cumprod_float64)
+    abar = schedule.alphas_cumprod_float64
+    alpha = [math.sqrt(float(abar[t])) for t in timesteps]
+    sigma = [math.sqrt(1 - float(abar[t])) for t in timesteps]
+    lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
+    x, previous = x_T, None  # previous: (lambda, predicted x_0) of the last step
+    for i, t in enumerate(tqdm(timesteps, desc="sde-dpm-solver++(2m)", disable=not progress, leave=False)):
+        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold)
+        if on_step is not None:
+            on_step(t, x, x0)
+        if i == len(timesteps) - 1:  # to sigma = 0: the predicted x_0, no noise
+            return x0
+        h = lam[i + 1] - lam[i]
+        weight = -math.expm1(-2 * h)  # 1 - e^{-2h}
+        d = x0 if previous is None else x0 + 0.5 * (x0 - previous[1]) / ((lam[i] - previous[0]) / h)
+        x = (sigma[i + 1] / sigma[i] * math.exp(-h)) * x + alpha[i + 1] * weight * d + \
+            sigma[i + 1] * math.sqrt(weight) * noise.randn(x.shape, x.device)
+        previous = (lam[i], x0)
+    return x
+
+
 def sample_dpm_solver_2m(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, **options) -> torch.Tensor:
     """DPM-Solver++(2M)."""
     return sample_dpm_solver(model, schedule, x_T, order=2, **options)
