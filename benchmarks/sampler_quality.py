@@ -123,7 +123,7 @@ def table(rows: list[dict]) -> str:
         accuracy = f"{r['accuracy']:.3f}" if "accuracy" in r else "-"
         lines.append(f"| {r['sampler']} | {r.get('spacing') or 'trailing'} | {guidance} | {r['nfe']} | "
                      f"{r.get(fd, float('nan')):.2f} | {r.get('classifier_is', float('nan')):.2f} | {accuracy} | "
-                     f"{r['seconds']:.0f} |")
+                     f"{r['seconds']:.0f}{'*' if r.get('shared_cpu') else ''} |")
     return "\n".join(lines)
 
 
