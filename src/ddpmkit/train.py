@@ -266,8 +266,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     log = RunLog(run_dir / "log.jsonl", resume_step=step) if main else _Silent()
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None) if main else _Silent()
     num_params = sum(p.numel() for p in model.parameters())
-    processes = "es" if split.world_size > 1 else ""
-    processes = (f", {split.world_size} process{processes} x {split.grad_accum} micro-batches of {split.micro_batch}"
+    plural = "es" if split.world_size > 1 else ""
+    processes = (f", {split.world_size} process{plural} x {split.grad_accum} micro-batches of {split.micro_batch}"
                  if split.world_size > 1 or split.grad_accum > 1 else "")
     if main:
         print(f"ddpmkit: {cfg.data.dataset} ({len(data)} images from {data.source}), U-Net {num_params / 1e6:.2f}M "
@@ -391,11 +391,11 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                 if step % t_cfg.checkpoint_every == 0 or step == stop or stop_signal:
                     guard.read_limit(step)  # never save a state that a run of non-finite steps should stop
                     check_replicas()
+                    saved, saved_step = periodic_path(run_dir, step), step
                     if main:
-                        saved = save_periodic(training_state(), run_dir, t_cfg.keep_checkpoints)
+                        save_periodic(training_state(), run_dir, t_cfg.keep_checkpoints)
                         if improved:
                             link_checkpoint(saved, run_dir / "best.pt")
-                    saved, saved_step = periodic_path(run_dir, step), step
                     distributed.barrier()  # no process goes on before the checkpoint it may resume from exists
                 elif improved and main:
                     save_checkpoint(training_state(), run_dir / "best.pt")
