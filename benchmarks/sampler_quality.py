@@ -10,7 +10,7 @@ domain FD (on the judge classifier's features against the test split), the class
 (conditional models) and the sampling wall time. Heun's S noise levels cost 2S - 1 evaluations, so its rows use the
 largest S within the budget. Also measured: DDPM at 1,000 steps (the reference), the old leading spacing (which
 starts at t = T - T/S) against the default trailing one, and guidance w = 3 with and without dynamic thresholding
-and guidance rescale (conditional models).
+and guidance rescale (conditional models; DPM-Solver++(2M) and its SDE variant at --guided-nfe, DDPM at 100 steps).
 
 Rows run in the order the targets need them (up to 50 evaluations, then the DDPM-100 and DDPM-1000 references, then
 the rest); each is written to the JSON as soon as it is measured, and rows already there are skipped: an interrupted run continues where it stopped. ``--table`` prints the
@@ -31,7 +31,7 @@ from ddpmkit.files import write_json
 from ddpmkit.sampling import DiffusionSampler
 
 NFE_DEFAULT = "5,10,20,50,100"
-SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "sde-dpm++2m", "heun")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "sde-dpm++2m", "heun", "unipc")
 
 
 def steps_for(sampler: str, nfe: int) -> int:
@@ -48,7 +48,7 @@ def plan(nfes: list[int], conditional: bool, guided_nfe: int) -> list[dict]:
     rows += [{"sampler": s, "steps": steps_for(s, n), "spacing": "leading"} for s in ("ddim", "dpm++2m")
              for n in (10, 20)]
     if conditional:
-        for sampler in ("dpm++2m", "ddpm"):
+        for sampler in ("dpm++2m", "sde-dpm++2m", "ddpm"):
             steps = steps_for(sampler, guided_nfe) if sampler != "ddpm" else 100
             rows += [{"sampler": sampler, "steps": steps, "guidance": 3.0},
                      {"sampler": sampler, "steps": steps, "guidance": 3.0, "threshold": 0.995},
@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--guided-nfe", type=int, default=20, help="the solver budget of the guidance rows (default 20)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--data-root", default="")
+    p.add_argument("--split", default="test", choices=["test", "train"],
+                   help="real split to compare with (train for a data set without a test split, e.g. MNIST-10k)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", required=True, help="results, written row by row; an existing file is continued")
     p.add_argument("--table", action="store_true", help="only print the table of the rows in --json")
@@ -96,14 +98,15 @@ def main() -> None:
     measured = {key(r): r for r in done["rows"]}
     model = DiffusionSampler(a.checkpoint, device=a.device)
     rows = plan([int(n) for n in a.nfe.split(",")], model.is_conditional, a.guided_nfe)
-    done.update(checkpoint=str(a.checkpoint), step=model.step, samples=a.samples,
+    done.update(checkpoint=str(a.checkpoint), step=model.step, samples=a.samples, split=a.split,
                 machine={"platform": platform.platform(), "torch": torch.__version__, "device": str(model.device),
                          "threads": torch.get_num_threads()})
     for row in rows:
         if key(row) in measured:
             continue
         report = evaluate(a.checkpoint, num_samples=a.samples, metrics=("fd", "is", "accuracy"),
-                          batch_size=a.batch_size, data_root=a.data_root, device=a.device, progress=False,
+                          batch_size=a.batch_size, data_root=a.data_root, split=a.split, device=a.device,
+                          progress=False,
                           **{"guidance": 0.0, **row})
         result = {**row, "nfe": nfe_of(row["sampler"], row["steps"]), **report["metrics"],
                   "seconds": report["seconds"]["sampling"], "date": datetime.date.today().isoformat()}

@@ -1,4 +1,4 @@
-"""DPM-Solver++ and Heun against diffusers' implementations of the same algorithms, dynamic thresholding and
+"""DPM-Solver++, UniPC and Heun against diffusers' implementations of the same algorithms, dynamic thresholding and
 guidance rescale against diffusers' functions, and every solver's order of accuracy on the exact denoiser of
 Gaussian data."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from conftest import gaussian_posterior_mean, oracle_denoiser
 from ddpmkit.guidance import guided_denoiser
 from ddpmkit.samplers import (SAMPLERS, dynamic_threshold, sample_dpm_solver, sample_heun, sample_sde_dpm_solver,
-                              spaced_timesteps)
+                              sample_unipc, spaced_timesteps)
 from ddpmkit.schedule import NoiseSchedule, linear_beta_schedule
 from test_samplers import DIFFUSERS_PREDICTION, ToyDenoiser, _setup, assert_same_samples
 
@@ -67,6 +67,49 @@ def test_sde_dpm_solver_matches_diffusers(diffusers, prediction, steps, spacing)
         for t in ref.timesteps:
             x = ref.step(model(x, torch.full((len(x),), int(t))), t, x, generator=gens).prev_sample
     assert_same_samples(ours, x)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("steps,spacing", [(5, "trailing"), (10, "leading"), (16, "logsnr")])
+@pytest.mark.parametrize("threshold", [None, 0.9])
+def test_unipc_matches_diffusers(diffusers, order, variant, prediction, steps, spacing, threshold):
+    sched, betas, _, _, x_T = _setup(T=100)
+    model = ToyDenoiser()
+    ours = sample_unipc(model, sched, x_T.clone(), steps=steps, order=order, variant=variant, prediction=prediction,
+                        clip_range=(-1, 1) if threshold else None, threshold=threshold, spacing=spacing,
+                        progress=False)
+    ref = diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=len(betas), trained_betas=betas.float().numpy(), solver_order=order,
+        prediction_type=DIFFUSERS_PREDICTION[prediction], solver_type=variant, predict_x0=True,
+        lower_order_final=True, final_sigmas_type="zero", thresholding=threshold is not None,
+        dynamic_thresholding_ratio=threshold or 0.995, sample_max_value=1e9)
+    # diffusers' UniPC takes no list of timesteps: set its steps and their sigmas as its set_timesteps would.
+    ref.set_timesteps(steps)
+    timesteps = spaced_timesteps(len(betas), steps, spacing, sched.alphas_cumprod_float64)
+    abar = sched.alphas_cumprod_float64[timesteps]
+    ref.timesteps = torch.tensor(timesteps)
+    ref.sigmas = torch.cat([((1 - abar) / abar).sqrt(), torch.zeros(1, dtype=abar.dtype)]).float()
+    x = x_T.clone()
+    with torch.no_grad():
+        for k, t in enumerate(ref.timesteps):
+            out = model(x, torch.full((len(x),), int(t)))
+            if k == steps - 1 and variant == "bh1":
+                # The last step, to sigma = 0, lands on the predicted x_0; diffusers' bh1 step computes it as
+                # B(h) * 0 with B(h) = h = -inf, which is NaN, so its x_0 is taken directly.
+                x = ref.convert_model_output(out, sample=x)
+            else:
+                x = ref.step(out, t, x).prev_sample
+    assert_same_samples(ours, x)
+
+
+def test_unipc_refuses_unknown_orders_and_variants():
+    sched, _, _, _, x_T = _setup(T=100)
+    with pytest.raises(ValueError, match="order must be 1, 2 or 3"):
+        sample_unipc(ToyDenoiser(), sched, x_T, order=4, progress=False)
+    with pytest.raises(ValueError, match="variant must be one of bh1, bh2"):
+        sample_unipc(ToyDenoiser(), sched, x_T, variant="bh3", progress=False)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
@@ -134,8 +177,9 @@ def _ode_error(sampler: str, steps: int, spacing: str = "logsnr", **options) -> 
     return (out - exact).abs().max().item()
 
 
-@pytest.mark.parametrize("sampler,order", [("ddim", 1), ("dpm++2m", 2), ("dpm++3m", 3), ("heun", 2)])
+@pytest.mark.parametrize("sampler,order", [("ddim", 1), ("dpm++2m", 2), ("dpm++3m", 3), ("heun", 2), ("unipc", 3)])
 def test_each_solver_converges_at_its_order(sampler, order):
+    # UniPC's corrector raises its predictor's order by one: UniPC-2 is a third-order method (Zhao et al. 2023, §3).
     # log-SNR steps: DPM-Solver's own choice; uniform-in-t steps make multistep extrapolation unstable at the
     # clean end (huge last steps in lambda), in diffusers' implementation as in this one.
     errors = [_ode_error(sampler, steps) for steps in (20, 40, 80)]
@@ -145,7 +189,7 @@ def test_each_solver_converges_at_its_order(sampler, order):
 
 # -- through DiffusionSampler and the command line ---------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["dpm++2m", "dpm++3m", "sde-dpm++2m", "heun"])
+@pytest.mark.parametrize("name", ["dpm++2m", "dpm++3m", "sde-dpm++2m", "heun", "unipc"])
 def test_new_samplers_with_guidance_thresholding_and_rescale_do_not_depend_on_the_batch(tiny_conditional_checkpoint,
                                                                                          name):
     from ddpmkit.sampling import DiffusionSampler
@@ -184,3 +228,20 @@ def test_sampler_options_from_the_command_line(tiny_conditional_checkpoint, tmp_
     assert "cannot be combined with --no-clip" in capsys.readouterr().err
     assert main([*common, "--guidance-rescale", "2"]) == 2
     assert "guidance_rescale must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_without_a_sampler_named_python_and_the_command_line_use_the_default(tiny_conditional_checkpoint, tmp_path,
+                                                                             capsys):
+    from ddpmkit.build import DEFAULT_STEPS
+    from ddpmkit.cli import main
+    from ddpmkit.config import DEFAULT_SAMPLER
+    from ddpmkit.sampling import DiffusionSampler
+
+    model = DiffusionSampler(tiny_conditional_checkpoint)
+    steps = min(DEFAULT_STEPS[DEFAULT_SAMPLER], model.schedule.num_timesteps)
+    named = model.sample(2, sampler=DEFAULT_SAMPLER, steps=steps, progress=False)
+    torch.testing.assert_close(model.sample(2, progress=False), named, atol=0, rtol=0)
+    assert not torch.allclose(model.sample(2, sampler="ddpm", progress=False), named)
+    assert main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--num-samples", "2", "--no-progress",
+                 "--output-dir", str(tmp_path)]) == 0
+    assert f"2 samples ({DEFAULT_SAMPLER})" in capsys.readouterr().out

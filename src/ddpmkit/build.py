@@ -69,7 +69,7 @@ def clip_range(cfg: Config) -> tuple[float, float] | None:
 
 
 # Steps when none are asked for: all T for ddpm and deterministic; the others' usual counts.
-DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "dpm++3m": 20, "sde-dpm++2m": 20, "heun": 10}
+DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "dpm++3m": 20, "sde-dpm++2m": 20, "heun": 10, "unipc": 20}
 
 
 def sampler_options(cfg: Config, sampler: str, steps: int | None, eta: float = 0.0, clip: bool = True,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__, distributed
-from .config import COMPILE_MODES, PRESETS, SAMPLER_NAMES, SPACINGS, DiffusionConfig, resolve_config
+from .config import COMPILE_MODES, DEFAULT_SAMPLER, PRESETS, SAMPLER_NAMES, SPACINGS, DiffusionConfig, resolve_config
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
 
@@ -113,8 +113,11 @@ def _add_class_args(p: argparse.ArgumentParser, meaning: str) -> None:
 
 
 SAMPLER_HELP = ("ddpm: ancestral (DDPM Alg. 2); deterministic: DDIM eta=0 over all steps; ddim: DDIM; dpm++2m, "
-                "dpm++3m: DPM-Solver++ (multistep, 20 steps by default); sde-dpm++2m: its stochastic variant; heun: EDM's Heun (S levels = 2S - 1 "
-                "network evaluations, 10 by default)")
+                "dpm++3m: DPM-Solver++ (multistep, 20 steps by default); sde-dpm++2m: its stochastic variant; heun: EDM's Heun "
+                "(S levels = 2S - 1 network evaluations, 10 by default); unipc: UniPC (multistep predictor-corrector, "
+                "20 steps by default). Default: " + DEFAULT_SAMPLER + ", the best for 10-50 network evaluations "
+                "(docs/samplers.md)")
+STEPS_HELP = "timesteps visited (default: ddpm and deterministic all T; ddim 50; heun 10 levels; the others 20)"
 
 
 def _add_solver_args(p: argparse.ArgumentParser) -> None:
@@ -169,10 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUTPUT_DIR/images/seed_NNNNN.png (class_C_seed_NNNNN.png with --class) and "
                        "OUTPUT_DIR/samples.npz (arr_0: uint8, N x H x W x C; seeds; labels with --class).")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file, or a run directory (final.pt)")
-    p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES, help=SAMPLER_HELP)
     _add_solver_args(p)
-    p.add_argument("--steps", type=COUNT, metavar="S", help="timesteps visited (default: all T; ddim: 50; dpm++: "
-                   "20; heun: 10)")
+    p.add_argument("--steps", type=COUNT, metavar="S", help=STEPS_HELP)
     p.add_argument("--eta", type=finite(0), default=0.0, help="DDIM noise scale: 0 deterministic, 1 DDPM-like (ddim)")
     p.add_argument("--num-samples", type=COUNT, default=64, metavar="N", help="number of images (default 64)")
     p.add_argument("--seed", type=SEED, default=0, metavar="K",
@@ -215,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_picture_args(p)
     p.add_argument("--per-class", type=COUNT, default=8, help="images in each GIF (default 8)")
     p.add_argument("--seed", type=SEED, default=0, help="first seed; image j uses seed + j")
-    p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES, help=SAMPLER_HELP)
     _add_solver_args(p)
-    p.add_argument("--steps", type=COUNT, help="sampler steps (default: all T; ddim: 50)")
+    p.add_argument("--steps", type=COUNT, help=STEPS_HELP)
     p.add_argument("--frames", type=whole(2), default=40,
                    help="frames per GIF, evenly spaced over the run (default 40; more frames than steps repeat "
                    "states, which the GIF merges)")
@@ -254,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--guidance", type=comma_list(NUMBER), default="0,1,3",
                    help="comma-separated guidance weights w (default 0,1,3)")
     c.add_argument("--per-class", type=COUNT, default=30, help="samples per class and guidance weight (default 30)")
-    c.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    c.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES, help=SAMPLER_HELP)
     _add_solver_args(c)
-    c.add_argument("--steps", type=COUNT, default=100, help="sampler steps (default 100)")
+    c.add_argument("--steps", type=COUNT, help=STEPS_HELP)
     c.add_argument("--seed", type=SEED, default=0, help="first seed")
     c.add_argument("--output", metavar="JSON", help="also write the results here")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -281,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default pad); with --checkpoint the model's own data.resize_mode is used")
     p.add_argument("--split", default="test", choices=["test", "train"], help="real split to compare with")
     p.add_argument("--num-samples", type=COUNT, default=1000, help="samples to generate (default 1000)")
-    p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES, help=SAMPLER_HELP)
     _add_solver_args(p)
-    p.add_argument("--steps", type=COUNT, help="sampler steps (default: all T; ddim: 50)")
+    p.add_argument("--steps", type=COUNT, help=STEPS_HELP)
     p.add_argument("--eta", type=finite(0), default=0.0, help="DDIM noise scale")
     p.add_argument("--guidance", type=NUMBER, default=0.0, help="guidance weight w (conditional models)")
     p.add_argument("--metrics", default="fd,is,accuracy,prc",

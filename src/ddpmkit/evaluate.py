@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from . import distributed
-from .config import DataConfig
+from .config import DEFAULT_SAMPLER, DataConfig
 from .data import ImageData, load_images, to_uint8
 from .errors import DdpmkitError
 from .files import write_json
@@ -139,8 +139,8 @@ def _generate(model, num_samples, seed, guidance, **options) -> tuple[torch.Tens
 
 def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = None, *,
              num_samples: int = 1000,          # generated images (a multiple of the classes for conditional models)
-             sampler: str = "ddpm",            # ddpm, deterministic or ddim
-             steps: int | None = None,         # sampler steps; None: all T (ddim: 50)
+             sampler: str = DEFAULT_SAMPLER,   # a name in samplers.SAMPLERS
+             steps: int | None = None,         # sampler steps; None: the sampler's default (build.DEFAULT_STEPS)
              eta: float = 0.0,                 # DDIM noise scale
              guidance: float = 0.0,            # classifier-free guidance weight w (conditional models)
              spacing: str | None = None,       # timestep spacing (samplers.SPACINGS); None: trailing

@@ -12,10 +12,10 @@ from . import distributed
 from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, sampler_options,
                     sampling_compile_mode, set_tf32, unet_from_dict)
 from .checkpoint import load_checkpoint, load_weights
-from .config import config_from_dict
+from .config import DEFAULT_SAMPLER, config_from_dict
 from .errors import DdpmkitError
 from .guidance import guided_denoiser, parse_classes
-from .samplers import SAMPLERS, Denoiser, ImageNoise, StepCallback, invert_ddim
+from .samplers import SAMPLERS, UNIPC_VARIANTS, Denoiser, ImageNoise, StepCallback, invert_ddim
 
 
 class DiffusionSampler:
@@ -87,7 +87,7 @@ class DiffusionSampler:
         return reduced_precision
 
     def run(self, x_T: torch.Tensor, noise: ImageNoise | None = None, labels: torch.Tensor | None = None,
-            guidance: float = 0.0, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+            guidance: float = 0.0, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, eta: float = 0.0,
             clip: bool | None = None, spacing: str | None = None, threshold: float | None = None,
             guidance_rescale: float = 0.0, on_step: StepCallback | None = None,
             progress: bool = True, **sampler_kwargs) -> torch.Tensor:
@@ -170,10 +170,11 @@ class DiffusionSampler:
         overall.close()
         return torch.cat(distributed.gather_in_order(chunks, len(batches)))
 
-    def sample(self, num_samples: int = 16, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+    def sample(self, num_samples: int = 16, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, eta: float = 0.0,
                seed: int = 0, batch_size: int = 256, clip: bool | None = None, labels: Sequence[int] | None = None,
                guidance: float = 0.0, progress: bool = True, **options) -> torch.Tensor:
-        """Draw ``num_samples`` images with ``sampler`` (ddpm, deterministic or ddim); float in [0, 1] on the CPU.
+        """Draw ``num_samples`` images with ``sampler`` (a name in samplers.SAMPLERS; default sde-dpm++2m at 20
+        steps, the best for 10-50 network evaluations in docs/samplers.md); float in [0, 1] on the CPU.
 
         ``labels`` (one class index per image) and ``guidance`` w sample a conditional model; without labels a
         conditional model samples unconditionally (the null label). Other options (spacing, threshold,
@@ -213,6 +214,16 @@ class DiffusionSampler:
         if order not in (2, 3):
             raise DdpmkitError(f"order must be 2 or 3, got {order}")
         return self.sample(num_samples, sampler=f"dpm++{order}m", steps=steps, **kwargs)
+
+    def sample_unipc(self, num_samples: int = 16, steps: int = 20, order: int = 2, variant: str = "bh2",
+                     **kwargs) -> torch.Tensor:
+        """UniPC (Zhao et al. 2023): ``steps`` network evaluations, predictor of ``order`` 1-3 with the UniC
+        corrector (one order more), B(h) ``variant`` bh1 or bh2."""
+        if order not in (1, 2, 3):
+            raise DdpmkitError(f"order must be 1, 2 or 3, got {order}")
+        if variant not in UNIPC_VARIANTS:
+            raise DdpmkitError(f"variant must be one of {', '.join(UNIPC_VARIANTS)}, got {variant!r}")
+        return self.sample(num_samples, sampler="unipc", steps=steps, order=order, variant=variant, **kwargs)
 
     def sample_heun(self, num_samples: int = 16, steps: int = 10, churn: float = 0.0, **kwargs) -> torch.Tensor:
         """EDM's Heun sampler (Karras et al. 2022, Algorithm 1; Algorithm 2 with ``churn``): ``steps`` noise

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import DataConfig
+from ..config import DEFAULT_SAMPLER, DataConfig
 from ..data import load_images, to_model_range
 from ..errors import DdpmkitError
 
@@ -133,8 +133,9 @@ def check_compatible(info: dict, class_names: list[str], image_size: int) -> Non
                            f"--classifier")
 
 
-def guided_accuracy(sampler, classifier: SmallClassifier, guidance: float, per_class: int, sampler_name: str = "ddpm",
-                    steps: int | None = 100, seed: int = 0, batch_size: int = 500, progress: bool = True,
+def guided_accuracy(sampler, classifier: SmallClassifier, guidance: float, per_class: int,
+                    sampler_name: str = DEFAULT_SAMPLER, steps: int | None = None, seed: int = 0,
+                    batch_size: int = 500, progress: bool = True,
                     **options) -> dict:
     """Draw ``per_class`` samples of every class with guidance w and return the fraction the classifier assigns to
     the requested class, overall and per class; ``options`` (spacing, threshold, ...) go to the sampler."""

@@ -6,6 +6,8 @@ from .ddim_inversion import invert_ddim
 from .ddpm import VARIANCES, sample_ddpm
 from .dpm_solver import sample_dpm_solver, sample_dpm_solver_2m, sample_dpm_solver_3m, sample_sde_dpm_solver
 from .heun import sample_heun
+from .unipc import VARIANTS as UNIPC_VARIANTS
+from .unipc import sample_unipc
 
 SAMPLERS = {
     "ddpm": sample_ddpm,
@@ -15,8 +17,10 @@ SAMPLERS = {
     "dpm++3m": sample_dpm_solver_3m,
     "sde-dpm++2m": sample_sde_dpm_solver,
     "heun": sample_heun,
+    "unipc": sample_unipc,
 }
 
-__all__ = ["SAMPLERS", "SPACINGS", "VARIANCES", "Denoiser", "ImageNoise", "StepCallback", "dynamic_threshold",
-           "invert_ddim", "sample_ddim", "sample_ddpm", "sample_deterministic", "sample_dpm_solver",
-           "sample_dpm_solver_2m", "sample_dpm_solver_3m", "sample_heun", "sample_sde_dpm_solver", "spaced_timesteps"]
+__all__ = ["SAMPLERS", "SPACINGS", "UNIPC_VARIANTS", "VARIANCES", "Denoiser", "ImageNoise", "StepCallback",
+           "dynamic_threshold", "invert_ddim", "sample_ddim", "sample_ddpm", "sample_deterministic", "sample_dpm_solver",
+           "sample_dpm_solver_2m", "sample_dpm_solver_3m", "sample_heun", "sample_sde_dpm_solver", "sample_unipc",
+           "spaced_timesteps"]

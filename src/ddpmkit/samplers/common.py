@@ -1,6 +1,7 @@
 """What every sampler shares: which timesteps to visit, per-image noise, and turning a network output into x_0, eps."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -110,6 +111,17 @@ def predict_x0_eps(model: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, t:
         x0 = dynamic_threshold(x0, clip_range, threshold) if threshold else x0.clamp(*clip_range)
         eps = schedule.eps_from_x0(x, t_batch, x0)
     return x0, eps
+
+
+def log_snr_steps(schedule: NoiseSchedule, steps: int | None,
+                  spacing: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """The timesteps a multistep solver visits and, at each, alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) and
+    the half log-SNR lambda_t = log(alpha_t / sigma_t), in float64 (DPM-Solver's notation, Lu et al. 2022, §2)."""
+    timesteps = spaced_timesteps(schedule.num_timesteps, steps, spacing, schedule.alphas_cumprod_float64)
+    abar = schedule.alphas_cumprod_float64
+    alpha = [math.sqrt(float(abar[t])) for t in timesteps]
+    sigma = [math.sqrt(1 - float(abar[t])) for t in timesteps]
+    return timesteps, alpha, sigma, [math.log(a / s) for a, s in zip(alpha, sigma)]
 
 
 def reverse_steps(schedule: NoiseSchedule, steps: int | None, desc: str, progress: bool,

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..schedule import NoiseSchedule
-from .common import Denoiser, ImageNoise, StepCallback, predict_x0_eps, spaced_timesteps
+from .common import Denoiser, ImageNoise, StepCallback, log_snr_steps, predict_x0_eps
 
 
 @torch.no_grad()
@@ -33,11 +33,7 @@ def sample_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tenso
     """Solve the probability-flow ODE from x_T (pure noise at the first timestep) to x_0."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
-    timesteps = spaced_timesteps(schedule.num_timesteps, steps, spacing, schedule.alphas_cumprod_float64)
-    abar = schedule.alphas_cumprod_float64
-    alpha = [math.sqrt(float(abar[t])) for t in timesteps]
-    sigma = [math.sqrt(1 - float(abar[t])) for t in timesteps]
-    lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
+    timesteps, alpha, sigma, lam = log_snr_steps(schedule, steps, spacing)
     x, history = x_T, []  # history: (lambda, predicted x_0), newest last
     n = len(timesteps)
     for i, t in enumerate(tqdm(timesteps, desc=f"dpm-solver++({order}m)", disable=not progress, leave=False)):
@@ -85,11 +81,7 @@ def sample_sde_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.T
     with D1 the multistep correction (0 at the first step). The noise it adds at every step corrects errors of an
     imperfect model, as ancestral DDPM does, at the solver's cost in evaluations."""
     noise = noise or ImageNoise()
-    timesteps = spaced_timesteps(schedule.num_timesteps, steps, spacing, schedule.alphas_cumprod_float64)
-    abar = schedule.alphas_cumprod_float64
-    alpha = [math.sqrt(float(abar[t])) for t in timesteps]
-    sigma = [math.sqrt(1 - float(abar[t])) for t in timesteps]
-    lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
+    timesteps, alpha, sigma, lam = log_snr_steps(schedule, steps, spacing)
     x, previous = x_T, None  # previous: (lambda, predicted x_0) of the last step
     for i, t in enumerate(tqdm(timesteps, desc="sde-dpm-solver++(2m)", disable=not progress, leave=False)):
         x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold)
