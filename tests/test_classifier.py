@@ -59,6 +59,12 @@ def test_judge_end_to_end_and_refuses_a_mismatched_classifier(tiny_idx_root, tin
     report = json.loads(out.read_text())
     assert [r["guidance"] for r in report["results"]] == [0.0, 2.0]
     assert all(r["samples"] == 10 and 0 <= r["accuracy"] <= 1 for r in report["results"])
+    assert (report["sampler"], report["steps"]) == ("ddim", 2)
+    assert main(["classifier", "judge", "--checkpoint", str(tiny_conditional_checkpoint), "--classifier",
+                 str(tmp_path / "tiny.pt"), "--guidance", "0", "--per-class", "1", "--output", str(out),
+                 "--no-progress"]) == 0
+    report = json.loads(out.read_text())  # the default sampler and the steps it took (its 20, capped at T = 10)
+    assert (report["sampler"], report["steps"]) == ("sde-dpm++2m", 10)
     if default_classifier_path("mnist").is_file():  # shipped: 32x32, the tiny model is 8x8
         assert main(["classifier", "judge", "--checkpoint", str(tiny_conditional_checkpoint), "--classifier",
                      "mnist", "--no-progress"]) == 2

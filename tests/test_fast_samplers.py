@@ -72,7 +72,8 @@ def test_sde_dpm_solver_matches_diffusers(diffusers, prediction, steps, spacing)
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-@pytest.mark.parametrize("steps,spacing", [(5, "trailing"), (10, "leading"), (16, "logsnr")])
+@pytest.mark.parametrize("steps,spacing", [(2, "trailing"), (3, "logsnr"), (5, "trailing"), (10, "leading"),
+                                          (16, "logsnr")])
 @pytest.mark.parametrize("threshold", [None, 0.9])
 def test_unipc_matches_diffusers(diffusers, order, variant, prediction, steps, spacing, threshold):
     sched, betas, _, _, x_T = _setup(T=100)
@@ -232,11 +233,14 @@ def test_sampler_options_from_the_command_line(tiny_conditional_checkpoint, tmp_
 
 def test_without_a_sampler_named_python_and_the_command_line_use_the_default(tiny_conditional_checkpoint, tmp_path,
                                                                              capsys):
-    from ddpmkit.build import DEFAULT_STEPS
+    from ddpmkit.build import DEFAULT_STEPS, sampler_options, steps_taken
     from ddpmkit.cli import main
-    from ddpmkit.config import DEFAULT_SAMPLER
+    from ddpmkit.config import DEFAULT_SAMPLER, resolve_config
     from ddpmkit.sampling import DiffusionSampler
 
+    cfg = resolve_config("quick")  # T = 1000: the default's 20 steps, not all T
+    assert sampler_options(cfg, DEFAULT_SAMPLER, None)["steps"] == steps_taken(cfg, DEFAULT_SAMPLER, None) == 20
+    assert steps_taken(cfg, "ddpm", None) == 1000 and steps_taken(cfg, "ddim", 7) == 7
     model = DiffusionSampler(tiny_conditional_checkpoint)
     steps = min(DEFAULT_STEPS[DEFAULT_SAMPLER], model.schedule.num_timesteps)
     named = model.sample(2, sampler=DEFAULT_SAMPLER, steps=steps, progress=False)

@@ -170,7 +170,7 @@ def test_in_training_fd_is_logged_and_can_choose_best(tiny_config, tiny_idx_root
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     fds = [r for r in records if "fd_mnist_classifier" in r]
     assert [r["step"] for r in fds] == [3, 6]
-    assert all(r["fd_sampler"] == "ddim" and r["fd_samples"] == 10 and r["fd_steps"] == 2 for r in fds)
+    assert all(r["fd_sampler"] == "sde-dpm++2m" and r["fd_samples"] == 10 and r["fd_steps"] == 2 for r in fds)
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["best"] == pytest.approx(min(r["fd_mnist_classifier"] for r in fds))
 

@@ -72,6 +72,15 @@ def clip_range(cfg: Config) -> tuple[float, float] | None:
 DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "dpm++3m": 20, "sde-dpm++2m": 20, "heun": 10, "unipc": 20}
 
 
+def steps_taken(cfg: Config, sampler: str, steps: int | None) -> int:
+    """How many timesteps ``sampler`` visits for ``steps`` (None: its default, DEFAULT_STEPS capped at T, or all T),
+    for reports."""
+    T = cfg.diffusion.num_timesteps
+    if steps is not None:
+        return steps
+    return min(DEFAULT_STEPS[sampler], T) if sampler in DEFAULT_STEPS else T
+
+
 def sampler_options(cfg: Config, sampler: str, steps: int | None, eta: float = 0.0, clip: bool = True,
                     spacing: str | None = None, threshold: float | None = None) -> dict:
     """Keyword arguments for ``SAMPLERS[sampler]`` that follow from a model's config: what it predicts, the reverse
@@ -83,7 +92,7 @@ def sampler_options(cfg: Config, sampler: str, steps: int | None, eta: float = 0
     if threshold is not None and not clip:
         raise DdpmkitError("dynamic thresholding works within the data range: it cannot be combined with --no-clip")
     if steps is None and sampler in DEFAULT_STEPS:
-        steps = min(DEFAULT_STEPS[sampler], cfg.diffusion.num_timesteps)
+        steps = steps_taken(cfg, sampler, None)
     options = {"steps": steps, "prediction": cfg.diffusion.prediction,
                "clip_range": clip_range(cfg) if clip else None, "threshold": threshold}
     if spacing is not None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__, distributed
+from .build import steps_taken
 from .config import COMPILE_MODES, DEFAULT_SAMPLER, PRESETS, SAMPLER_NAMES, SPACINGS, DiffusionConfig, resolve_config
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
@@ -435,7 +436,8 @@ def _classifier(args: argparse.Namespace) -> None:
         if distributed.is_main():
                 print(f"guidance w={w:g}: {r['accuracy']:.3f} of {r['samples']} samples classified as the requested "
                   f"class")
-    report = {"checkpoint": str(args.checkpoint), "step": sampler.step, "sampler": args.sampler, "steps": args.steps,
+    report = {"checkpoint": str(args.checkpoint), "step": sampler.step, "sampler": args.sampler,
+              "steps": steps_taken(sampler.config, args.sampler, args.steps),
               **_solver_options(args),
               "per_class": args.per_class, "seed": args.seed, "classifier_sha256": info["sha256"],
               "classifier_test_accuracy": info["test_accuracy"], "results": results}

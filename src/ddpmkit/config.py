@@ -116,12 +116,12 @@ class TrainConfig:
     best_by: str = "heldout_loss"    # what 'best' means: lowest EMA held-out loss, or lowest in-training fd
     fd_every: int = 0                # steps between FD-<dataset>-classifier of the EMA model (MNIST-like data); 0 = off
     fd_samples: int = 500            # samples for the in-training FD (seeds 0..N-1, classes i mod K)
-    fd_sampler: str = "ddim"         # their sampler: ddpm, deterministic or ddim
-    fd_steps: int = 50               # and its steps
+    fd_sampler: str = DEFAULT_SAMPLER  # their sampler (SAMPLER_NAMES); deterministic ones stall on young models
+    fd_steps: int = 20               # and its steps
     fd_classifier: str = ""          # judge weights for the FD; "" = the ones shipped for the dataset
     grid_images: int = 64            # images in each training sample grid
-    grid_sampler: str = "ddim"       # sampler for training grids: ddpm, deterministic or ddim
-    grid_steps: int = 50             # its number of steps
+    grid_sampler: str = DEFAULT_SAMPLER  # sampler for training grids (SAMPLER_NAMES)
+    grid_steps: int = 20             # its number of steps
 
 
 @dataclass

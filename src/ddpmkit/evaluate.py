@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from . import distributed
+from .build import steps_taken
 from .config import DEFAULT_SAMPLER, DataConfig
 from .data import ImageData, load_images, to_uint8
 from .errors import DdpmkitError
@@ -206,7 +207,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
             solver = {"spacing": spacing, "threshold": threshold, "guidance_rescale": guidance_rescale}
             images, labels, seeds = _generate(model, num_samples, seed, guidance, sampler=sampler, steps=steps,
                                               eta=eta, batch_size=batch_size, progress=progress, **solver)
-            report["samples"].update(sampler=sampler, steps=steps, eta=eta, guidance=guidance, **solver,
+            report["samples"].update(sampler=sampler, steps=steps_taken(model.config, sampler, steps), eta=eta, guidance=guidance, **solver,
                                      num_samples=len(images), seeds=f"{seeds[0]}..{seeds[-1]}")
             if labels is not None:
                 report["samples"]["labels"] = f"{per_class} of each class, class after class"
