@@ -22,13 +22,17 @@ import argparse
 import datetime
 import json
 import platform
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from ddpmkit.data import load_images
 from ddpmkit.evaluate import evaluate
 from ddpmkit.files import write_json
 from ddpmkit.sampling import DiffusionSampler
+from ddpmkit.viz import write_npz
 
 NFE_DEFAULT = "5,10,20,50,100"
 SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "sde-dpm++2m", "heun", "unipc")
@@ -88,7 +92,8 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="only print the table of the rows in --json")
     a = p.parse_args()
     if a.table:
-        print(table(json.loads(Path(a.json).read_text())["rows"]))
+        done = json.loads(Path(a.json).read_text())
+        print(table(done["rows"], done.get("real_floor")))
         return
     if not a.checkpoint:
         p.error("--checkpoint is required to measure")
@@ -101,6 +106,9 @@ def main() -> None:
     done.update(checkpoint=str(a.checkpoint), step=model.step, samples=a.samples, split=a.split,
                 machine={"platform": platform.platform(), "torch": torch.__version__, "device": str(model.device),
                          "threads": torch.get_num_threads()})
+    if "real_floor" not in done:
+        done["real_floor"] = real_floor(model, a.samples, a.data_root, a.split)
+        write_json(out, done)
     for row in rows:
         if key(row) in measured:
             continue
@@ -114,10 +122,25 @@ def main() -> None:
         done["rows"] = list(measured.values())
         write_json(out, done)
         print(json.dumps(result))
-    print(table(done["rows"]))
+    print(table(done["rows"], done.get("real_floor")))
 
 
-def table(rows: list[dict]) -> str:
+def real_floor(model: DiffusionSampler, samples: int, data_root: str, split: str) -> dict:
+    """The same metrics for ``samples`` real training images picked at random (seed 0) and measured as samples are:
+    what a perfect sampler would score with this many images (for the train split, the floor of a set that the
+    real side contains)."""
+    data = load_images(replace(model.config.data, root=data_root or model.config.data.root), "train")
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:samples]
+    labels = data.labels[pick].tolist() if data.labels is not None else None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_npz(data.images[pick].float() / 255, Path(tmp) / "real.npz", pick.tolist(), labels)
+        report = evaluate(samples=path, dataset=model.config.data.dataset, split=split,
+                          data_root=data_root or model.config.data.root, metrics=("fd", "is", "accuracy"),
+                          progress=False)
+    return {"images": samples, "of": "the train split, seed 0", **report["metrics"]}
+
+
+def table(rows: list[dict], floor: dict | None = None) -> str:
     fd = next((k for k in rows[0] if k.startswith("fd_")), "fd") if rows else "fd"
     lines = ["| sampler | spacing | guidance | NFE | FD | IS | accuracy | seconds |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r.get("guidance", 0), r["sampler"], r.get("spacing", ""), r["nfe"])):
@@ -127,6 +150,9 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['sampler']} | {r.get('spacing') or 'trailing'} | {guidance} | {r['nfe']} | "
                      f"{r.get(fd, float('nan')):.2f} | {r.get('classifier_is', float('nan')):.2f} | {accuracy} | "
                      f"{r['seconds']:.0f}{'*' if r.get('shared_cpu') else ''} |")
+    if floor:
+        lines.append(f"| {floor['images']} real training images | - | - | - | {floor.get(fd, float('nan')):.2f} | "
+                     f"{floor.get('classifier_is', float('nan')):.2f} | {floor.get('accuracy', float('nan')):.3f} | - |")
     return "\n".join(lines)
 
 
