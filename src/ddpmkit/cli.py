@@ -116,8 +116,8 @@ def _add_class_args(p: argparse.ArgumentParser, meaning: str) -> None:
 SAMPLER_HELP = ("ddpm: ancestral (DDPM Alg. 2); deterministic: DDIM eta=0 over all steps; ddim: DDIM; dpm++2m, "
                 "dpm++3m: DPM-Solver++ (multistep, 20 steps by default); sde-dpm++2m: its stochastic variant; heun: EDM's Heun "
                 "(S levels = 2S - 1 network evaluations, 10 by default); unipc: UniPC (multistep predictor-corrector, "
-                "20 steps by default). Default: " + DEFAULT_SAMPLER + ", the best for 10-50 network evaluations "
-                "(docs/samplers.md)")
+                "20 steps by default). Default: " + DEFAULT_SAMPLER + ", the best or level with the best for 10-50 "
+                "network evaluations (docs/samplers.md)")
 STEPS_HELP = "timesteps visited (default: ddpm and deterministic all T; ddim 50; heun 10 levels; the others 20)"
 
 

@@ -35,7 +35,8 @@ BAD_IMAGES = ("skip", "fail")
 BEST_BY = ("heldout_loss", "fd")
 SAMPLER_NAMES = ("ddpm", "deterministic", "ddim", "dpm++2m", "dpm++3m", "sde-dpm++2m", "heun", "unipc")  # = samplers.SAMPLERS
 # The sampler of `sample`, `evaluate`, `animate`, `classifier judge` and DiffusionSampler.sample when none is named:
-# the best FD for 10-50 network evaluations on both measured models (docs/samplers.md); its default is 20 steps.
+# the best, or level with the best, FD for 10-50 network evaluations on both measured models (docs/samplers.md);
+# its default is 20 steps.
 DEFAULT_SAMPLER = "sde-dpm++2m"
 # Which timesteps a sampler with fewer steps than T visits (samplers/common.py); trailing starts at t = T - 1.
 SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")

@@ -207,7 +207,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
             solver = {"spacing": spacing, "threshold": threshold, "guidance_rescale": guidance_rescale}
             images, labels, seeds = _generate(model, num_samples, seed, guidance, sampler=sampler, steps=steps,
                                               eta=eta, batch_size=batch_size, progress=progress, **solver)
-            report["samples"].update(sampler=sampler, steps=steps_taken(model.config, sampler, steps), eta=eta, guidance=guidance, **solver,
+            report["samples"].update(sampler=sampler, steps=steps_taken(model.config, sampler, steps), eta=eta,
+                                     guidance=guidance, **solver,
                                      num_samples=len(images), seeds=f"{seeds[0]}..{seeds[-1]}")
             if labels is not None:
                 report["samples"]["labels"] = f"{per_class} of each class, class after class"
