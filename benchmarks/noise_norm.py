@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ddpmkit.evaluate import evaluate
+from ddpmkit.evaluate import draw_for_metrics, evaluate
 from ddpmkit.files import write_json
 from ddpmkit.sampling import DiffusionSampler
 from ddpmkit.viz import write_npz
@@ -60,16 +60,12 @@ def norm_probe(model: DiffusionSampler, seeds: list[int]) -> dict:
 
 
 def quality(model: DiffusionSampler, sampler: str, steps: int, samples: int, data_root: str, split: str) -> dict:
-    labels = None
-    if model.is_conditional:
-        classes = len(model.class_names)
-        labels = [c for c in range(classes) for _ in range(samples // classes)]
-    seeds = list(range(samples))
     start = time.perf_counter()
-    images = model.generate(seeds, labels, sampler=sampler, steps=steps, batch_size=500, progress=False)
+    images, labels, seeds = draw_for_metrics(model, samples, 0, 0.0, sampler=sampler, steps=steps, batch_size=500,
+                                             progress=False)
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_npz(images, Path(tmp) / "samples.npz", seeds, labels)
+        path = write_npz(images, Path(tmp) / "samples.npz", seeds, None if labels is None else labels.tolist())
         report = evaluate(samples=path, dataset=model.config.data.dataset, data_root=data_root, split=split,
                           metrics=("fd", "accuracy"), progress=False)
     return {**report["metrics"], "seconds": round(seconds, 1)}

@@ -129,13 +129,14 @@ def real_floor(model: DiffusionSampler, samples: int, data_root: str, split: str
     """The same metrics for ``samples`` real training images picked at random (seed 0) and measured as samples are:
     what a perfect sampler would score with this many images (for the train split, the floor of a set that the
     real side contains)."""
-    data = load_images(replace(model.config.data, root=data_root or model.config.data.root), "train")
+    data_root = data_root or model.config.data.root
+    data = load_images(replace(model.config.data, root=data_root), "train")
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:samples]
     labels = data.labels[pick].tolist() if data.labels is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         path = write_npz(data.images[pick].float() / 255, Path(tmp) / "real.npz", pick.tolist(), labels)
         report = evaluate(samples=path, dataset=model.config.data.dataset, split=split,
-                          data_root=data_root or model.config.data.root, metrics=("fd", "is", "accuracy"),
+                          data_root=data_root, metrics=("fd", "is", "accuracy"),
                           progress=False)
     return {"images": samples, "of": "the train split, seed 0", **report["metrics"]}
 

@@ -121,7 +121,7 @@ def _describe(array: np.ndarray) -> str:
     return f"{h}x{w} {'L' if c == 1 else 'RGB'}"
 
 
-def _generate(model, num_samples, seed, guidance, **options) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+def draw_for_metrics(model, num_samples, seed, guidance, **options) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
     """``num_samples`` images with seeds seed .. seed + num_samples - 1, one seed per image as FD and precision/recall
     assume independent draws (``sample_classes`` would give every class the same starting noises). A conditional
     model draws equal numbers of every class, class after class. Returns (images, labels or None, seeds)."""
@@ -205,7 +205,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
             raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
         if set(metrics) - {"reconstruction"}:
             solver = {"spacing": spacing, "threshold": threshold, "guidance_rescale": guidance_rescale}
-            images, labels, seeds = _generate(model, num_samples, seed, guidance, sampler=sampler, steps=steps,
+            images, labels, seeds = draw_for_metrics(model, num_samples, seed, guidance, sampler=sampler, steps=steps,
                                               eta=eta, batch_size=batch_size, progress=progress, **solver)
             report["samples"].update(sampler=sampler, steps=steps_taken(model.config, sampler, steps), eta=eta,
                                      guidance=guidance, **solver,
