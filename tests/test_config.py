@@ -27,6 +27,15 @@ def test_ddpm_cifar10_is_the_papers_network():
     assert (d.num_timesteps, d.beta_schedule, d.beta_start, d.beta_end) == (1000, "linear", 1e-4, 0.02)
 
 
+@pytest.mark.parametrize("name", ["quick", "quick_uncond", "mnist_cpu"])
+def test_cpu_presets_are_unet_mini(name):
+    # UNet-mini, the MNIST design: a deep convolutional network without attention layers, middle block included.
+    cfg = resolve_config(name)
+    net = UNet(unet_spec(cfg, channels=1, num_classes=10))
+    assert not [m for m in net.modules() if type(m).__name__ == "SelfAttention"]
+    assert (net.spec.num_classes > 0) == (name != "quick_uncond")
+
+
 def test_precedence_defaults_preset_file_set(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[train]\nlr = 3e-4\nsteps = 10\n[model]\nchannel_mults = [1, 2]\n')
@@ -56,7 +65,12 @@ def test_json_file_and_round_trip(tmp_path):
     ("train.precision=fp8", "train.precision: 'fp8' is not allowed; choose one of fp32, bf16, fp16"),
     ("data.dataset=imagenet", "choose one of mnist, fashion_mnist, cifar10, celeba, folder"),
     ("model.norm_groups=5", "model.norm_groups: 5 does not divide"),
-    ("model.attention_heads=3", "model.attention_heads: 3 does not divide"),
+    ("model.attention_heads=3;model.middle_attention=true", "model.attention_heads: 3 does not divide"),
+    ("diffusion.loss_weighting=snr", "diffusion.loss_weighting: 'snr' is not allowed; choose one of none, min_snr"),
+    ("diffusion.loss_weighting=min_snr;diffusion.min_snr_gamma=0", "diffusion.min_snr_gamma: must be > 0"),
+    ("diffusion.loss_weighting=min_snr;diffusion.loss=bce;diffusion.prediction=x0;data.zero_one=true",
+     "min_snr weights squared or absolute errors"),
+    ("train.ema_halflife_images=-5", "train.ema_halflife_images: must be >= 0"),
     ("diffusion.loss=bce", "bce compares probabilities"),
     ("diffusion.num_timesteps=10", "use a larger T"),
     ("data.image_size=30", "cannot be halved"),
@@ -65,7 +79,7 @@ def test_json_file_and_round_trip(tmp_path):
 ])
 def test_bad_values_name_the_key_and_the_fix(assignment, message):
     with pytest.raises(ConfigError, match=None) as err:
-        resolve_config("quick", overrides=[assignment])
+        resolve_config("quick", overrides=assignment.split(";"))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 

@@ -10,7 +10,7 @@ import torch
 from ddpmkit.build import noise_schedule, unet_spec
 from ddpmkit.checkpoint import load_checkpoint, save_checkpoint
 from ddpmkit.config import TrainConfig, config_from_dict
-from ddpmkit.ema import EMA
+from ddpmkit.ema import EMA, decay_for_halflife
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.losses import diffusion_loss
 from ddpmkit.sampling import DiffusionSampler
@@ -44,6 +44,28 @@ def test_ema_follows_its_formula():
     assert torch.allclose(ema.model.weight, 0.9 * start + 0.1 * net.weight)
     warm = EMA(net, decay=0.999, warmup=True)
     assert float(warm.current_decay()) == pytest.approx(1 / 10)  # (1 + 0) / (10 + 0)
+
+
+def test_ema_half_life_in_images_halves_an_old_weight():
+    # After half-life / batch steps towards a new value, the old value keeps half its share (EDM, appendix F.1),
+    # whatever the batch size.
+    for batch_size in (16, 128):
+        net = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(net.weight)
+        ema = EMA(net, decay=decay_for_halflife(4096, batch_size), warmup=False)
+        with torch.no_grad():
+            net.weight.fill_(1.0)
+        for _ in range(4096 // batch_size):
+            ema.update(net)
+        assert float(ema.model.weight) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_ema_half_life_sets_the_training_decay(tiny_config, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys.modules["ddpmkit.train"], "EMA",
+                        lambda model, decay, warmup: seen.append(decay) or EMA(model, decay))
+    train(_with(tiny_config, train={"ema_halflife_images": 800, "steps": 1}), tmp_path, progress=False)
+    assert seen == [pytest.approx(0.5 ** (8 / 800))]  # batch 8
 
 
 def test_tiny_model_overfits_one_batch(tiny_config):

@@ -10,7 +10,8 @@ BASE = UNetSpec(image_channels=3, image_size=16, base_channels=8, channel_mults=
                 attention_resolutions=(8,), attention_heads=2, norm_groups=4)
 OPTIONS = {
     "default": {},
-    "mini (no attention)": {"attention_resolutions": ()},
+    "no attention at the sides": {"attention_resolutions": ()},
+    "UNet-mini (attention-free)": {"attention_resolutions": (), "middle_attention": False},
     "three levels": {"channel_mults": (1, 2, 2), "num_res_blocks": 2},
     "space_to_depth": {"downsample": "space_to_depth"},
     "transposed": {"upsample": "transposed"},
@@ -43,6 +44,14 @@ def test_shapes_and_every_parameter_gets_a_gradient(name):
     out.square().mean().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing, f"no gradient reaches {missing}"
+
+
+def test_unet_mini_has_no_attention_anywhere():
+    # UNet-mini is "a deep convolutional network without attention layers": none at the sides nor in the middle.
+    mini = UNet(dataclasses.replace(BASE, attention_resolutions=(), middle_attention=False))
+    assert not [m for m in mini.modules() if type(m).__name__ == "SelfAttention"]
+    assert len([m for m in UNet(dataclasses.replace(BASE, attention_resolutions=())).modules()
+                if type(m).__name__ == "SelfAttention"]) == 1  # DDPM's middle attention, the default
 
 
 def test_output_starts_at_zero():

@@ -24,6 +24,7 @@ def unet_spec(cfg: Config, channels: int, num_classes: int) -> UNetSpec:
         image_channels=channels, image_size=cfg.data.image_size, base_channels=m.base_channels,
         channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
         attention_resolutions=tuple(m.attention_resolutions), attention_heads=m.attention_heads,
+        middle_attention=m.middle_attention,
         dropout=m.dropout, norm_groups=m.norm_groups, num_classes=num_classes if m.class_conditional else 0,
         downsample=m.downsample, upsample=m.upsample, weight_standardization=m.weight_standardization,
         output_activation="sigmoid" if cfg.diffusion.loss == "bce" else "none")

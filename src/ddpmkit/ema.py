@@ -7,6 +7,13 @@ import torch
 from torch import nn
 
 
+def decay_for_halflife(halflife_images: float, batch_size: int) -> float:
+    """The per-step decay whose average halves an old weight's share every ``halflife_images`` training images
+    (EDM's ``ema_halflife_kimg``, Karras et al. 2022, appendix F.1): decay ** (halflife_images / batch_size) = 1/2.
+    An EMA length in images stays the same when the batch size changes; a per-step decay does not."""
+    return 0.5 ** (batch_size / halflife_images)
+
+
 class EMA:
     """Holds ``model``, a frozen copy of the network whose weights trail the trained ones.
 

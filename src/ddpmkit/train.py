@@ -22,10 +22,10 @@ from . import distributed
 from .build import autocast, noise_schedule, sampler_options, set_tf32, unet_spec
 from .checkpoint import (link_checkpoint, load_weights, newest_intact, periodic_path, read_checkpoint,
                          resume_candidates, save_checkpoint, save_periodic)
-from .config import Config, TrainConfig, config_from_dict
+from .config import Config, DiffusionConfig, TrainConfig, config_from_dict
 from .data import (BatchOrder, ImageData, batch_stream, hold_out, load_images, load_into_memory, subset,
                    to_model_range)
-from .ema import EMA
+from .ema import EMA, decay_for_halflife
 from .errors import DdpmkitError
 from .files import remove_stale_temporaries, write_json
 from .global_batch import BatchSplit, StepRandomness, step_seed
@@ -45,6 +45,12 @@ def learning_rate(step: int, t: TrainConfig) -> float:
         return t.lr * (step + 1) / t.warmup_steps
     progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def objective(d: DiffusionConfig) -> dict:
+    """The keyword arguments of ``diffusion_loss`` that the config fixes: trained and held-out losses alike."""
+    return {"prediction": d.prediction, "loss": d.loss, "weighting": d.loss_weighting,
+            "min_snr_gamma": d.min_snr_gamma}
 
 
 def _heldout_set(cfg: Config, train_data: ImageData) -> tuple[torch.Tensor, torch.Tensor | None, str, ImageData]:
@@ -82,7 +88,7 @@ def heldout_loss(model, schedule, images: torch.Tensor, labels, cfg: Config, dev
         y = labels[start: start + n].to(device) if labels is not None and model.spec.num_classes else None
         with autocast(device, cfg.train.precision):
             loss = diffusion_loss(model, schedule, x0, t, noise[start: start + n].to(device), y,
-                                  prediction=cfg.diffusion.prediction, loss=cfg.diffusion.loss)
+                                  **objective(cfg.diffusion))
         total += float(loss) * n
     return distributed.sum_over_ranks([total])[0] / len(images)
 
@@ -240,7 +246,9 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     model = UNet(spec).to(device)
     if t_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, t_cfg.ema_decay, t_cfg.ema_warmup)
+    ema_decay = (decay_for_halflife(t_cfg.ema_halflife_images, t_cfg.batch_size) if t_cfg.ema_halflife_images
+                 else t_cfg.ema_decay)
+    ema = EMA(model, ema_decay, t_cfg.ema_warmup)
     schedule = noise_schedule(cfg.diffusion).to(device)
     # Fused AdamW (CPU and CUDA) can skip a non-finite step on the device; see nonfinite.py.
     optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.lr, betas=tuple(t_cfg.adam_betas),
@@ -332,7 +340,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                     with distributed.no_sync(replicated, last=micro == accum - 1):
                         with autocast(device, t_cfg.precision):
                             loss = diffusion_loss(network, schedule, x0, mine.t, mine.noise, y,
-                                                  prediction=cfg.diffusion.prediction, loss=cfg.diffusion.loss)
+                                                  **objective(cfg.diffusion))
                         scaler.scale(loss / accum).backward()  # the last micro-batch's all-reduces the gradients
                     step_loss += loss.detach() / accum
                 distributed.mean_over_ranks_(step_loss)  # the global batch's loss, the same on every process

@@ -24,6 +24,7 @@ class UNetSpec:
     num_res_blocks: int = 2
     attention_resolutions: tuple[int, ...] = ()
     attention_heads: int = 1
+    middle_attention: bool = True         # self-attention between the middle block's two ResBlocks (DDPM's)
     dropout: float = 0.0
     norm_groups: int = 32
     num_classes: int = 0                  # 0: unconditional; else labels 0..num_classes-1 plus a null label
@@ -162,7 +163,9 @@ class UNet(nn.Module):
                 skip_channels.append(cur)
                 resolution //= 2
 
-        self.middle = nn.ModuleList([res(cur, cur), attn(cur), res(cur, cur)])
+        # DDPM's middle is ResBlock-attention-ResBlock; without the attention the network is convolutional
+        # throughout (UNet-mini, "a deep convolutional network without attention layers").
+        self.middle = nn.ModuleList([res(cur, cur), *([attn(cur)] if spec.middle_attention else []), res(cur, cur)])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(spec.channel_mults))):

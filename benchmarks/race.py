@@ -1,0 +1,281 @@
+"""A timed race: ddpmkit and diffusers trained for the same wall-clock budget, then sampled and judged alike.
+
+Run by hand (not a test), one command per ddpmkit recipe, e.g. on 2 CPU cores:
+
+    python benchmarks/race.py --preset quick_uncond --minutes 10 --seeds 0,1 --json docs/race_cpu.json
+    python benchmarks/race.py --preset quick --name quick_cond --minutes 10 --seeds 0,1 --json docs/race_cpu.json
+    python benchmarks/race.py --preset quick_uncond --set diffusion.loss_weighting=none --name "-min-snr" \\
+        --minutes 10 --seeds 0 --json docs/race_cpu.json          # an ablation row
+    python benchmarks/race.py --json docs/race_cpu.json --table   # the tables of what is measured
+
+Per seed, the diffusers baseline (benchmarks/diffusers_baseline.py: its train_unconditional example scaled down,
+every choice written there) and ddpmkit's recipe (a preset plus ``--set`` overrides) each train for ``--minutes``,
+one after the other on the same images. A run's number of optimizer steps is sized beforehand from a short timed
+calibration of the same system (its steps per second times the budget, so that its cosine learning-rate schedule
+ends when the time does), and the budget is a hard deadline: a run still going when it ends stops there (on this
+shared VM the speed drifts by 10-20% between the calibration and the run). The steps done, those planned and the
+wall time of every run are in the JSON. Both get 1,000 samples (image i from
+seed i; a conditional model draws class i mod 10, unguided) from the same sampler with the same number of network
+evaluations, through ddpmkit's samplers with the same per-image noise, and the same judge: the domain FD and
+classifier IS against the test split (``ddpmkit evaluate``), and the accuracy for conditional models. A trained
+network or a measured row already in the work folder or JSON is reused: an interrupted race continues, and the
+baseline of one command serves the next. A side-by-side PNG of the first 64 samples of each goes to --grid-dir.
+
+Training must have the machine to itself; run nothing else meanwhile (the JSON records the load average).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import diffusers_baseline  # noqa: E402
+
+from ddpmkit.config import resolve_config  # noqa: E402
+from ddpmkit.data import load_images  # noqa: E402
+from ddpmkit.evaluate import evaluate, read_samples  # noqa: E402
+from ddpmkit.files import write_json  # noqa: E402
+from ddpmkit.samplers import SAMPLERS, ImageNoise  # noqa: E402
+from ddpmkit.sampling import DiffusionSampler  # noqa: E402
+from ddpmkit.schedule import NoiseSchedule  # noqa: E402
+from ddpmkit.train import train  # noqa: E402
+from ddpmkit.viz import write_npz  # noqa: E402
+
+BASELINE = "diffusers"
+
+
+def race_config(preset: str, overrides: list[str], steps: int, seed: int):
+    """The recipe trained for ``steps`` steps: no held-out evaluations and one checkpoint at the end (the baseline
+    has neither), everything else as the preset and overrides say."""
+    return resolve_config(preset, overrides=[*overrides, f"train.steps={steps}", f"train.seed={seed}",
+                                            "train.eval_every=0", "train.fd_every=0", "train.sample_every=0",
+                                            f"train.checkpoint_every={steps}", "train.log_every=50"])
+
+
+def ddpmkit_calibration(preset: str, overrides: list[str], calibration_steps: int = 100) -> tuple[float, float]:
+    """The recipe's optimizer steps per second here and now, from the log of a throw-away run (its first 20-step
+    interval left out), and the seconds of the run that are not steps: start-up (reading the data), the end's
+    sample grid and checkpoint. Both sides are sized as steps = (budget - overhead) x steps per second."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = race_config(preset, overrides, calibration_steps, seed=12345)
+        cfg.train.log_every = 20
+        start = time.perf_counter()
+        train(cfg, tmp, progress=False)
+        wall = time.perf_counter() - start
+        rates = [json.loads(line)["images_per_s"] for line in (Path(tmp) / "log.jsonl").read_text().splitlines()
+                 if '"images_per_s"' in line][1:]
+    rate = statistics.median(rates) / cfg.train.batch_size
+    return rate, max(0.0, wall - calibration_steps / rate)
+
+
+def train_ddpmkit(preset: str, overrides: list[str], minutes: float, seed: int, run_dir: Path) -> dict:
+    """Train the recipe for the steps the budget allows; if the budget runs out first (the calibration was
+    optimistic), Ctrl-C at the deadline stops it as it stops any run: the step finishes and ``latest.pt`` is saved."""
+    if (run_dir / "race.json").is_file():
+        return json.loads((run_dir / "race.json").read_text())
+    rate, overhead = ddpmkit_calibration(preset, overrides)
+    steps = max(1, int(rate * (minutes * 60 - overhead)))
+    cfg = race_config(preset, overrides, steps, seed)
+    load_before, start = os.getloadavg()[0], time.perf_counter()
+    deadline = threading.Timer(minutes * 60, signal.raise_signal, (signal.SIGINT,))
+    deadline.start()
+    try:
+        train(cfg, run_dir, resume=False)
+    except KeyboardInterrupt:  # the deadline: the loop saved latest.pt (or had just saved it before finishing)
+        print(f"{run_dir.name}: stopped at the {minutes:g}-minute deadline")
+    finally:
+        deadline.cancel()
+    seconds = time.perf_counter() - start
+    done = int(torch.load(run_dir / "latest.pt", map_location="cpu", weights_only=True)["step"])
+    info = {"steps": done, "planned_steps": steps, "train_seconds": round(seconds, 1),
+            "calibrated_steps_per_s": rate, "calibrated_overhead_s": round(overhead, 1),
+            "images_seen": done * cfg.train.batch_size, "load_before": load_before,
+            "load_after": os.getloadavg()[0], "preset": preset, "overrides": overrides}
+    write_json(run_dir / "race.json", info)
+    return info
+
+
+def train_baseline(images: torch.Tensor, minutes: float, seed: int, run_dir: Path) -> dict:
+    if (run_dir / "info.json").is_file():
+        return json.loads((run_dir / "info.json").read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rate, overhead = diffusers_baseline.calibration(images)
+    load_before = os.getloadavg()[0]
+    info = diffusers_baseline.train(images, max(1, int(rate * (minutes * 60 - overhead))), seed, run_dir,
+                                    time_limit_s=minutes * 60)
+    info.update(calibrated_steps_per_s=rate, calibrated_overhead_s=round(overhead, 1), load_before=load_before,
+                load_after=os.getloadavg()[0], settings=diffusers_baseline.SETTINGS)
+    (run_dir / "info.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+class BaselineSampler:
+    """The baseline's EMA network behind the part of DiffusionSampler's interface the race uses."""
+
+    def __init__(self, run_dir: Path):
+        from diffusers import DDPMScheduler
+
+        self.unet = diffusers_baseline.load_ema_unet(run_dir)
+        betas = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").betas
+        self.schedule = NoiseSchedule(betas.double())
+        self.is_conditional = False
+        c, s = self.unet.config.in_channels, self.unet.config.sample_size
+        self.image_shape = (c, s, s)
+
+    @torch.no_grad()
+    def generate(self, seeds, labels, sampler, steps, batch_size, progress):
+        chunks = []
+        for start in range(0, len(seeds), batch_size):
+            part = seeds[start: start + batch_size]
+            noise = ImageNoise.from_seeds(part)  # as DiffusionSampler.noise draws x_T and the step noise
+            x_T = noise.randn((len(part), *self.image_shape))
+            x0 = SAMPLERS[sampler](lambda x, t: self.unet(x, t).sample, self.schedule, x_T, noise=noise,
+                                   steps=steps, prediction="eps", clip_range=(-1.0, 1.0), progress=progress)
+            chunks.append(((x0.float() + 1) / 2).clamp(0, 1))
+        return torch.cat(chunks)
+
+
+def score(model, samples: int, sampler: str, nfe: int, dataset: str, npz: Path) -> dict:
+    """Judge ``samples`` images of ``model`` as ``ddpmkit evaluate --samples`` does (they are kept in ``npz``)."""
+    seeds = list(range(samples))
+    labels = [i % 10 for i in seeds] if model.is_conditional else None
+    start = time.perf_counter()
+    images = model.generate(seeds, labels, sampler=sampler, steps=nfe, batch_size=500, progress=False)
+    seconds = time.perf_counter() - start
+    write_npz(images, npz, seeds, labels)
+    report = evaluate(samples=npz, dataset=dataset, split="test", metrics=("fd", "is", "accuracy"), progress=False)
+    metrics = {("fd" if k.startswith("fd_") else k): v for k, v in report["metrics"].items()}
+    return {**metrics, "sampling_seconds": round(seconds, 1),
+            "judge_test_accuracy": report["feature_network"]["test_accuracy"]}
+
+
+def labelled_grid(images: torch.Tensor, title: str) -> Image.Image:
+    grid = make_grid(images[:64], nrow=8, padding=2, pad_value=1.0)
+    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    tile = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).convert("RGB")
+    canvas = Image.new("RGB", (tile.width, tile.height + 16), "white")
+    canvas.paste(tile, (0, 16))
+    ImageDraw.Draw(canvas).text((2, 2), title, fill="black")
+    return canvas
+
+
+def save_side_by_side(left: Image.Image, right: Image.Image, path: Path) -> None:
+    canvas = Image.new("RGB", (left.width + right.width + 8, max(left.height, right.height)), "white")
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width + 8, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def race(a: argparse.Namespace) -> None:
+    out, work = Path(a.json), Path(a.work)
+    done = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    done.setdefault("machine", {"platform": platform.platform(), "torch": torch.__version__,
+                                "threads": torch.get_num_threads(), "cpus": os.cpu_count()})
+    done["baseline_settings"] = diffusers_baseline.SETTINGS
+    measured = {row_key(r) for r in done["rows"]}
+    cfg = resolve_config(a.preset, overrides=a.set)
+    images = load_images(cfg.data, "train").images
+    budget = f"{a.minutes:g}min"
+    for seed in a.seeds:
+        systems = {} if a.skip_baseline else {BASELINE: work / f"{BASELINE}_{budget}_seed{seed}"}
+        systems[a.name] = work / f"{a.name}_{budget}_seed{seed}"
+        trained = {}
+        for name, run_dir in systems.items():
+            trained[name] = (train_baseline(images, a.minutes, seed, run_dir) if name == BASELINE
+                             else train_ddpmkit(a.preset, a.set, a.minutes, seed, run_dir))
+            print(f"{name} seed {seed}: {trained[name]['steps']} steps in {trained[name]['train_seconds']} s")
+        for name, run_dir in systems.items():
+            model = None
+            for nfe in a.nfe:
+                row = {"system": name, "seed": seed, "minutes": a.minutes, "sampler": a.sampler, "nfe": nfe}
+                if row_key(row) in measured:
+                    continue
+                model = model or (BaselineSampler(run_dir) if name == BASELINE
+                                  else DiffusionSampler(run_dir / "latest.pt", device="cpu"))
+                metrics = score(model, a.samples, a.sampler, nfe, cfg.data.dataset, run_dir / f"{a.sampler}{nfe}.npz")
+                info = trained[name]
+                row.update(conditional=model.is_conditional, steps=info["steps"], train_seconds=info["train_seconds"],
+                           images_seen=info["images_seen"], load=[info["load_before"], info["load_after"]],
+                           recipe="diffusers train_unconditional" if name == BASELINE else
+                           " ".join([f"--preset {info['preset']}", *(f"--set {o}" for o in info["overrides"])]),
+                           date=datetime.date.today().isoformat(), **metrics)
+                done["rows"].append(row)
+                measured.add(row_key(row))
+                write_json(out, done)
+                print(json.dumps(row))
+        if BASELINE in systems:
+            nfe = max(a.nfe)
+            tiles = [labelled_grid(read_samples(run_dir / f"{a.sampler}{nfe}.npz")[0], f"{name}, {a.sampler}-{nfe}, "
+                                   f"seed {seed}") for name, run_dir in systems.items()]
+            save_side_by_side(*tiles, Path(a.grid_dir) / f"race_{a.name}_seed{seed}.png")
+    print(table(done["rows"]))
+
+
+def row_key(row: dict) -> tuple:
+    return row["system"], row["seed"], row["minutes"], row["sampler"], row["nfe"]
+
+
+def table(rows: list[dict]) -> str:
+    """Medians over seeds per system, sampler and evaluations, with FD as a ratio to the baseline's median."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["minutes"], r["sampler"], r["nfe"], r["system"]), []).append(r)
+    base = {k[:3]: statistics.median(x["fd"] for x in g) for k, g in groups.items() if k[3] == BASELINE}
+    lines = ["| minutes | sampler | NFE | system | seeds | steps | images seen | FD | FD / diffusers | IS | accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] != BASELINE, k[3])):
+        g = groups[k]
+        fd = statistics.median(x["fd"] for x in g)
+        ratio = f"{fd / base[k[:3]]:.2f}" if k[:3] in base else "-"
+        accuracy = (f"{statistics.median(x['accuracy'] for x in g):.3f}" if all("accuracy" in x for x in g) else "-")
+        lines.append(f"| {k[0]:g} | {k[1]} | {k[2]} | {k[3]} | {','.join(str(x['seed']) for x in g)} | "
+                     f"{statistics.median(x['steps'] for x in g):.0f} | "
+                     f"{statistics.median(x['images_seen'] for x in g):.0f} | {fd:.2f} | {ratio} | "
+                     f"{statistics.median(x['classifier_is'] for x in g):.2f} | {accuracy} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="quick_uncond", help="ddpmkit's recipe: a preset (default quick_uncond)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="and overrides of it")
+    p.add_argument("--name", help="the recipe's name in the tables (default: the preset's)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget of each system (default 10)")
+    p.add_argument("--seeds", default="0,1", help="training seeds, one race each (default 0,1)")
+    p.add_argument("--nfe", default="20,50", help="network evaluations per sample (default 20,50)")
+    p.add_argument("--sampler", default="ddim", help="the sampler of both systems (default ddim)")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--skip-baseline", action="store_true", help="train and score ddpmkit's recipe only")
+    p.add_argument("--work", default="runs/race", help="where the trained networks and samples go")
+    p.add_argument("--grid-dir", default="docs/images", help="where the side-by-side sample grids go")
+    p.add_argument("--json", required=True, help="results, row by row; an existing file is continued")
+    p.add_argument("--table", action="store_true", help="only print the tables of the rows in --json")
+    a = p.parse_args()
+    if a.table:
+        print(table(json.loads(Path(a.json).read_text())["rows"]))
+        return
+    a.name = a.name or a.preset
+    a.seeds = [int(s) for s in a.seeds.split(",")]
+    a.nfe = [int(n) for n in a.nfe.split(",")]
+    if a.sampler not in SAMPLERS:
+        p.error(f"--sampler: choose one of {', '.join(SAMPLERS)}")
+    race(a)
+
+
+if __name__ == "__main__":
+    main()
