@@ -85,7 +85,8 @@ def test_bad_values_name_the_key_and_the_fix(assignment, message):
 
 
 def test_bce_is_allowed_with_x0_in_unit_range():
-    cfg = resolve_config("quick", overrides=["diffusion.loss=bce", "diffusion.prediction=x0", "data.zero_one=true"])
+    cfg = resolve_config("quick", overrides=["diffusion.loss=bce", "diffusion.prediction=x0", "data.zero_one=true",
+                                            "diffusion.loss_weighting=none"])
     assert cfg.diffusion.loss == "bce"
 
 
