@@ -81,7 +81,7 @@ def diffusers_config(spec: UNetSpec) -> dict:
     widths = [spec.base_channels * m for m in spec.channel_mults]
     attends = [spec.image_size // 2**level in spec.attention_resolutions for level in range(len(widths))]
     # ddpmkit fixes the number of heads, diffusers the width of a head; heads = 1 is diffusers' head width None.
-    attended = [w for w, a in zip(widths, attends) if a] + [widths[-1]]  # the middle block attends at the last width
+    attended = [w for w, a in zip(widths, attends) if a] + ([widths[-1]] if spec.middle_attention else [])
     head_widths = {w // spec.attention_heads for w in attended}
     if spec.attention_heads > 1 and len(head_widths) > 1:
         raise SystemExit(f"{spec.attention_heads} heads on layers of different widths give different head widths "
@@ -95,7 +95,7 @@ def diffusers_config(spec: UNetSpec) -> dict:
         "down_block_types": tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attends),
         "up_block_types": tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)),
         "mid_block_type": "UNetMidBlock2D",
-        "add_attention": True,  # ddpmkit's middle always attends
+        "add_attention": spec.middle_attention,  # the middle block's attention, at the last width
         "attention_head_dim": None if spec.attention_heads == 1 else head_widths.pop(),
         "norm_num_groups": spec.norm_groups,
         "norm_eps": 1e-5,  # torch's GroupNorm default, which ddpmkit uses

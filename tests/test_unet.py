@@ -100,3 +100,21 @@ def test_ddpm_cifar10_size():
     spec = UNetSpec(image_channels=3, image_size=32, base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
                     attention_resolutions=(16,), dropout=0.1)
     assert sum(p.numel() for p in UNet(spec).parameters()) / 1e6 == pytest.approx(35.7, abs=0.05)
+
+
+@pytest.mark.parametrize("middle_attention", [True, False])
+def test_throughput_benchmark_builds_diffusers_to_the_same_network(middle_attention):
+    # benchmarks/throughput.py compares against UNet2DModel built to ddpmkit's shape: the parameter counts agree.
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("diffusers")
+    from diffusers import UNet2DModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from throughput import diffusers_config
+
+    spec = UNetSpec(image_channels=1, image_size=32, base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1,
+                    norm_groups=8, num_classes=10, middle_attention=middle_attention)
+    ours = sum(p.numel() for p in UNet(spec).parameters())
+    assert sum(p.numel() for p in UNet2DModel(**diffusers_config(spec)).parameters()) == ours

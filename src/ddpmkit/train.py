@@ -307,6 +307,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     T = schedule.num_timesteps
     image_shape = (spec.image_channels, spec.image_size, spec.image_size)
     label_dropout = cfg.diffusion.label_dropout if spec.num_classes else None
+    loss_options = objective(cfg.diffusion)
     null_label = spec.num_classes
     noise_gen = torch.Generator(device=device)  # reseeded every step from (seed, step): see global_batch.py
     guard = NonFiniteGuard(device, t_cfg.max_nonfinite_steps)
@@ -339,8 +340,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                     y = drop_labels(labels, mine.drops, null_label) if spec.num_classes else None
                     with distributed.no_sync(replicated, last=micro == accum - 1):
                         with autocast(device, t_cfg.precision):
-                            loss = diffusion_loss(network, schedule, x0, mine.t, mine.noise, y,
-                                                  **objective(cfg.diffusion))
+                            loss = diffusion_loss(network, schedule, x0, mine.t, mine.noise, y, **loss_options)
                         scaler.scale(loss / accum).backward()  # the last micro-batch's all-reduces the gradients
                     step_loss += loss.detach() / accum
                 distributed.mean_over_ranks_(step_loss)  # the global batch's loss, the same on every process
