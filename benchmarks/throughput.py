@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmkit.build import autocast, noise_schedule, sampler_options, set_tf32, unet_spec
 from ddpmkit.config import COMPILE_MODES, PRESETS, Config, resolve_config, validate
+from ddpmkit.formats.diffusers_unet import Unsupported, unet2d_config
 from ddpmkit.losses import diffusion_loss
 from ddpmkit.samplers import sample_ddim
 from ddpmkit.train import train
@@ -64,54 +65,13 @@ def model_spec(cfg: Config) -> UNetSpec:
 
 
 def diffusers_config(spec: UNetSpec) -> dict:
-    """UNet2DModel arguments for the same network as ``UNet(spec)``: the same layers with the same shapes.
-
-    Both follow DDPM's U-Net: ResNet blocks (GroupNorm, SiLU, 3x3 conv, + linear projection of the time embedding,
-    dropout before the second conv, 1x1 skip when the width changes), single-head self-attention with a GroupNorm and
-    a residual, strided 3x3 conv downsampling, nearest + 3x3 conv upsampling, a resnet-attention-resnet middle, and a
-    time embedding of sinusoid(base) -> Linear -> SiLU -> Linear to 4 x base, cos half first. ddpmkit's label
-    embedding has one row more than the classes (the null label of classifier-free guidance), so diffusers gets
-    ``num_class_embeds = classes + 1`` and the parameter counts agree exactly.
-    """
-    unsupported = {"weight_standardization": spec.weight_standardization, "downsample": spec.downsample != "conv",
-                   "upsample": spec.upsample != "nearest", "output_activation": spec.output_activation != "none"}
-    if any(unsupported.values()):
-        raise SystemExit(f"UNet2DModel has no equivalent of {', '.join(k for k, v in unsupported.items() if v)}; "
-                         f"use --skip-diffusers")
-    widths = [spec.base_channels * m for m in spec.channel_mults]
-    attends = [spec.image_size // 2**level in spec.attention_resolutions for level in range(len(widths))]
-    # ddpmkit fixes the number of heads, diffusers the width of a head; heads = 1 is diffusers' head width None.
-    attended = [w for w, a in zip(widths, attends) if a] + ([widths[-1]] if spec.middle_attention else [])
-    head_widths = {w // spec.attention_heads for w in attended}
-    if spec.attention_heads > 1 and len(head_widths) > 1:
-        raise SystemExit(f"{spec.attention_heads} heads on layers of different widths give different head widths "
-                         f"{sorted(head_widths)}, which one UNet2DModel cannot express; use --skip-diffusers")
-    return {
-        "sample_size": spec.image_size,
-        "in_channels": spec.image_channels,
-        "out_channels": spec.image_channels,
-        "block_out_channels": tuple(widths),
-        "layers_per_block": spec.num_res_blocks,  # the up path has one more per level in both
-        "down_block_types": tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attends),
-        "up_block_types": tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)),
-        "mid_block_type": "UNetMidBlock2D",
-        "add_attention": spec.middle_attention,  # the middle block's attention, at the last width
-        "attention_head_dim": None if spec.attention_heads == 1 else head_widths.pop(),
-        "norm_num_groups": spec.norm_groups,
-        "norm_eps": 1e-5,  # torch's GroupNorm default, which ddpmkit uses
-        "dropout": spec.dropout,
-        "act_fn": "silu",
-        "time_embedding_type": "positional",
-        "time_embedding_dim": 4 * spec.base_channels,
-        "flip_sin_to_cos": True,  # [cos, sin] with frequencies 10000^(-i / half), as unet.timestep_embedding
-        "freq_shift": 0,
-        "downsample_type": "conv",
-        "downsample_padding": 1,
-        "upsample_type": "conv",
-        "resnet_time_scale_shift": "default",  # the embedding is added, not a scale and shift
-        "class_embed_type": None,
-        "num_class_embeds": spec.num_classes + 1 if spec.num_classes else None,
-    }
+    """UNet2DModel arguments for the same network as ``UNet(spec)``: the layers and shapes of ``ddpmkit export``'s
+    config (formats/diffusers_unet.py), so that the parameter counts agree exactly."""
+    try:
+        config = unet2d_config(spec)
+    except Unsupported as err:
+        raise SystemExit(f"{err}; use --skip-diffusers") from None
+    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 class DiffusersDenoiser(nn.Module):

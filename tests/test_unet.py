@@ -20,6 +20,8 @@ OPTIONS = {
     "conditional": {"num_classes": 5},
     "sigmoid output": {"output_activation": "sigmoid"},
     "grayscale 32": {"image_channels": 1, "image_size": 32, "attention_resolutions": (16,)},
+    "the DDPM authors' code": {"downsample": "conv_asymmetric", "embedding_sin_first": True,
+                               "embedding_frequency_shift": 1.0, "norm_eps": 1e-6},
 }
 
 
@@ -93,6 +95,31 @@ def test_timestep_embedding_is_the_transformer_sinusoid():
     freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(4) / 4)
     assert torch.allclose(emb[1], torch.cat([torch.cos(7 * freqs), torch.sin(7 * freqs)]))
     assert torch.equal(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+
+
+def test_timestep_embedding_of_the_ddpm_authors_code():
+    # DDPM's get_timestep_embedding: emb = exp(-log(10000) k / (half - 1)), k = 0 .. half - 1; [sin(t emb), cos(t emb)]
+    t, dim = torch.tensor([0, 7, 999]), 12
+    k = torch.arange(6, dtype=torch.float64)
+    args = t[:, None].double() * torch.exp(-torch.log(torch.tensor(10000.0, dtype=torch.float64)) * k / 5)
+    expected = torch.cat([torch.sin(args), torch.cos(args)], dim=1).float()
+    torch.testing.assert_close(timestep_embedding(t, dim, sin_first=True, frequency_shift=1), expected)
+
+
+def test_asymmetric_downsampling_pads_after_as_tensorflows_same():
+    # A stride-2 3x3 conv with SAME padding on an even side pads 0 before and 1 after: output (i, j) sees inputs
+    # 2i..2i+2, so a kernel tapping only its top-left corner returns x[::2, ::2]; padding 1 on each side shifts it.
+    from ddpmkit.unet import Downsample
+
+    x = torch.randn(1, 1, 8, 8)
+    for kind, expected in (("conv_asymmetric", x[..., ::2, ::2]),
+                           ("conv", torch.nn.functional.pad(x, (1, 0, 1, 0))[..., :-1:2, :-1:2])):
+        down = Downsample(1, kind)
+        with torch.no_grad():
+            down.op.weight.zero_()
+            down.op.weight[0, 0, 0, 0] = 1
+            down.op.bias.zero_()
+        torch.testing.assert_close(down(x), expected)
 
 
 def test_ddpm_cifar10_size():

@@ -25,18 +25,25 @@ def unet_spec(cfg: Config, channels: int, num_classes: int) -> UNetSpec:
         channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
         attention_resolutions=tuple(m.attention_resolutions), attention_heads=m.attention_heads,
         middle_attention=m.middle_attention,
-        dropout=m.dropout, norm_groups=m.norm_groups, num_classes=num_classes if m.class_conditional else 0,
+        dropout=m.dropout, norm_groups=m.norm_groups, norm_eps=m.norm_eps,
+        num_classes=num_classes if m.class_conditional else 0,
         downsample=m.downsample, upsample=m.upsample, weight_standardization=m.weight_standardization,
-        output_activation="sigmoid" if cfg.diffusion.loss == "bce" else "none")
+        output_activation="sigmoid" if cfg.diffusion.loss == "bce" else "none",
+        embedding_sin_first=m.embedding_sin_first, embedding_frequency_shift=m.embedding_frequency_shift)
+
+
+def spec_from_dict(spec: dict) -> UNetSpec:
+    """A checkpoint's ``unet`` entry -> UNetSpec; keys of other ddpmkit versions are left out, missing ones take
+    their defaults (which are what earlier versions built)."""
+    fields = {f.name for f in dataclasses.fields(UNetSpec)}
+    return UNetSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in fields})
 
 
 def unet_from_dict(spec: dict, source: str = "the checkpoint") -> UNet:
     """The U-Net a checkpoint's ``unet`` entry describes; a description this version cannot build is a one-line
     error naming ``source``."""
-    fields = {f.name for f in dataclasses.fields(UNetSpec)}
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in fields}
     try:
-        return UNet(UNetSpec(**clean))
+        return UNet(spec_from_dict(spec))
     except (TypeError, ValueError, KeyError, RuntimeError, ZeroDivisionError) as err:
         raise DdpmkitError(f"{source}: its network description cannot be built ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:120] if str(err) else ''}); it was written by another "

@@ -188,16 +188,22 @@ def resume_candidates(run_dir: Path) -> list[Path]:
     return [*periodic_checkpoints(run_dir), run_dir / "latest.pt"]
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint file, or a run directory's final checkpoint (else its newest intact one), verified."""
+def locate_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
+    """A checkpoint file, or a run directory's final checkpoint (else its newest intact one), verified; with the
+    file it was read from."""
     path = Path(path)
     if not path.is_dir():
-        return read_checkpoint(path, map_location)
+        return read_checkpoint(path, map_location), path
     found = newest_intact([path / "final.pt", *resume_candidates(path)], map_location)
     if found is None:
         raise DdpmkitError(f"{path} holds no checkpoint (final.pt, latest.pt or checkpoints/step_*.pt); pass a .pt "
                            f"file written by 'ddpmkit train' or its run directory")
-    return found[0]
+    return found
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file, or a run directory's final checkpoint (else its newest intact one), verified."""
+    return locate_checkpoint(path, map_location)[0]
 
 
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:

@@ -12,10 +12,14 @@ from pathlib import Path
 
 from . import __version__, distributed
 from .build import steps_taken
-from .config import COMPILE_MODES, DEFAULT_SAMPLER, PRESETS, SAMPLER_NAMES, SPACINGS, DiffusionConfig, resolve_config
+from .config import (COMPILE_MODES, DATASETS, DEFAULT_SAMPLER, PRESETS, SAMPLER_NAMES, SPACINGS, DiffusionConfig,
+                     resolve_config)
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
 
+# What --checkpoint accepts, everywhere (formats.read_model).
+CHECKPOINT_HELP = ("a .pt file or run directory of 'ddpmkit train', a .safetensors file of 'ddpmkit export', a "
+                   "diffusers folder, or a Hugging Face Hub id (owner/name)")
 CONFIG_HELP = ("Resolution order: defaults < --preset < --config < --set. Keys: 'ddpmkit config --preset quick' "
                "prints them all.")
 # Whole numbers fit an int64, as in the config. For seeds this is narrower than torch.Generator.manual_seed's
@@ -146,7 +150,7 @@ def _add_precision_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_picture_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file, or a run directory (final.pt)")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=CHECKPOINT_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     _add_precision_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -172,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw images from a trained checkpoint and write OUTPUT_DIR/grid.png, "
                        "OUTPUT_DIR/images/seed_NNNNN.png (class_C_seed_NNNNN.png with --class) and "
                        "OUTPUT_DIR/samples.npz (arr_0: uint8, N x H x W x C; seeds; labels with --class).")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file, or a run directory (final.pt)")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=CHECKPOINT_HELP)
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES, help=SAMPLER_HELP)
     _add_solver_args(p)
     p.add_argument("--steps", type=COUNT, metavar="S", help=STEPS_HELP)
@@ -251,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights are src/ddpmkit/metrics/weights/DATASET_classifier.pt)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = csub.add_parser("judge", help="fraction of guided samples classified as the requested class")
-    c.add_argument("--checkpoint", required=True, metavar="PATH", help="a class-conditional model")
+    c.add_argument("--checkpoint", required=True, metavar="PATH", help="a class-conditional model: " + CHECKPOINT_HELP)
     c.add_argument("--classifier", metavar="PATH_OR_DATASET",
                    help="classifier weights, or a dataset name for the shipped ones (default: the model's dataset)")
     c.add_argument("--guidance", type=comma_list(NUMBER), default="0,1,3",
@@ -274,10 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "the LPIPS diversity of samples. Prints a table and writes OUTPUT_DIR/metrics.json with "
                        "everything needed to reproduce the numbers.")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="PATH", help="generate samples from this model")
+    source.add_argument("--checkpoint", metavar="PATH", help="generate samples from this model: " + CHECKPOINT_HELP)
     source.add_argument("--samples", metavar="PATH", help="an .npz (arr_0: uint8 N x H x W x C), a folder of PNGs, "
                         "or the folder 'ddpmkit sample' wrote")
-    p.add_argument("--dataset", choices=["mnist", "fashion_mnist"], help="the real data (default: the model's)")
+    p.add_argument("--dataset", choices=DATASETS, help="the real data (default: the model's); fd, is, accuracy and "
+                   "prc judge mnist and fashion_mnist (or give --classifier), fid/kid/inception_is any")
     p.add_argument("--data-root", default="", help="where the real data is (see data.root; default: the model's)")
     p.add_argument("--resize-mode", choices=["pad", "resize"],
                    help="with --samples: bring the real images to the samples' size by zero-padding or resizing "
@@ -317,6 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     _add_precision_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("export", help="write a model in diffusers' format or as one .safetensors file",
+                       description="Write a model for other programs: --format diffusers makes a folder that "
+                                   "diffusers' DDPMPipeline.from_pretrained loads (unet/, scheduler/, a model card), "
+                                   "--format safetensors one file of weights with ddpmkit's config as metadata.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=CHECKPOINT_HELP)
+    p.add_argument("--format", default="diffusers", choices=["diffusers", "safetensors"],
+                   help="diffusers (a folder, default) or safetensors (one file)")
+    p.add_argument("--output", required=True, metavar="PATH", help="the folder (diffusers) or file (safetensors)")
+    p.add_argument("--no-ema", action="store_true", help="the raw trained weights instead of the EMA")
+    p.add_argument("--metrics", action="append", default=[], metavar="JSON",
+                   help="a metrics.json of 'ddpmkit evaluate' on this checkpoint, for the model card (repeatable; "
+                        "default: those found beside the checkpoint that measured it)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
     p = sub.add_parser("config", help="print the resolved configuration as JSON",
                        description="Print the configuration a train command would use. " + CONFIG_HELP)
@@ -470,6 +489,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {write_report(report, Path(args.output_dir) / 'metrics.json')}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .export import export
+
+    written = export(args.checkpoint, args.output, args.format, use_ema=not args.no_ema, metrics=args.metrics,
+                     overwrite=args.overwrite)
+    kind = "a diffusers folder (unet/, scheduler/, README.md)" if args.format == "diffusers" else "a safetensors file"
+    print(f"wrote {written}: {kind}, {'raw' if args.no_ema else 'EMA'} weights")
+
+
 # How many consecutive seeds from --seed on each command uses: the option that says.
 SEED_COUNTS = {"sample": "num_samples", "animate": "per_class", "classifier judge": "per_class",
                "evaluate": "num_samples"}
@@ -524,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
             _evaluate(args)
         elif args.command == "classifier":
             _classifier(args)
+        elif args.command == "export":
+            _export(args)
         elif args.command == "config":
             print(json.dumps(resolve_config(args.preset, args.config, args.overrides).to_dict(), indent=2))
     except HelpShown:

@@ -70,9 +70,13 @@ class ModelConfig:
     attention_heads: int = 1                    # heads of each self-attention layer
     dropout: float = 0.0                        # dropout in residual blocks (DDPM CIFAR-10: 0.1)
     norm_groups: int = 32                       # GroupNorm groups; must divide every channel count
-    downsample: str = "conv"                    # conv (strided 3x3) or space_to_depth
+    norm_eps: float = 1e-5                      # GroupNorm epsilon (the DDPM authors' code: 1e-6)
+    downsample: str = "conv"                    # conv (strided 3x3), conv_asymmetric (padded after, as TensorFlow's
+                                                # SAME in the DDPM authors' code) or space_to_depth
     upsample: str = "nearest"                   # nearest (+ 3x3 conv) or transposed (4x4 transposed conv)
     weight_standardization: bool = False        # weight-standardised 3x3 convolutions
+    embedding_sin_first: bool = False           # timestep embedding [sin, cos] (the DDPM authors' code), not [cos, sin]
+    embedding_frequency_shift: float = 0.0      # its frequencies 10000^(-k / (half - shift)); the authors' code: 1
     class_conditional: bool = False             # feed labels through a label embedding (needs a labelled dataset)
 
 
@@ -378,7 +382,7 @@ def validate(cfg: Config) -> Config:
     _choice("data.resize_mode", d.resize_mode, RESIZE_MODES)
     _choice("data.in_memory", d.in_memory, IN_MEMORY)
     _choice("data.bad_images", d.bad_images, BAD_IMAGES)
-    _choice("model.downsample", m.downsample, ("conv", "space_to_depth"))
+    _choice("model.downsample", m.downsample, ("conv", "conv_asymmetric", "space_to_depth"))
     _choice("model.upsample", m.upsample, ("nearest", "transposed"))
     _choice("diffusion.beta_schedule", f.beta_schedule, BETA_SCHEDULE_NAMES)
     _choice("diffusion.prediction", f.prediction, PREDICTIONS)
@@ -428,6 +432,11 @@ def validate(cfg: Config) -> Config:
                               f"use a divisor of every base_channels * channel_mults value")
         if (m.attention_resolutions or m.middle_attention) and c % m.attention_heads:
             raise ConfigError(f"model.attention_heads: {m.attention_heads} does not divide {c} channels")
+    if not (math.isfinite(m.norm_eps) and 0 < m.norm_eps < 1):
+        raise ConfigError(f"model.norm_eps: must be in (0, 1), e.g. 1e-5, got {m.norm_eps}")
+    if not 0 <= m.embedding_frequency_shift < m.base_channels // 2:
+        raise ConfigError(f"model.embedding_frequency_shift: must be >= 0 and below half the embedding width "
+                          f"({m.base_channels // 2}), got {m.embedding_frequency_shift}")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
     if not 0 <= f.label_dropout < 1:

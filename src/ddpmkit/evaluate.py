@@ -43,6 +43,7 @@ from .metrics.reconstruction import reconstruction_metrics
 from .viz import write_npz
 
 OFFLINE_METRICS = ("fd", "is", "accuracy", "prc")
+SHIPPED_JUDGES = ("mnist", "fashion_mnist")  # datasets with a judge classifier in metrics/weights/
 INCEPTION_METRICS = ("fid", "kid", "inception_is")
 LPIPS_METRICS = ("reconstruction", "diversity")
 METRICS = OFFLINE_METRICS + INCEPTION_METRICS + LPIPS_METRICS
@@ -192,13 +193,13 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
     if checkpoint is not None:
         from .sampling import DiffusionSampler
 
-        checkpoint = Path(checkpoint)
-        ckpt_file = checkpoint / "final.pt" if checkpoint.is_dir() else checkpoint
-        model = DiffusionSampler(ckpt_file, device=device, precision=precision, compile=compile)
+        model = DiffusionSampler(checkpoint, device=device, precision=precision, compile=compile)
         real_cfg = _real_config_of_model(model.config.data, dataset, data_root, resize_mode)
+        _check_judge(metrics, classifier, real_cfg.dataset)
         real = distributed.main_only(load_images, real_cfg, split)  # before sampling: a missing dataset stops at once
         dataset, image_size, class_names = real_cfg.dataset, real_cfg.image_size, model.class_names
-        report["samples"] = {"checkpoint": str(ckpt_file), "checkpoint_sha256": file_sha256(ckpt_file),
+        report["samples"] = {"checkpoint": str(model.weights_file),  # the file read: final.pt of a run directory
+                             "checkpoint_sha256": file_sha256(model.weights_file),
                              "precision": model.precision, "device": str(model.device)}
         per_class = num_samples // len(class_names) if model.is_conditional else num_samples
         if "diversity" in metrics and per_class < 2:  # say so before sampling, not after
@@ -218,6 +219,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
     else:
         if dataset is None:
             raise DdpmkitError("--samples needs --dataset to know which real images to compare with")
+        _check_judge(metrics, classifier, dataset)
         images, labels = read_samples(samples)
         real_cfg = DataConfig(dataset=dataset, root=data_root, image_size=images.shape[-1],
                               resize_mode=resize_mode or "pad", download=False)
@@ -251,6 +253,15 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         report["notes"] = notes
     report["seconds"] = {"sampling": round(generated_s, 1), "total": round(time.perf_counter() - started, 1)}
     return report
+
+
+def _check_judge(metrics: tuple[str, ...], classifier: str | Path | None, dataset: str) -> None:
+    """Before any sampling: the classifier metrics need a judge, shipped only for the MNIST-like datasets."""
+    wanted = sorted(set(OFFLINE_METRICS) & set(metrics))
+    if wanted and classifier is None and dataset not in SHIPPED_JUDGES:
+        raise DdpmkitError(f"{', '.join(wanted)} use a judge classifier, and ddpmkit ships one for "
+                           f"{' and '.join(SHIPPED_JUDGES)} only, not {dataset}; measure {dataset} with --metrics "
+                           f"fid,kid,inception_is, or pass --classifier PATH")
 
 
 def _real_config_of_model(data: DataConfig, dataset: str | None, data_root: str,

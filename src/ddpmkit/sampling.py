@@ -11,9 +11,10 @@ from tqdm.auto import tqdm
 from . import distributed
 from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, sampler_options,
                     sampling_compile_mode, set_tf32, unet_from_dict)
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import load_weights
 from .config import DEFAULT_SAMPLER, config_from_dict
 from .errors import DdpmkitError
+from .formats import LoadedModel, read_diffusers, read_model
 from .guidance import guided_denoiser, parse_classes
 from .samplers import SAMPLERS, UNIPC_VARIANTS, Denoiser, ImageNoise, StepCallback, invert_ddim
 
@@ -32,10 +33,17 @@ class DiffusionSampler:
     whether fp32 work on a GPU uses TensorFloat-32.
     """
 
-    def __init__(self, checkpoint: str | Path | dict, device: str = "auto", use_ema: bool = True,
+    def __init__(self, checkpoint: str | Path | dict | LoadedModel, device: str = "auto", use_ema: bool = True,
                  precision: str = "auto", compile: str | bool | None = None):
-        state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-        source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
+        """``checkpoint``: a .pt file or run directory, a .safetensors file of ``ddpmkit export``, a diffusers
+        folder or Hugging Face Hub id (see formats.read_model), or a checkpoint dict."""
+        if isinstance(checkpoint, dict):
+            loaded = LoadedModel(checkpoint, None, "the checkpoint")
+        else:
+            loaded = checkpoint if isinstance(checkpoint, LoadedModel) else read_model(checkpoint)
+        state = loaded.state
+        source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {loaded.name}"
+        self.weights_file = loaded.file  # the file the weights came from (None for a dict)
         self.device = distributed.setup(device)  # under torchrun: this process's device, the process group joined
         self.precision = inference_precision(self.device, precision)
         self.config = config_from_dict(state["config"], source=f"the config inside {source}")
@@ -50,6 +58,13 @@ class DiffusionSampler:
         self.schedule = noise_schedule(self.config.diffusion).to(self.device)
         self.class_names: list[str] = list(state.get("class_names", []))
         self.step = int(state["step"])
+
+    @classmethod
+    def from_diffusers(cls, path_or_repo_id: str | Path, **kwargs) -> "DiffusionSampler":
+        """A diffusers DDPM (a DDPMPipeline folder, a UNet2DModel with its scheduler, or a Hub id such as
+        ``google/ddpm-cifar10-32``, read from the Hugging Face cache or downloaded) with ddpmkit's samplers.
+        Keywords are ``__init__``'s. Which configurations convert, and which are refused: docs/interop.md."""
+        return cls(read_diffusers(path_or_repo_id), **kwargs)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

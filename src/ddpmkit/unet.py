@@ -27,24 +27,33 @@ class UNetSpec:
     middle_attention: bool = True         # self-attention between the middle block's two ResBlocks (DDPM's)
     dropout: float = 0.0
     norm_groups: int = 32
+    norm_eps: float = 1e-5                # GroupNorm epsilon (torch's default; the DDPM authors' code: 1e-6)
     num_classes: int = 0                  # 0: unconditional; else labels 0..num_classes-1 plus a null label
-    downsample: str = "conv"              # "conv" (strided 3x3) or "space_to_depth" (PixelUnshuffle + 1x1)
+    downsample: str = "conv"              # "conv" (strided 3x3, padding 1), "conv_asymmetric" (strided 3x3 padded
+                                          # one row and column after: TensorFlow's SAME, the DDPM authors' code)
+                                          # or "space_to_depth" (PixelUnshuffle + 1x1)
     upsample: str = "nearest"             # "nearest" (nearest + 3x3 conv) or "transposed" (4x4 transposed conv)
     weight_standardization: bool = False  # weight-standardised 3x3 convolutions (Qiao et al. 2019)
     output_activation: str = "none"       # "none" or "sigmoid" (an x_0 network trained with a BCE loss)
+    embedding_sin_first: bool = False     # timestep embedding [sin, cos] (the DDPM authors' code) or [cos, sin]
+    embedding_frequency_shift: float = 0.0  # its frequencies 10000^(-k / (half - shift)): the authors' code has 1
 
 
-DOWNSAMPLES = ("conv", "space_to_depth")
+DOWNSAMPLES = ("conv", "conv_asymmetric", "space_to_depth")
 UPSAMPLES = ("nearest", "transposed")
 OUTPUT_ACTIVATIONS = ("none", "sigmoid")
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, §3.5), as used by DDPM."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, sin_first: bool = False,
+                       frequency_shift: float = 0.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, §3.5), as used by DDPM: ``half = dim // 2``
+    frequencies max_period^(-k / (half - frequency_shift)), k = 0 .. half - 1, as [cos, sin] (or [sin, cos])."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    k = torch.arange(half, device=t.device, dtype=torch.float32)
+    freqs = torch.exp(-math.log(max_period) * k / (half - frequency_shift))
     args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    pair = [torch.sin(args), torch.cos(args)] if sin_first else [torch.cos(args), torch.sin(args)]
+    emb = torch.cat(pair, dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
@@ -67,12 +76,13 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int, conv: type[nn.Conv2d]):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int, conv: type[nn.Conv2d],
+                 eps: float = 1e-5):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
         self.conv1 = conv(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, out_ch)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(conv(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -87,10 +97,10 @@ class ResBlock(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the pixels of a feature map, through scaled_dot_product_attention."""
 
-    def __init__(self, channels: int, heads: int, groups: int):
+    def __init__(self, channels: int, heads: int, groups: int, eps: float = 1e-5):
         super().__init__()
         self.heads = heads
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 
@@ -105,13 +115,14 @@ class SelfAttention(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int, kind: str):
         super().__init__()
-        if kind == "conv":
-            self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.pad_after = kind == "conv_asymmetric"  # TensorFlow's SAME padding for a stride-2 3x3: (0, 1) per side
+        if kind in ("conv", "conv_asymmetric"):
+            self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.pad_after else 1)
         else:  # space_to_depth: lossless 2x2 -> channels rearrangement, then a 1x1 mix
             self.op = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(4 * channels, channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.op(x)
+        return self.op(F.pad(x, (0, 1, 0, 1)) if self.pad_after else x)
 
 
 class Upsample(nn.Module):
@@ -142,10 +153,10 @@ class UNet(nn.Module):
         self.label_emb = nn.Embedding(spec.num_classes + 1, emb_dim) if spec.num_classes > 0 else None
 
         def res(i: int, o: int) -> ResBlock:
-            return ResBlock(i, o, emb_dim, spec.dropout, groups, conv)
+            return ResBlock(i, o, emb_dim, spec.dropout, groups, conv, spec.norm_eps)
 
         def attn(c: int) -> SelfAttention:
-            return SelfAttention(c, spec.attention_heads, groups)
+            return SelfAttention(c, spec.attention_heads, groups, spec.norm_eps)
 
         self.conv_in = nn.Conv2d(spec.image_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -179,13 +190,14 @@ class UNet(nn.Module):
                     resolution *= 2
                 self.up.append(nn.ModuleList(layers))
 
-        self.norm_out = nn.GroupNorm(groups, cur)
+        self.norm_out = nn.GroupNorm(groups, cur, eps=spec.norm_eps)
         self.conv_out = zero_module(nn.Conv2d(cur, spec.image_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) noisy images; t: (B,) integer timesteps; y: (B,) class indices (num_classes = null),
         (B, num_classes + 1) float weights over the label embeddings, or None (the null label)."""
-        emb = self.time_mlp(timestep_embedding(t, self.spec.base_channels))
+        emb = self.time_mlp(timestep_embedding(t, self.spec.base_channels, sin_first=self.spec.embedding_sin_first,
+                                               frequency_shift=self.spec.embedding_frequency_shift))
         if self.label_emb is not None:
             if y is None:  # no label given: the null label, i.e. the unconditional model
                 y = torch.full((x.shape[0],), self.spec.num_classes, device=x.device, dtype=torch.long)

@@ -1,0 +1,117 @@
+"""ddpmkit's noise schedule in diffusers' terms: a DDPMScheduler config, both ways.
+
+| ddpmkit ``DiffusionConfig``                         | diffusers scheduler config                          |
+|-----------------------------------------------------|-----------------------------------------------------|
+| num_timesteps                                       | num_train_timesteps                                 |
+| linear, beta_start/beta_end at T = 1000, x 1000 / T | beta_schedule linear, beta_start/beta_end as used   |
+| cosine with s = 0.008 (IDDPM eq. 17, beta <= 0.999) | beta_schedule squaredcos_cap_v2                     |
+| cosine with another s                               | trained_betas (the betas themselves)                |
+| prediction eps / x0 / v                             | prediction_type epsilon / sample / v_prediction     |
+| variance posterior / beta (ancestral sampling)      | variance_type fixed_small / fixed_large             |
+| clip_x0 (to [-1, 1])                                | clip_sample, clip_sample_range 1                    |
+
+A scheduler's sampling settings (timestep_spacing, thresholding, steps_offset) are not part of the model: ddpmkit's
+samplers take their own (``--spacing``, ``--threshold``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..build import noise_schedule
+from ..config import DiffusionConfig
+from .diffusers_unet import DIFFUSERS_VERSION, Unsupported
+
+PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+VARIANCE_TYPES = {"posterior": "fixed_small", "beta": "fixed_large"}
+# The same variances in diffusers' log form.
+VARIANCE_ALIASES = {"fixed_small": "posterior", "fixed_small_log": "posterior", "fixed_large": "beta",
+                    "fixed_large_log": "beta"}
+DIFFUSERS_COSINE_S = 0.008  # squaredcos_cap_v2's offset, fixed in diffusers' betas_for_alpha_bar
+# Two float32 beta tables of the same schedule differ by rounding; these are far apart from any other schedule.
+BETA_TOLERANCE = dict(rtol=1e-5, atol=1e-8)
+
+
+def ddpm_scheduler_config(d: DiffusionConfig) -> dict[str, Any]:
+    """The DDPMScheduler config of ddpmkit's diffusion settings: the same betas, prediction, variance and clipping.
+    ``timestep_spacing`` is trailing, ddpmkit's default, so that diffusers' pipelines with fewer steps than T visit
+    the timesteps ddpmkit's samplers do."""
+    T = d.num_timesteps
+    config: dict[str, Any] = {
+        "_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION, "num_train_timesteps": T,
+        "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "trained_betas": None,
+        "prediction_type": PREDICTION_TYPES[d.prediction], "variance_type": VARIANCE_TYPES[d.variance],
+        "clip_sample": d.clip_x0, "clip_sample_range": 1.0, "thresholding": False,
+        "timestep_spacing": "trailing", "steps_offset": 0, "rescale_betas_zero_snr": False,
+    }
+    if d.beta_schedule == "linear":  # ddpmkit's betas are for T = 1000, scaled by 1000 / T (IDDPM); diffusers' as used
+        config.update(beta_start=d.beta_start * 1000 / T, beta_end=d.beta_end * 1000 / T)
+    elif d.cosine_s == DIFFUSERS_COSINE_S:
+        config["beta_schedule"] = "squaredcos_cap_v2"
+    else:
+        config["trained_betas"] = noise_schedule(d).betas_float64.tolist()
+    return config
+
+
+def diffusion_from_scheduler(config: dict[str, Any], source: str, known: DiffusionConfig | None = None) -> dict:
+    """The ``diffusion`` config section of a diffusers scheduler config, as a dict; Unsupported when the schedule is
+    not one ddpmkit has. ``known`` (a ddpmkit export's own settings) lets explicit betas be recognised as its
+    cosine schedule. Keys ddpmkit's config has and the scheduler's does not (the loss) keep ``known``'s values."""
+    def refuse(reason: str) -> Unsupported:
+        return Unsupported(f"{source}: {reason}")
+
+    if "num_train_timesteps" not in config or "beta_schedule" not in config and "trained_betas" not in config:
+        raise refuse(f"a {config.get('_class_name', 'scheduler')} config without num_train_timesteps and "
+                     f"beta_schedule; ddpmkit reads the discrete-time schedulers of DDPM (DDPMScheduler, "
+                     f"DDIMScheduler, ...)")
+    if config.get("rescale_betas_zero_snr"):
+        raise refuse("rescale_betas_zero_snr=true (zero terminal SNR) is a schedule ddpmkit does not have")
+    prediction = {v: k for k, v in PREDICTION_TYPES.items()}.get(config.get("prediction_type", "epsilon"))
+    if prediction is None:
+        raise refuse(f"prediction_type={config['prediction_type']!r} (supported: "
+                     f"{', '.join(PREDICTION_TYPES.values())})")
+    variance_type = config.get("variance_type", "fixed_small")
+    if variance_type not in VARIANCE_ALIASES:
+        raise refuse(f"variance_type={variance_type!r}: the network predicts its own variance (IDDPM); ddpmkit's "
+                     f"networks predict the mean only (supported: {', '.join(VARIANCE_ALIASES)})")
+    clip = bool(config.get("clip_sample", True))
+    if clip and config.get("clip_sample_range", 1.0) != 1.0:
+        raise refuse(f"clip_sample_range={config['clip_sample_range']}; ddpmkit clips x_0 to the data range "
+                     f"[-1, 1]")
+    T = int(config["num_train_timesteps"])
+    d = {**(vars(known) if known else {}), "num_timesteps": T, "prediction": prediction,
+         "variance": VARIANCE_ALIASES[variance_type], "clip_x0": clip}
+    betas = config.get("trained_betas")
+    schedule = config.get("beta_schedule", "linear")
+    if betas is not None:
+        d.update(_recognise_betas(torch.tensor(betas, dtype=torch.float64), T, known, source))
+    elif schedule == "linear":
+        d.update(beta_schedule="linear", beta_start=config.get("beta_start", 1e-4) * T / 1000,
+                 beta_end=config.get("beta_end", 0.02) * T / 1000)
+    elif schedule == "squaredcos_cap_v2":
+        d.update(beta_schedule="cosine", cosine_s=DIFFUSERS_COSINE_S)
+    else:
+        raise refuse(f"beta_schedule={schedule!r} (supported: linear, squaredcos_cap_v2, or trained_betas of either)")
+    return d
+
+
+def _recognise_betas(betas: torch.Tensor, T: int, known: DiffusionConfig | None, source: str) -> dict:
+    """The ddpmkit schedule whose betas are ``betas``: ``known``'s, a linear one between the ends, or cosine."""
+    if len(betas) != T:
+        raise Unsupported(f"{source}: {len(betas)} trained_betas for num_train_timesteps={T}")
+    candidates = []
+    if known is not None:
+        candidates.append({k: getattr(known, k) for k in ("beta_schedule", "beta_start", "beta_end", "cosine_s")})
+    candidates += [{"beta_schedule": "linear", "beta_start": float(betas[0]) * T / 1000,
+                    "beta_end": float(betas[-1]) * T / 1000},
+                   {"beta_schedule": "cosine", "cosine_s": DIFFUSERS_COSINE_S}]
+    for candidate in candidates:
+        try:
+            mine = noise_schedule(DiffusionConfig(num_timesteps=T, **candidate)).betas_float64
+        except ValueError:
+            continue
+        if torch.allclose(mine, betas, **BETA_TOLERANCE):
+            return candidate
+    raise Unsupported(f"{source}: its trained_betas are neither a linear schedule nor the cosine one (IDDPM eq. 17); "
+                      f"ddpmkit has no other")

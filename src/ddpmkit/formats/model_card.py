@@ -1,0 +1,154 @@
+"""The model card (``README.md``) of an exported diffusers folder, in the Hugging Face Hub's form: YAML metadata,
+then what the model is, how it was trained, how to sample it, what was measured and how to train it again."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..build import DEFAULT_STEPS
+from ..config import DEFAULT_SAMPLER, Config
+from ..unet import UNetSpec
+
+DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "celeba": "CelebA",
+                 "folder": "an image folder"}
+HUB_DATASETS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist",
+                "cifar10": "uoft-cs/cifar10"}
+
+
+def _schedule(cfg: Config) -> str:
+    d = cfg.diffusion
+    if d.beta_schedule == "linear":
+        T = d.num_timesteps
+        return (f"linear betas {d.beta_start * 1000 / T:g} to {d.beta_end * 1000 / T:g} over T = {T} "
+                f"(Ho et al. 2020)")
+    return f"cosine (Nichol & Dhariwal 2021, eq. 17, s = {d.cosine_s:g}) over T = {d.num_timesteps}"
+
+
+def _architecture(spec: UNetSpec, num_params: int) -> str:
+    widths = ", ".join(str(spec.base_channels * m) for m in spec.channel_mults)
+    attention = (f"self-attention at {', '.join(f'{r}x{r}' for r in spec.attention_resolutions)}"
+                 if spec.attention_resolutions else "no self-attention in the levels")
+    middle = "with" if spec.middle_attention else "without"
+    return (f"DDPM U-Net, {num_params / 1e6:.2f}M parameters: widths {widths}, {spec.num_res_blocks} ResBlock(s) per "
+            f"level, {attention}, middle block {middle} attention, {spec.attention_heads} head(s), "
+            f"GroupNorm({spec.norm_groups}), dropout {spec.dropout:g}")
+
+
+def _metrics_table(reports: Sequence[dict]) -> list[str]:
+    if not reports:
+        return ["Not measured when this folder was written. `ddpmkit evaluate --checkpoint CHECKPOINT` measures the "
+                "checkpoint, and exporting again puts its numbers here."]
+    lines = ["| metric | value | sampler | steps | guidance | samples | against |", "|---|---|---|---|---|---|---|"]
+    for report in reports:
+        s, real = report.get("samples", {}), report.get("real", {})
+        against = f"{real.get('count', '?')} {real.get('dataset', '?')} {real.get('split', '')} images"
+        for name, value in report.get("metrics", {}).items():
+            lines.append(f"| {name} | {value:.4f} | {s.get('sampler', '?')} | {s.get('steps', '?')} | "
+                         f"{s.get('guidance', 0):g} | {s.get('num_samples', '?')} | {against} |")
+    lines += ["", "Measured by `ddpmkit evaluate` on the checkpoint this folder was exported from (the full reports "
+              "are ddpmkit's metrics.json). FD-<dataset>-classifier and the classifier IS use ddpmkit's judge "
+              "classifier, not Inception: compare them only with numbers measured the same way."]
+    return lines
+
+
+PREDICTS = {"eps": "the noise (epsilon)", "x0": "the clean image x_0", "v": "v (Salimans & Ho 2022)"}
+
+
+def _front_matter(data_dataset: str, conditional: bool) -> list[str]:
+    task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
+    lines = ["---", "library_name: diffusers", "pipeline_tag: unconditional-image-generation", "tags:",
+             *[f"- {t}" for t in ("pytorch", "diffusers", "ddpmkit", "ddpm", task)]]
+    if data_dataset in HUB_DATASETS:
+        lines += ["datasets:", f"- {HUB_DATASETS[data_dataset]}"]
+    return [*lines, "---"]
+
+
+def _model_section(cfg: Config, spec: UNetSpec, info: dict, num_params: int) -> list[str]:
+    d, train = cfg.diffusion, cfg.train
+    halflife = f", half-life {train.ema_halflife_images} images" if train.ema_halflife_images else ""
+    weights = (f"the exponential moving average of the weights (decay {train.ema_decay:g}{halflife})"
+               if info["weights"] == "ema" else "the trained weights themselves (not their moving average)")
+    variance = "posterior (beta-tilde)" if d.variance == "posterior" else "beta_t"
+    clipped = "clipped to [-1, 1]" if d.clip_x0 else "not clipped"
+    lines = ["## Model", "",
+             f"- Network: {_architecture(spec, num_params)}; diffusers' `UNet2DModel` (`unet/config.json`).",
+             f"- Diffusion: {_schedule(cfg)}; the network predicts {PREDICTS[d.prediction]}; ancestral sampling "
+             f"variance {variance}; predicted x_0 {clipped} (`scheduler/scheduler_config.json`).",
+             f"- Weights: {weights}.",
+             f"- Images: {'greyscale' if spec.image_channels == 1 else 'RGB'}, in [-1, 1]."]
+    if spec.num_classes:
+        names = ", ".join(f"{i} {n}" for i, n in enumerate(info["class_names"]))
+        lines.append(f"- Classes: {spec.num_classes} ({names}), plus the null label {info['null_label']} of "
+                     f"classifier-free guidance (Ho & Salimans 2022): `class_labels={info['null_label']}` is the "
+                     f"unconditional model.")
+    return lines
+
+
+def _training_section(cfg: Config, step: int, conditional: bool) -> list[str]:
+    data, train, d = cfg.data, cfg.train, cfg.diffusion
+    source = DATASET_NAMES.get(data.dataset, data.dataset)
+    subset = f", {data.max_images} images" if data.max_images else ""
+    flips = ", random horizontal flips" if data.hflip else ""
+    seen = (f"- {step:,} optimizer steps of {train.batch_size} images: {step * train.batch_size:,} training images "
+            f"seen." if step else "- Steps: unknown.")
+    weighting = f" with Min-SNR-{d.min_snr_gamma:g} weighting" if d.loss_weighting == "min_snr" else ""
+    dropout = f", label dropout {d.label_dropout:g}" if conditional else ""
+    return ["## Training", "", f"- Data: {source}{subset}{flips}.", seen,
+            f"- AdamW, learning rate {train.lr:g} (warm-up {train.warmup_steps} steps, cosine to "
+            f"{train.min_lr_ratio:g} x), betas {tuple(train.adam_betas)}, weight decay {train.weight_decay:g}, "
+            f"gradient clip {train.grad_clip:g}, {train.precision}; loss {d.loss}{weighting}{dropout}."]
+
+
+def _diffusers_example(cfg: Config, spec: UNetSpec, null_label: int | None) -> list[str]:
+    """Python that samples the folder with diffusers alone (a test runs it and compares with ddpmkit)."""
+    T, size = cfg.diffusion.num_timesteps, cfg.data.image_size
+    if not spec.num_classes:
+        return ["from diffusers import DDPMPipeline", "",
+                'pipeline = DDPMPipeline.from_pretrained("PATH_OR_HUB_ID")',
+                f"images = pipeline(batch_size=16, num_inference_steps={T}).images  # PIL images"]
+    return [
+        "import torch",
+        "from diffusers import DDIMScheduler, UNet2DModel",
+        "",
+        'unet = UNet2DModel.from_pretrained("PATH_OR_HUB_ID", subfolder="unet").eval()',
+        'scheduler = DDIMScheduler.from_pretrained("PATH_OR_HUB_ID", subfolder="scheduler")',
+        f"scheduler.set_timesteps({min(50, T)})",
+        f"labels, w = torch.arange({spec.num_classes}), 1.0  # one image per class; guidance weight w",
+        f"null = torch.full_like(labels, {null_label})  # the null label: the unconditional model",
+        f"x = torch.randn(len(labels), {spec.image_channels}, {size}, {size})",
+        "with torch.no_grad():",
+        "    for t in scheduler.timesteps:",
+        "        both = unet(x.repeat(2, 1, 1, 1), t, class_labels=torch.cat([labels, null])).sample",
+        "        cond, uncond = both.chunk(2)",
+        "        guided = cond + w * (cond - uncond)  # Ho & Salimans 2022, eq. 6",
+        "        x = scheduler.step(guided, t, x, use_clipped_model_output=True).prev_sample  # as ddpmkit's ddim",
+        "images = (x / 2 + 0.5).clamp(0, 1)",
+    ]
+
+
+def _sampling_section(cfg: Config, spec: UNetSpec, null_label: int | None) -> list[str]:
+    classes = " --class all --guidance 1" if spec.num_classes else ""
+    command = (f"ddpmkit sample --checkpoint PATH_OR_HUB_ID --sampler {DEFAULT_SAMPLER} "
+               f"--steps {DEFAULT_STEPS[DEFAULT_SAMPLER]}{classes} --num-samples 16")
+    return ["## Sampling", "", "With ddpmkit (any of its samplers; this folder is read as it is):", "",
+            "```bash", command, "```", "", "With diffusers:", "",
+            "```python", *_diffusers_example(cfg, spec, null_label), "```"]
+
+
+def model_card(cfg: Config, spec: UNetSpec, info: dict, metrics: Sequence[dict],
+               num_params: int) -> str:
+    """README.md for a diffusers folder written from a ddpmkit model."""
+    conditional = spec.num_classes > 0
+    task = "class-conditional" if conditional else "unconditional"
+    title = (f"# A {task} DDPM of {DATASET_NAMES.get(cfg.data.dataset, cfg.data.dataset)}, "
+             f"{cfg.data.image_size}x{cfg.data.image_size}, trained with ddpmkit")
+    lines = [*_front_matter(cfg.data.dataset, conditional), "", title, "",
+             *_model_section(cfg, spec, info, num_params), "",
+             *_training_section(cfg, info["step"], conditional), "",
+             *_sampling_section(cfg, spec, info["null_label"]), "",
+             "## Metrics", "", *_metrics_table(metrics), "",
+             "## Training it again", "",
+             "`training_config.json` is the resolved ddpmkit config of the run; with ddpmkit installed:", "",
+             "```bash", "ddpmkit train --config training_config.json --run-dir runs/again", "```", "",
+             f"Exported from `{info['exported_from']}` with ddpmkit {info['ddpmkit_version']} (`ddpmkit export "
+             f"--format diffusers`); `ddpmkit.json` holds the class names and the training step.", ""]
+    return "\n".join(lines)
