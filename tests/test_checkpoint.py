@@ -56,6 +56,18 @@ def test_writes_are_flushed_to_disk_before_and_after_the_rename(tmp_path, monkey
     assert events[replace][2] == str(target)
 
 
+def test_written_files_get_the_permissions_open_gives(tmp_path):
+    # Regression: tempfile's private 0o600 survived the rename, so checkpoints, grids and exports were unreadable to
+    # anyone else on the machine. A file written in place with open() gets 0o666 less the umask.
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    save_checkpoint({"a": torch.ones(2)}, tmp_path / "c.pt")
+    with atomic_write(tmp_path / "other.bin") as f:
+        f.write(b"x")
+    for name in ("c.pt", "other.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_the_periodic_checkpoints_are_the_last_k_and_latest_is_the_newest(trained_run):
     assert [p.name for p in periodic_checkpoints(trained_run)] == ["step_00000006.pt", "step_00000004.pt"]
     for name in ("latest.pt", "final.pt"):

@@ -112,3 +112,21 @@ def test_the_unconditional_cards_pipeline_example_runs(tiny_idx_root, tmp_path):
     scope: dict = {}
     exec(python_snippet((tmp_path / "hub" / "README.md").read_text(), tmp_path / "hub"), scope)
     assert len(scope["images"]) == 16 and scope["images"][0].size == (8, 8)
+
+
+def test_the_card_names_the_ema_that_training_used(tiny_idx_root, tmp_path):
+    from test_formats_diffusers import random_checkpoint
+
+    checkpoint = random_checkpoint(tiny_idx_root, tmp_path / "model.pt")
+    state = load_checkpoint(checkpoint)
+    state["config"]["train"]["ema_halflife_images"] = 5000  # training then ignores ema_decay (ema.decay_for_halflife)
+    save_checkpoint({k: v for k, v in state.items() if k != "sha256"}, checkpoint)
+    export(checkpoint, tmp_path / "hub")
+    text = (tmp_path / "hub" / "README.md").read_text()
+    assert "half-life 5,000 training images" in text and "decay 0.9" not in text
+    assert text.count("# An unconditional DDPM of MNIST") == 1
+    export(checkpoint, tmp_path / "raw", use_ema=False)
+    raw = (tmp_path / "raw" / "README.md").read_text()
+    assert "the trained weights themselves" in raw and "this folder holds the raw ones" in raw
+    with pytest.raises(DdpmkitError, match="--metrics with --no-ema"):
+        export(checkpoint, tmp_path / "raw2", use_ema=False, metrics=[tmp_path / "m.json"])

@@ -386,17 +386,82 @@ def test_unet2dmodel_configs_ddpmkit_cannot_build_are_refused(change, reason):
         spec_from_unet2d_config(config, "a folder")
 
 
-def test_an_export_killed_midway_leaves_nothing_and_the_next_one_clears_its_remains(tiny_idx_root, tmp_path,
-                                                                                  monkeypatch):
+def test_an_export_killed_midway_leaves_nothing_and_the_next_one_recovers(tiny_idx_root, tmp_path, monkeypatch):
     checkpoint = random_checkpoint(tiny_idx_root, tmp_path / "model.pt")
 
-    def killed(*args, **kwargs):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C while the weights are written
-    monkeypatch.setattr("safetensors.torch.save_file", killed)
+    monkeypatch.setattr("safetensors.torch.save_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export(checkpoint, tmp_path / "hub")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     monkeypatch.undo()
-    (tmp_path / ".hub.abc123.tmp" / "unet").mkdir(parents=True)  # what SIGKILL, which no handler sees, leaves
+    # SIGKILL, which no handler sees, while writing: an unfinished folder; the next export deletes it.
+    (tmp_path / ".hub.writing-abc123.tmp" / "unet").mkdir(parents=True)
     export(checkpoint, tmp_path / "hub")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "model.pt"]
+    # SIGKILL between moving the previous export aside and renaming the new one: the next export puts it back,
+    # then refuses to replace it without --overwrite.
+    before = (tmp_path / "hub" / "ddpmkit.json").read_bytes()
+    (tmp_path / ".hub.replaced-def456.tmp").mkdir()
+    (tmp_path / "hub").rename(tmp_path / ".hub.replaced-def456.tmp" / "hub")
+    with pytest.raises(DdpmkitError, match="already exists"):
+        export(checkpoint, tmp_path / "hub")
+    assert (tmp_path / "hub" / "ddpmkit.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "model.pt"]
+
+
+def test_overwrite_replaces_only_an_earlier_export(exported, tmp_path, tiny_conditional_checkpoint):
+    checkpoint, _ = exported
+    run_dir = tiny_conditional_checkpoint.parent
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(DdpmkitError, match="--overwrite replaces only an earlier export"):
+        export(checkpoint, run_dir, overwrite=True)  # a run directory: its checkpoints stay
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_exported_files_are_readable_by_others_as_the_umask_allows(exported, tmp_path):
+    # As open() and mkdir() would make them (regression: tempfile's private 0o600/0o700 reached the export).
+    _, folder = exported
+    (tmp_path / "plain_file").write_bytes(b"")
+    (tmp_path / "plain_dir").mkdir()
+    modes = {is_dir: (tmp_path / name).stat().st_mode & 0o777
+             for is_dir, name in ((False, "plain_file"), (True, "plain_dir"))}
+    for path in [folder, *folder.rglob("*")]:
+        assert path.stat().st_mode & 0o777 == modes[path.is_dir()], path
+
+
+def test_the_card_of_another_programs_model_claims_no_training(tmp_path):
+    unet = save_ddpm_cifar10(tmp_path / "theirs")
+    assert unet is not None
+    export(tmp_path / "theirs", tmp_path / "hub")
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "Not trained with ddpmkit" in card and "AdamW" not in card and "as saved in" in card
+    assert not (tmp_path / "hub" / "training_config.json").exists()
+    with pytest.raises(DdpmkitError, match="leave out --no-ema"):
+        export(tmp_path / "theirs", tmp_path / "hub2", use_ema=False)
+
+
+@pytest.mark.parametrize("damage", [
+    ("unet/config.json", "[1, 2]"),
+    ("unet/config.json", '{"_class_name": "UNet2DModel", "block_out_channels": [8, 16], "attention_head_dim": 0, '
+                         '"down_block_types": ["DownBlock2D", "AttnDownBlock2D"], '
+                         '"up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "sample_size": 8, "in_channels": 1, '
+                         '"out_channels": 1, "norm_num_groups": 4}'),
+    ("unet/config.json", None),  # norm_num_groups as a string, set below
+    ("scheduler/scheduler_config.json", '{"num_train_timesteps": "many", "beta_schedule": "linear"}'),
+    ("ddpmkit.json", '{"step": "x"}'),
+    ("training_config.json", "[]"),
+])
+def test_malformed_config_files_give_one_line(exported, capsys, damage):
+    _, folder = exported
+    name, text = damage
+    if text is None:
+        config = json.loads((folder / name).read_text())
+        config["norm_num_groups"] = "four"
+        text = json.dumps(config)
+    (folder / name).write_text(text)
+    assert main(["sample", "--checkpoint", str(folder), "--num-samples", "1", "--output-dir",
+                 str(folder.parent / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err

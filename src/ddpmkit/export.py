@@ -27,7 +27,11 @@ def export(checkpoint: str | Path,              # a .pt file, run directory, .sa
     model = read_model(checkpoint)
     if format == "safetensors":
         return write_safetensors(model, output, use_ema, overwrite)
-    return write_diffusers_folder(model, output, use_ema, measured_reports(model, metrics), overwrite)
+    if not use_ema and metrics:
+        raise DdpmkitError("--metrics with --no-ema: evaluate measures a checkpoint's EMA weights, not the raw ones "
+                           "exported; leave out one of the two")
+    reports = measured_reports(model, metrics) if use_ema else []
+    return write_diffusers_folder(model, output, use_ema, reports, overwrite)
 
 
 def measured_reports(model: LoadedModel, given: Sequence[str | Path]) -> list[dict]:

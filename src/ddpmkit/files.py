@@ -10,12 +10,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
+def shareable(path: str | Path) -> None:
+    """Give a file (0o666) or folder (0o777) the permissions the umask allows, as ``open`` and ``mkdir`` would:
+    ``tempfile``'s are private (0o600, 0o700), which would make every renamed-into-place output unreadable to
+    anyone else (a shared checkpoint, a model folder)."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~UMASK)
 
 
 @contextlib.contextmanager
@@ -27,6 +44,7 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        shareable(tmp)
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
@@ -80,3 +98,47 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def recover_folder(output: str | Path) -> None:
+    """Undo what a ``write_folder_atomically(output, ...)`` killed with SIGKILL left: put back the previous
+    ``output`` it had moved aside (if ``output`` is missing), delete its unfinished new folder."""
+    output = Path(output)
+    if not output.parent.is_dir():
+        return
+    for moved in output.parent.glob(f".{output.name}.replaced-*{TEMP_SUFFIX}"):
+        if (moved / output.name).is_dir() and not output.exists():
+            os.replace(moved / output.name, output)
+        shutil.rmtree(moved, ignore_errors=True)
+    for unfinished in output.parent.glob(f".{output.name}.writing-*{TEMP_SUFFIX}"):
+        shutil.rmtree(unfinished, ignore_errors=True)
+
+
+def write_folder_atomically(output: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Make the folder ``output`` appear whole or not at all: ``fill(folder)`` writes a new folder beside it, which
+    is then renamed to ``output``; an existing ``output`` is moved aside first and deleted after. Ctrl-C or an error
+    leaves ``output`` as it was; after SIGKILL the next call for the same ``output`` first recovers (recover_folder).
+    One call per ``output`` at a time."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(output)
+    work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.writing-", suffix=TEMP_SUFFIX))
+    shareable(work)
+    moved = None
+    try:
+        fill(work)
+        fsync_folder(work)
+        if output.exists():
+            moved = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.replaced-", suffix=TEMP_SUFFIX))
+            os.replace(output, moved / output.name)
+        os.replace(work, output)
+        fsync_folder(output.parent)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        if moved is not None and not output.exists():  # put the previous folder back
+            os.replace(moved / output.name, output)
+        raise
+    finally:
+        if moved is not None:
+            shutil.rmtree(moved, ignore_errors=True)
+    return output

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,12 @@ from ..build import spec_from_dict
 from ..checkpoint import DamagedCheckpoint
 from ..config import Config, ModelConfig, config_from_dict, merge_into, validate
 from ..errors import DdpmkitError
-from ..files import fsync_folder, write_json, write_text
+from ..files import fsync_folder, recover_folder, shareable, write_folder_atomically, write_json, write_text
 from ..unet import UNetSpec
 from .diffusers_scheduler import ddpm_scheduler_config, diffusion_from_scheduler
 from .diffusers_unet import (DIFFUSERS_VERSION, Unsupported, from_diffusers_weights, spec_from_unet2d_config,
                              to_diffusers_weights, unet2d_config)
-from .loaded import LoadedModel, checkpoint_state
+from .loaded import LoadedModel, checkpoint_state, weights_to_export
 from .model_card import model_card
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -46,12 +44,16 @@ FILES = ["model_index.json", DDPMKIT_INFO, TRAINING_CONFIG, "README.md",
 LEGACY_FILES = [f"unet/{LEGACY_WEIGHTS_NAME}", LEGACY_WEIGHTS_NAME]
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object (dict) from ``path``; anything else is a one-line DamagedCheckpoint."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) else " ".join(str(err).split())[:120]
         raise DamagedCheckpoint(f"{path} could not be read as JSON ({reason})") from None
+    if not isinstance(found, dict):
+        raise DamagedCheckpoint(f"{path} holds a JSON {type(found).__name__}, not the object of keys it should")
+    return found
 
 
 def is_unet_folder(path: Path) -> bool:
@@ -125,26 +127,41 @@ def read_diffusers_folder(path: str | Path, name: str | None = None) -> LoadedMo
     path = Path(path)
     name = name or str(path)
     root, unet_dir, scheduler_file = _layout(path)
-    unet_config = _read_json(unet_dir / "config.json")
-    spec = spec_from_unet2d_config(unet_config, f"{name} (unet/config.json)")
-    info = _read_json(root / DDPMKIT_INFO) if (root / DDPMKIT_INFO).is_file() else {}
-    training = _read_json(root / TRAINING_CONFIG) if (root / TRAINING_CONFIG).is_file() else None
-    known = config_from_dict(training, f"{name} ({TRAINING_CONFIG})") if training else None
-    diffusion = diffusion_from_scheduler(_read_json(scheduler_file), f"{name} ({scheduler_file.name})",
+    configs = {"unet": _read_json(unet_dir / "config.json"), "scheduler": _read_json(scheduler_file),
+               "info": _read_json(root / DDPMKIT_INFO) if (root / DDPMKIT_INFO).is_file() else {},
+               "training": _read_json(root / TRAINING_CONFIG) if (root / TRAINING_CONFIG).is_file() else None}
+    try:
+        spec, cfg, step, classes = _convert_configs(configs, name, scheduler_file.name)
+    except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError) as err:  # a value of the wrong type
+        reason = " ".join(str(err).split())[:100]
+        raise DamagedCheckpoint(f"{name}: its config files cannot be read ({type(err).__name__}: {reason}); they "
+                                f"were edited or written by another program") from None
+    weights, file = _read_weights(unet_dir)
+    weights = from_diffusers_weights(weights, spec, name)
+    kind = configs["info"].get("weights") if configs["info"].get("weights") in ("ema", "raw") else "unknown"
+    return LoadedModel(checkpoint_state(weights, spec, cfg, step, classes), file, name, weights=kind,
+                       training_known=configs["training"] is not None)
+
+
+def _convert_configs(configs: dict, name: str, scheduler_name: str) -> tuple[UNetSpec, Config, int, list[str]]:
+    """(the network, the ddpmkit config, the training step, the class names) of a folder's JSON files."""
+    spec = spec_from_unet2d_config(configs["unet"], f"{name} (unet/config.json)")
+    training, info = configs["training"], configs["info"]
+    known = config_from_dict(training, f"{name} ({TRAINING_CONFIG})") if training is not None else None
+    diffusion = diffusion_from_scheduler(configs["scheduler"], f"{name} ({scheduler_name})",
                                          known.diffusion if known else None)
+    # Another program's model: nothing says what it was trained on (evaluate asks for the real data).
     cfg = known or merge_into(Config(), {"data": {"dataset": "folder", "channels": spec.image_channels}}, name)
     merge_into(cfg, {"model": model_config_of(spec), "diffusion": diffusion,
                      "data": {"image_size": spec.image_size}}, name)
     validate(cfg)
-    weights, file = _read_weights(unet_dir)
-    weights = from_diffusers_weights(weights, spec, name)
     # An unconditional model keeps its dataset's class names (as its checkpoint does); a conditional one needs one
     # name per label.
-    classes = info.get("class_names") or [str(c) for c in range(spec.num_classes)]
+    classes = [str(c) for c in info.get("class_names") or range(spec.num_classes)]
     if spec.num_classes and len(classes) != spec.num_classes:
         raise DamagedCheckpoint(f"{name}: {DDPMKIT_INFO} names {len(classes)} classes, the network has "
                                 f"{spec.num_classes}; it was edited")
-    return LoadedModel(checkpoint_state(weights, spec, cfg, int(info.get("step", 0)), classes), file, name)
+    return spec, cfg, int(info.get("step", 0)), classes
 
 
 # -- writing -----------------------------------------------------------------------------------------------------------
@@ -152,7 +169,7 @@ def read_diffusers_folder(path: str | Path, name: str | None = None) -> LoadedMo
 def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool = True,
                            metrics: Sequence[dict] = (), overwrite: bool = False) -> Path:
     """Write ``model`` as a folder ``DDPMPipeline.from_pretrained(output)`` loads, with a model card. The folder
-    appears whole or not at all: it is written beside ``output`` and renamed into place."""
+    appears whole or not at all (files.write_folder_atomically); ``overwrite`` replaces only an earlier export."""
     state = model.state
     cfg = config_from_dict(state["config"], f"the config inside {model.name}")
     spec = spec_from_dict(state["unet"])
@@ -161,13 +178,17 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
                           "return images in [-1, 1], so it cannot be exported for them")
     unet_config = unet2d_config(spec)
     scheduler_config = ddpm_scheduler_config(cfg.diffusion)
-    weights = to_diffusers_weights(state["ema"]["model"] if use_ema else state["model"], spec)
+    weights, kind = weights_to_export(model, use_ema)
+    weights = to_diffusers_weights(weights, spec)
     output = Path(output)
-    _check_free(output, overwrite)
-    info = {"ddpmkit_version": __version__, "weights": "ema" if use_ema else "raw", "step": int(state["step"]),
+    recover_folder(output)  # an export killed mid-way may have moved the previous one aside: judge that one
+    if output.is_dir() and any(output.iterdir()) and overwrite and not (output / "model_index.json").is_file():
+        raise DdpmkitError(f"{output} holds something other than a diffusers folder (no model_index.json); "
+                           f"--overwrite replaces only an earlier export: choose another --output")
+    info = {"ddpmkit_version": __version__, "weights": kind, "step": int(state["step"]),
             "class_names": list(state.get("class_names", [])),
             "null_label": spec.num_classes if spec.num_classes else None, "exported_from": model.name}
-    card = model_card(cfg, spec, info, metrics, sum(v.numel() for v in weights.values()))
+    card = model_card(cfg, spec, info, metrics, sum(v.numel() for v in weights.values()), model.training_known)
 
     def fill(folder: Path) -> None:
         from safetensors.torch import save_file
@@ -178,50 +199,22 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
                                                  "unet": ["diffusers", "UNet2DModel"]})
         write_json(folder / "unet" / "config.json", unet_config)
         save_file(weights, str(folder / "unet" / WEIGHTS_NAME), metadata={"format": "pt"})
+        shareable(folder / "unet" / WEIGHTS_NAME)  # safetensors creates it private (0o600)
         _fsync(folder / "unet" / WEIGHTS_NAME)
+        fsync_folder(folder / "unet")
         write_json(folder / "scheduler" / "scheduler_config.json", scheduler_config)
         write_json(folder / DDPMKIT_INFO, info)
-        write_json(folder / TRAINING_CONFIG, cfg.to_dict())
+        if model.training_known:  # the resolved config retrains it; another program's model has none to give
+            write_json(folder / TRAINING_CONFIG, cfg.to_dict())
         write_text(folder / "README.md", card)
 
-    return write_folder_atomically(output, fill, overwrite)
-
-
-def _check_free(output: Path, overwrite: bool) -> None:
     if output.is_file():
         raise DdpmkitError(f"{output} is a file; the diffusers format is a folder: choose another --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise DdpmkitError(f"{output} already exists and is not empty; choose another --output or add --overwrite")
+    return write_folder_atomically(output, fill)
 
 
 def _fsync(path: Path) -> None:
     with path.open("rb") as f:
         os.fsync(f.fileno())
-
-
-def write_folder_atomically(output: Path, fill, overwrite: bool) -> Path:
-    """Call ``fill(folder)`` on a new folder beside ``output``, then rename it to ``output`` (replacing an
-    existing one only with ``overwrite``). A crash or Ctrl-C leaves ``output`` as it was, never half-written."""
-    _check_free(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for stale in output.parent.glob(f".{output.name}.*.tmp"):  # left by an export killed with SIGKILL
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
-    old = None
-    try:
-        fill(work)
-        if output.exists():
-            old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old.", suffix=".tmp"))
-            os.replace(output, old / output.name)
-        os.replace(work, output)
-        fsync_folder(output.parent)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        if old is not None and not output.exists():  # put the previous folder back
-            os.replace(old / output.name, output)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return output

@@ -270,12 +270,15 @@ def to_diffusers_weights(weights: dict[str, torch.Tensor], spec: UNetSpec) -> di
                 out[f"{theirs}.{name}.{param}"] = part.reshape(part.shape[0], -1) if param == "weight" else part
         elif layer == "proj":
             out[f"{theirs}.to_out.0.{param}"] = value.reshape(value.shape[0], -1) if param == "weight" else value
+        else:
+            raise DdpmkitError(f"ddpmkit weight {key} has no place in diffusers' attention; please report this")
     return {k: v.contiguous() for k, v in out.items()}
 
 
 def from_diffusers_weights(weights: dict[str, torch.Tensor], spec: UNetSpec, source: str) -> dict[str, torch.Tensor]:
-    """A UNet2DModel state dict (current or pre-0.15 attention names) -> ddpmkit's U-Net state dict; a weight
-    missing or left over is a one-line error naming ``source``."""
+    """A UNet2DModel state dict (current or pre-0.15 attention names) -> ddpmkit's U-Net state dict. A missing
+    attention weight or any weight left over is a one-line error naming ``source`` here; a missing one elsewhere,
+    when the weights are loaded into the network (checkpoint.load_weights)."""
     weights = dict(weights)
     for key in list(weights):
         module, param = _split(key)

@@ -33,7 +33,10 @@ def _architecture(spec: UNetSpec, num_params: int) -> str:
             f"GroupNorm({spec.norm_groups}), dropout {spec.dropout:g}")
 
 
-def _metrics_table(reports: Sequence[dict]) -> list[str]:
+def _metrics_table(reports: Sequence[dict], weights: str) -> list[str]:
+    if weights == "raw":
+        return ["Not measured: `ddpmkit evaluate` measures a checkpoint's EMA weights, and this folder holds the raw "
+                "ones."]
     if not reports:
         return ["Not measured when this folder was written. `ddpmkit evaluate --checkpoint CHECKPOINT` measures the "
                 "checkpoint, and exporting again puts its numbers here."]
@@ -55,18 +58,29 @@ PREDICTS = {"eps": "the noise (epsilon)", "x0": "the clean image x_0", "v": "v (
 
 def _front_matter(data_dataset: str, conditional: bool) -> list[str]:
     task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
-    lines = ["---", "library_name: diffusers", "pipeline_tag: unconditional-image-generation", "tags:",
+    # The Hub's pipeline tag says which pipeline runs it: DDPMPipeline cannot pass class labels.
+    pipeline = [] if conditional else ["pipeline_tag: unconditional-image-generation"]
+    lines = ["---", "library_name: diffusers", *pipeline, "tags:",
              *[f"- {t}" for t in ("pytorch", "diffusers", "ddpmkit", "ddpm", task)]]
     if data_dataset in HUB_DATASETS:
         lines += ["datasets:", f"- {HUB_DATASETS[data_dataset]}"]
     return [*lines, "---"]
 
 
+def _weights(cfg: Config, kind: str, source: str) -> str:
+    train = cfg.train
+    if kind == "unknown":
+        return f"as saved in `{source}`"
+    if kind == "raw":
+        return "the trained weights themselves (not their moving average)"
+    length = (f"half-life {train.ema_halflife_images:,} training images" if train.ema_halflife_images
+              else f"decay {train.ema_decay:g} per step")  # training uses the half-life when one is set
+    return f"the exponential moving average of the trained weights ({length})"
+
+
 def _model_section(cfg: Config, spec: UNetSpec, info: dict, num_params: int) -> list[str]:
-    d, train = cfg.diffusion, cfg.train
-    halflife = f", half-life {train.ema_halflife_images} images" if train.ema_halflife_images else ""
-    weights = (f"the exponential moving average of the weights (decay {train.ema_decay:g}{halflife})"
-               if info["weights"] == "ema" else "the trained weights themselves (not their moving average)")
+    d = cfg.diffusion
+    weights = _weights(cfg, info["weights"], info["exported_from"])
     variance = "posterior (beta-tilde)" if d.variance == "posterior" else "beta_t"
     clipped = "clipped to [-1, 1]" if d.clip_x0 else "not clipped"
     lines = ["## Model", "",
@@ -134,18 +148,28 @@ def _sampling_section(cfg: Config, spec: UNetSpec, null_label: int | None) -> li
             "```python", *_diffusers_example(cfg, spec, null_label), "```"]
 
 
-def model_card(cfg: Config, spec: UNetSpec, info: dict, metrics: Sequence[dict],
-               num_params: int) -> str:
-    """README.md for a diffusers folder written from a ddpmkit model."""
+def model_card(cfg: Config, spec: UNetSpec, info: dict, metrics: Sequence[dict], num_params: int,
+               training_known: bool = True) -> str:
+    """README.md for a diffusers folder written by ddpmkit. ``training_known``: the model was trained by ddpmkit
+    and its config says how; otherwise (another program's model, converted) nothing about its training is said."""
     conditional = spec.num_classes > 0
-    task = "class-conditional" if conditional else "unconditional"
-    title = (f"# A {task} DDPM of {DATASET_NAMES.get(cfg.data.dataset, cfg.data.dataset)}, "
-             f"{cfg.data.image_size}x{cfg.data.image_size}, trained with ddpmkit")
+    task = "A class-conditional" if conditional else "An unconditional"
+    size = f"{cfg.data.image_size}x{cfg.data.image_size}"
+    if not training_known:
+        colours = "greyscale" if spec.image_channels == 1 else "RGB"
+        return "\n".join([
+            *_front_matter("", conditional), "", f"# {task} DDPM, {size} {colours}, converted by ddpmkit", "",
+            *_model_section(cfg, spec, info, num_params), "",
+            "## Training", "", f"Not trained with ddpmkit: converted from `{info['exported_from']}`, whose training "
+            f"is not recorded here.", "",
+            *_sampling_section(cfg, spec, info["null_label"]), "",
+            "## Metrics", "", *_metrics_table(metrics, info["weights"]), ""])
+    title = f"# {task} DDPM of {DATASET_NAMES.get(cfg.data.dataset, cfg.data.dataset)}, {size}, trained with ddpmkit"
     lines = [*_front_matter(cfg.data.dataset, conditional), "", title, "",
              *_model_section(cfg, spec, info, num_params), "",
              *_training_section(cfg, info["step"], conditional), "",
              *_sampling_section(cfg, spec, info["null_label"]), "",
-             "## Metrics", "", *_metrics_table(metrics), "",
+             "## Metrics", "", *_metrics_table(metrics, info["weights"]), "",
              "## Training it again", "",
              "`training_config.json` is the resolved ddpmkit config of the run; with ddpmkit installed:", "",
              "```bash", "ddpmkit train --config training_config.json --run-dir runs/again", "```", "",

@@ -22,7 +22,7 @@ from ..checkpoint import DamagedCheckpoint, state_digest
 from ..config import config_from_dict
 from ..errors import DdpmkitError
 from ..files import atomic_write
-from .loaded import LoadedModel, checkpoint_state
+from .loaded import LoadedModel, checkpoint_state, weights_to_export
 
 PREFIX = "ddpmkit."
 
@@ -32,17 +32,20 @@ def write_safetensors(model: LoadedModel, output: str | Path, use_ema: bool = Tr
     from safetensors.torch import save
 
     output = Path(output)
+    if output.suffix != ".safetensors":
+        raise DdpmkitError(f"{output}: the safetensors format writes one file named *.safetensors, e.g. "
+                           f"{output.with_suffix('.safetensors').name}")
+    if output.is_dir():
+        raise DdpmkitError(f"{output} is a folder; choose a file name for --output")
     if output.exists() and not overwrite:
         raise DdpmkitError(f"{output} already exists; choose another --output or add --overwrite")
-    if output.is_dir():
-        raise DdpmkitError(f"{output} is a folder; the safetensors format is one file, e.g. "
-                           f"{output / 'model.safetensors'}")
     state = model.state
-    weights = {k: v.contiguous() for k, v in (state["ema"]["model"] if use_ema else state["model"]).items()}
+    weights, kind = weights_to_export(model, use_ema)
+    weights = {k: v.contiguous() for k, v in weights.items()}
     metadata = {"format": "pt", f"{PREFIX}config": json.dumps(state["config"]),
                 f"{PREFIX}unet": json.dumps(state["unet"]),
                 f"{PREFIX}class_names": json.dumps(list(state.get("class_names", []))),
-                f"{PREFIX}step": str(int(state["step"])), f"{PREFIX}weights": "ema" if use_ema else "raw",
+                f"{PREFIX}step": str(int(state["step"])), f"{PREFIX}weights": kind,
                 f"{PREFIX}version": __version__}
     metadata[f"{PREFIX}sha256"] = _digest(weights, metadata)
     with atomic_write(output) as f:
@@ -77,9 +80,11 @@ def read_safetensors(path: str | Path, name: str | None = None) -> LoadedModel:
     try:
         cfg = config_from_dict(json.loads(metadata[f"{PREFIX}config"]), f"the config inside {name}")
         spec = spec_from_dict(json.loads(metadata[f"{PREFIX}unet"]))
-        classes = json.loads(metadata.get(f"{PREFIX}class_names", "[]"))
+        classes = [str(c) for c in json.loads(metadata.get(f"{PREFIX}class_names", "[]"))]
         step = int(metadata.get(f"{PREFIX}step", 0))
-    except (ValueError, TypeError) as err:
-        raise DamagedCheckpoint(f"{name}: its ddpmkit metadata cannot be read ({str(err)[:100]}); it was edited or "
-                                f"written by another program") from None
-    return LoadedModel(checkpoint_state(weights, spec, cfg, step, classes), path, name)
+        kind = metadata.get(f"{PREFIX}weights", "unknown")
+    except (ValueError, TypeError, AttributeError) as err:  # JSON of the wrong shape, a spec key of the wrong type
+        raise DamagedCheckpoint(f"{name}: its ddpmkit metadata cannot be read ({type(err).__name__}: "
+                                f"{str(err)[:100]}); it was edited or written by another program") from None
+    return LoadedModel(checkpoint_state(weights, spec, cfg, step, classes), path, name,
+                       weights=kind if kind in ("ema", "raw") else "unknown")
