@@ -382,6 +382,8 @@ def _sample(args: argparse.Namespace) -> None:
 def _pictures(args: argparse.Namespace) -> None:
     from . import pictures
     from .sampling import DiffusionSampler
+    from tqdm.auto import tqdm
+
     from .viz import plot_noise_schedules, save_gif, save_labelled_grid, save_pil, stack_rows
 
     if args.command == "plot-schedule":
@@ -410,17 +412,20 @@ def _pictures(args: argparse.Namespace) -> None:
         out = Path(args.output_dir)
         seeds = list(range(args.seed, args.seed + args.per_class))
         classes = sampler.class_indices(args.classes) if args.classes is not None else [None]
-        all_rows = []
-        for c in classes:
+        all_rows, written = [], []
+        for c in tqdm(classes, desc="classes", unit="gif", disable=args.no_progress or len(classes) < 2):
             frames = pictures.denoising_frames(sampler, seeds, c, args.frames, args.sampler, args.steps,
                                                show=args.show, **common, **_solver_options(args))
             name = "unconditional" if c is None else f"class_{c}_{sampler.class_names[c]}"
             name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in name)
-            print(f"wrote {save_gif(frames, out / f'{name}.gif', args.duration, args.hold)}")
+            written.append(save_gif(frames, out / f"{name}.gif", args.duration, args.hold))
             all_rows.append(frames)
         if len(classes) > 1:
             combined = [stack_rows([rows[i] for rows in all_rows]) for i in range(len(all_rows[0]))]
-            print(f"wrote {save_gif(combined, out / 'all.gif', args.duration, args.hold)}")
+            written.append(save_gif(combined, out / "all.gif", args.duration, args.hold))
+        names = ", ".join(p.name for p in written) if len(written) <= 3 else \
+            f"{written[0].name}, ..., {written[-1].name}"
+        print(f"wrote {len(written)} GIF{'s' if len(written) > 1 else ''} to {out}/: {names}")
 
 
 def _classifier(args: argparse.Namespace) -> None:
@@ -461,7 +466,7 @@ def _classifier(args: argparse.Namespace) -> None:
               "per_class": args.per_class, "seed": args.seed, "classifier_sha256": info["sha256"],
               "classifier_test_accuracy": info["test_accuracy"], "results": results}
     if args.output and distributed.is_main():
-        write_json(args.output, report)
+        print(f"wrote {write_json(args.output, report)}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -32,9 +32,11 @@ from .global_batch import BatchSplit, StepRandomness, step_seed
 from .guidance import drop_labels
 from .losses import diffusion_loss
 from .nonfinite import NonFiniteGuard, NonFiniteLoss, optimizer_step
+from .resources import ResourceMonitor
 from .run_log import RunLog
 from .samplers import SAMPLERS, ImageNoise
 from .stop_signals import GracefulStop, StopRequested
+from .tensorboard_hparams import end_session, start_session
 from .unet import UNet
 from .viz import plot_loss_curve, save_grid
 
@@ -273,6 +275,11 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
         write_json(run_dir / "config.json", cfg.to_dict())
     log = RunLog(run_dir / "log.jsonl", resume_step=step) if main else _Silent()
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None) if main else _Silent()
+    metric_tags = ["train/loss", *(["eval/heldout_loss_ema"] if t_cfg.eval_every else []),
+                   *([f"eval/{training_fd.name}_ema"] if training_fd is not None else [])]
+    if main:
+        start_session(writer, cfg, metric_tags)  # the HParams tab: the config, and these tags' last values
+    monitor = ResourceMonitor(device)
     num_params = sum(p.numel() for p in model.parameters())
     plural = "es" if split.world_size > 1 else ""
     processes = (f", {split.world_size} process{plural} x {split.grad_accum} micro-batches of {split.micro_batch}"
@@ -362,10 +369,13 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                     record = {"step": step, "loss": loss_sum.item() / finite_steps if finite_steps else None,
                               "lr": lr, "grad_norm": float(grad_norm), "skipped_steps": skipped,
                               "images_per_s": interval_steps * t_cfg.batch_size / elapsed}
-                    log.write(record)
+                    resources = monitor.read()
+                    log.write({**record, **resources})
                     for key in ("loss", "lr", "grad_norm", "images_per_s", "skipped_steps"):
                         if record[key] is not None:
                             writer.add_scalar(f"train/{key}", record[key], step)
+                    for key, value in resources.items():
+                        writer.add_scalar(f"resources/{key}", value, step)
                     bar.set_postfix(loss=f"{record['loss'] or math.nan:.4f}", img_s=f"{record['images_per_s']:.0f}",
                                     **({"skipped": skipped} if skipped else {}))
                     loss_sum.zero_()
@@ -425,6 +435,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
         finally:
             vote.close()
             bar.close()
+            if main and step == t_cfg.steps:
+                end_session(writer)  # the HParams tab: finished
             writer.close()
             log.close()
             if main:

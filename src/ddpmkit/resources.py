@@ -1,0 +1,59 @@
+"""What a run costs the machine, read at each log line: this process's CPU and memory (psutil), GPU memory
+(PyTorch's allocator) and, where NVML is there (``pip install 'ddpmkit[nvml]'``, nvidia-ml-py), GPU utilisation.
+
+| key                  | what                                                                        |
+|----------------------|-----------------------------------------------------------------------------|
+| ``cpu_percent``      | this process's CPU use since the previous reading, 100 = one core busy      |
+| ``ram_gib``          | its resident memory                                                         |
+| ``gpu_allocated_gib``| tensors held on the GPU now (torch.cuda.memory_allocated)                   |
+| ``gpu_reserved_gib`` | what PyTorch's caching allocator holds from the driver                      |
+| ``gpu_peak_gib``     | the most tensors ever held at once in this process (max_memory_allocated)   |
+| ``gpu_util_percent`` | the GPU's busy share over NVML's last sample period (all processes on it)   |
+| ``gpu_memory_used_gib`` | the whole GPU's used memory as the driver sees it (NVML)                 |
+"""
+from __future__ import annotations
+
+import psutil
+import torch
+
+GIB = 2**30
+
+
+class ResourceMonitor:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.process = psutil.Process()
+        self.process.cpu_percent(None)  # the first call starts the interval; it returns a meaningless 0
+        self.nvml = _nvml_handle(device)
+
+    def read(self) -> dict[str, float]:
+        out = {"cpu_percent": self.process.cpu_percent(None), "ram_gib": self.process.memory_info().rss / GIB}
+        if self.device.type == "cuda":
+            out.update(gpu_allocated_gib=torch.cuda.memory_allocated(self.device) / GIB,
+                       gpu_reserved_gib=torch.cuda.memory_reserved(self.device) / GIB,
+                       gpu_peak_gib=torch.cuda.max_memory_allocated(self.device) / GIB)
+        if self.nvml is not None:
+            import pynvml
+
+            out["gpu_util_percent"] = float(pynvml.nvmlDeviceGetUtilizationRates(self.nvml).gpu)
+            out["gpu_memory_used_gib"] = pynvml.nvmlDeviceGetMemoryInfo(self.nvml).used / GIB
+        return out
+
+
+def _nvml_handle(device: torch.device):
+    """NVML's handle of ``device``'s GPU, or None without a GPU, without nvidia-ml-py, or when NVML fails to start
+    (a driver without it, a container without access): utilisation is then left out, never guessed."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        uuid = str(torch.cuda.get_device_properties(index).uuid)  # NVML numbers every GPU, CUDA the visible ones
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        except pynvml.NVMLError:
+            return pynvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception:  # noqa: BLE001 - ImportError or any NVMLError: no utilisation readings, nothing else changes
+        return None
