@@ -42,8 +42,10 @@ def main() -> None:
         ax.plot([p.step for p in points], [p.value for p in points], marker="o" if len(points) < 20 else None)
         ax.set_title(f"{label}  [{tag}]", fontsize=9)
         ax.grid(True, alpha=0.3)
-        if tag.endswith("loss"):
+        if "loss" in tag:
             ax.set_yscale("log")
+        else:  # speeds, loads and memory from zero, so that a small wobble does not look like a collapse
+            ax.set_ylim(bottom=0, top=max(p.value for p in points) * 1.1)
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
     for ax in axes[-1]:

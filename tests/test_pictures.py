@@ -83,11 +83,11 @@ def test_plot_schedule(tmp_path):
 
 
 def test_frames_are_evenly_spaced_from_noise_to_sample(tiny_conditional_checkpoint):
-    from ddpmkit.pictures import _record
+    from ddpmkit.pictures import record_denoising
 
     sampler = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
     for frames in (3, 8):  # fewer and more frames than the run's 3 + 1 states
-        xs, x0s = _record(sampler, "ddim", 3, frames, [4], None, 0.0, progress=False)
+        xs, x0s = record_denoising(sampler, "ddim", 3, frames, [4], None, 0.0, progress=False)
         assert len(xs) == len(x0s) == frames
         x_T, _ = sampler.noise([4])
         assert torch.allclose(xs[0], sampler.to_images(x_T))         # starts at pure noise
@@ -120,3 +120,15 @@ def test_repeated_classes_get_one_label_per_row_and_bad_counts_are_errors(tiny_c
     assert main(["strip", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "all",
                  "--output", str(tmp_path / "s.png")]) == 2
     assert "one class at a time" in capsys.readouterr().err
+
+
+def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
+    # Regression: plot_loss_curve (called at the end of every training run) and plot-schedule switched pyplot to Agg,
+    # so a notebook that trained a model showed no more inline figures.
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); from ddpmkit.viz import plot_noise_schedules; "
+            f"plot_noise_schedules({str(tmp_path / 's.png')!r}, 50); print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "svg" and (tmp_path / "s.png").stat().st_size > 1000

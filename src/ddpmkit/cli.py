@@ -337,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: those found beside the checkpoint that measured it)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
+    p = sub.add_parser("demo", help="serve a web page to draw samples from a model (needs ddpmkit[demo])",
+                       description="Serve a page (Gradio) to draw samples: classes, guidance, sampler, steps, seed and "
+                                   "number of images; the grid, the denoising animation and the PNGs.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=CHECKPOINT_HELP)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every network)")
+    p.add_argument("--port", type=whole(1), default=7860, help="port (default 7860)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
     p = sub.add_parser("config", help="print the resolved configuration as JSON",
                        description="Print the configuration a train command would use. " + CONFIG_HELP)
     _add_config_args(p)
@@ -559,6 +568,10 @@ def main(argv: list[str] | None = None) -> int:
             _classifier(args)
         elif args.command == "export":
             _export(args)
+        elif args.command == "demo":
+            from .demo import serve
+
+            serve(args.checkpoint, args.host, args.port, args.device)
         elif args.command == "config":
             print(json.dumps(resolve_config(args.preset, args.config, args.overrides).to_dict(), indent=2))
     except HelpShown:

@@ -66,8 +66,9 @@ def interpolate_classes(sampler: DiffusionSampler, cls_a, cls_b, points: int = 8
     return sampler.to_images(x0)
 
 
-def _record(sampler: DiffusionSampler, sampler_name: str, steps: int | None, frames: int, seeds: list[int],
-            labels: torch.Tensor | None, guidance: float, progress: bool, **options) -> tuple[list, list]:
+def record_denoising(sampler: DiffusionSampler, sampler_name: str, steps: int | None, frames: int,
+                     seeds: list[int], labels: torch.Tensor | None, guidance: float, progress: bool,
+                     **options) -> tuple[list, list]:
     """Run a sampler and return x_t and the predicted x_0 at ``frames`` evenly spaced points of the run.
 
     The run has n + 1 states: the inputs x_t of its n steps and the final sample. Frame i shows state
@@ -98,7 +99,8 @@ def denoising_strip(sampler: DiffusionSampler, frames: int = 10, cls=None, seed:
         raise DdpmkitError("a strip needs at least 2 frames")
     rows, labels = [], []
     for name, steps in (("DDPM", ddpm_steps), ("DDIM", ddim_steps)):
-        xs, x0s = _record(sampler, name.lower(), steps, frames, [seed], _labels(sampler, cls, 1), guidance, progress)
+        xs, x0s = record_denoising(sampler, name.lower(), steps, frames, [seed], _labels(sampler, cls, 1), guidance,
+                                   progress)
         rows += [torch.cat(xs), torch.cat(x0s)]
         labels += [f"{name} x_t", f"{name} pred. x_0"]
     # DDPM and DDIM take different numbers of steps; the column labels give the fraction of each run completed.
@@ -116,8 +118,8 @@ def denoising_frames(sampler: DiffusionSampler, seeds: list[int], cls=None, fram
         raise DdpmkitError("an animation needs at least 2 frames")
     if not seeds:
         raise DdpmkitError("an animation needs at least one image (--per-class >= 1)")
-    xs, x0s = _record(sampler, sampler_name, steps, frames, seeds, _labels(sampler, cls, len(seeds)), guidance,
-                      progress, **options)
+    xs, x0s = record_denoising(sampler, sampler_name, steps, frames, seeds, _labels(sampler, cls, len(seeds)),
+                               guidance, progress, **options)
     nrow = len(seeds)
     return [upscale(to_pil(make_grid(f, nrow=nrow, padding=2, pad_value=1.0)), 1, 64)
             for f in (xs if show == "x_t" else x0s)]

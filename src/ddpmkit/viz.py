@@ -49,14 +49,22 @@ def save_pil(image: Image.Image, path: str | Path, **options) -> Path:
     return path
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Save a matplotlib figure atomically (the format follows the file name) and close it."""
-    import matplotlib.pyplot as plt
+def new_figure(**options):
+    """A matplotlib Figure drawn by the Agg renderer, made without pyplot: pyplot's global backend (a notebook's
+    inline one, a desktop window) stays as the user set it, and nothing waits in pyplot's list of open figures."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    fig = Figure(**options)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a matplotlib figure atomically (the format follows the file name)."""
     fig.tight_layout()
     with atomic_write(path) as f:
         fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
     return Path(path)
 
 
@@ -89,16 +97,13 @@ def write_samples(images: torch.Tensor, output_dir: str | Path, seeds: list[int]
 
 def plot_loss_curve(log_path: str | Path, out_path: str | Path) -> Path | None:
     """Plot training loss (and held-out EMA loss when logged) against step from a run's ``log.jsonl``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     records = read_records(log_path)
     train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
     heldout = [(r["step"], r["heldout_loss"]) for r in records if "heldout_loss" in r]
     if not train:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig = new_figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
     ax.plot(*zip(*train), label="training loss (mean over the log interval)")
     if heldout:
         ax.plot(*zip(*heldout), "o-", label="held-out loss, EMA weights")
@@ -170,14 +175,11 @@ def save_gif(frames: list[Image.Image], path: str | Path, duration: float = 4.0,
 
 def plot_noise_schedules(out_path: str | Path, num_timesteps: int = 1000) -> Path:
     """alpha-bar_t and log SNR(t) against t for the linear and cosine schedules (cf. IDDPM figure 5)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .build import noise_schedule
     from .config import DiffusionConfig
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    fig = new_figure(figsize=(10, 4), dpi=120)
+    ax1, ax2 = fig.subplots(1, 2)
     t = np.arange(num_timesteps)
     for name, label in (("linear", "linear (DDPM)"), ("cosine", "cosine (IDDPM)")):
         abar = noise_schedule(DiffusionConfig(num_timesteps=num_timesteps, beta_schedule=name)).alphas_cumprod_float64

@@ -1,0 +1,134 @@
+"""The web demo, end to end in a real headless browser (Debian's chromium + chromedriver, driven by Selenium): load
+the page, change the controls, press Generate, and check the grid shown is the one ``demo.draw`` makes."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ddpmkit.errors import DdpmkitError
+
+pytest.importorskip("gradio", reason="the demo's extra: pip install 'ddpmkit[demo]'")
+webdriver = pytest.importorskip("selenium.webdriver", reason="Selenium drives the browser")
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                   reason="needs Debian's chromium and chromium-driver (scripts/install.sh test)")
+# Run against a real model and keep the screenshot (the README's): DDPMKIT_DEMO_CHECKPOINT=runs/quick
+# DDPMKIT_DEMO_SCREENSHOT=docs/images/demo.png pytest tests/test_demo.py
+CHECKPOINT, SCREENSHOT = os.environ.get("DDPMKIT_DEMO_CHECKPOINT"), os.environ.get("DDPMKIT_DEMO_SCREENSHOT")
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1100"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_conditional_checkpoint):
+    from ddpmkit.demo import serve
+
+    checkpoint = CHECKPOINT or str(tiny_conditional_checkpoint)
+    page = serve(checkpoint, port=free_port(), device="cpu", block=False)
+    yield checkpoint, page
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in [*BROWSER_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def set_number(driver, container_id: str, value: int) -> None:
+    """Type into the number box of a Gradio slider or number field, as a user does."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.CSS_SELECTOR, f"#{container_id} input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value), Keys.TAB)
+
+
+@needs_browser
+def test_the_page_draws_the_asked_for_grid(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ddpmkit.demo import draw
+    from ddpmkit.sampling import DiffusionSampler
+
+    checkpoint, page = served
+    browser.get(f"http://127.0.0.1:{page.server_port}")
+    WebDriverWait(browser, 60).until(EC.element_to_be_clickable((By.ID, "generate")))
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#classes input[type=checkbox]")
+    names = [b.get_attribute("name") for b in boxes]
+    for box in boxes[1:4]:  # four classes start ticked: keep the first, untick three, tick the fifth
+        box.click()
+    boxes[4].click()
+    chosen = [names[0], names[4]]
+    set_number(browser, "steps", 5)
+    set_number(browser, "seed", 7)
+    set_number(browser, "count", 3)
+    browser.find_element(By.ID, "generate").click()
+    shown = WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#grid img[src]"))[0]
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].naturalWidth", shown) > 0)
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#files a")) >= 6)
+
+    # What the page shows is what draw() makes for the same choices: 2 classes x 3 images from seed 7, 5 steps.
+    sampler = DiffusionSampler(checkpoint, device="cpu")
+    expected = draw(sampler, tmp_path / "expected", chosen, 3, 1.0, "sde-dpm++2m", 5, 7)
+    with urllib.request.urlopen(shown.get_attribute("src")) as response:
+        (tmp_path / "shown.png").write_bytes(response.read())
+    assert Image.open(tmp_path / "shown.png").size == Image.open(expected.grid).size
+    assert Image.open(tmp_path / "shown.png").tobytes() == Image.open(expected.grid).tobytes()
+    assert browser.find_elements(By.CSS_SELECTOR, "#animation img[src]")
+    links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#files a")]
+    assert sorted(urllib.parse.unquote(link).rsplit("/", 1)[-1] for link in links) == \
+        sorted(p.name for p in expected.images)
+
+    screenshot = Path(SCREENSHOT) if SCREENSHOT else tmp_path / "demo.png"
+    browser.save_screenshot(str(screenshot))
+    assert Image.open(screenshot).size[0] >= 1000
+
+
+def test_draw_refuses_what_it_cannot_do(tiny_conditional_checkpoint, tmp_path):
+    from ddpmkit.demo import MAX_IMAGES, draw
+    from ddpmkit.sampling import DiffusionSampler
+
+    sampler = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+    with pytest.raises(DdpmkitError, match="choose at least one class"):
+        draw(sampler, tmp_path, [], 2, 1.0, "ddim", 3, 0)
+    with pytest.raises(DdpmkitError, match=f"at most {MAX_IMAGES}"):
+        draw(sampler, tmp_path, ["0", "1"], MAX_IMAGES, 1.0, "ddim", 3, 0)
+    with pytest.raises(DdpmkitError, match="steps must be between 1 and T=10"):
+        draw(sampler, tmp_path, ["0"], 2, 1.0, "ddim", 50, 0)
+
+
+def test_the_demo_says_what_to_install_without_gradio(tiny_conditional_checkpoint, monkeypatch, capsys):
+    import sys
+
+    from ddpmkit.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
+    assert main(["demo", "--checkpoint", str(tiny_conditional_checkpoint)]) == 2
+    assert "pip install 'ddpmkit[demo]'" in capsys.readouterr().err
