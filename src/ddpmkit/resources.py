@@ -35,8 +35,11 @@ class ResourceMonitor:
         if self.nvml is not None:
             import pynvml
 
-            out["gpu_util_percent"] = float(pynvml.nvmlDeviceGetUtilizationRates(self.nvml).gpu)
-            out["gpu_memory_used_gib"] = pynvml.nvmlDeviceGetMemoryInfo(self.nvml).used / GIB
+            try:
+                out["gpu_util_percent"] = float(pynvml.nvmlDeviceGetUtilizationRates(self.nvml).gpu)
+                out["gpu_memory_used_gib"] = pynvml.nvmlDeviceGetMemoryInfo(self.nvml).used / GIB
+            except pynvml.NVMLError:  # not supported on this GPU (MIG, some vGPUs): leave it out, keep training
+                self.nvml = None
         return out
 
 
