@@ -391,7 +391,7 @@ def test_an_export_killed_midway_leaves_nothing_and_the_next_one_recovers(tiny_i
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C while the weights are written
-    monkeypatch.setattr("safetensors.torch.save_file", interrupted)
+    monkeypatch.setattr("safetensors.torch.save", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export(checkpoint, tmp_path / "hub")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

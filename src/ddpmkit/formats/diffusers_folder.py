@@ -13,7 +13,6 @@ and a model card, ``README.md``; reading it back restores the class names and th
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from ..build import spec_from_dict
 from ..checkpoint import DamagedCheckpoint
 from ..config import Config, ModelConfig, config_from_dict, merge_into, validate
 from ..errors import DdpmkitError
-from ..files import fsync_folder, recover_folder, shareable, write_folder_atomically, write_json, write_text
+from ..files import atomic_write, recover_folder, write_folder_atomically, write_json, write_text
 from ..unet import UNetSpec
 from .diffusers_scheduler import ddpm_scheduler_config, diffusion_from_scheduler
 from .diffusers_unet import (DIFFUSERS_VERSION, Unsupported, from_diffusers_weights, spec_from_unet2d_config,
@@ -181,40 +180,42 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
     weights, kind = weights_to_export(model, use_ema)
     weights = to_diffusers_weights(weights, spec)
     output = Path(output)
-    recover_folder(output)  # an export killed mid-way may have moved the previous one aside: judge that one
-    if output.is_dir() and any(output.iterdir()) and overwrite and not (output / "model_index.json").is_file():
-        raise DdpmkitError(f"{output} holds something other than a diffusers folder (no model_index.json); "
-                           f"--overwrite replaces only an earlier export: choose another --output")
+    _check_output(output, overwrite)
     info = {"ddpmkit_version": __version__, "weights": kind, "step": int(state["step"]),
             "class_names": list(state.get("class_names", [])),
             "null_label": spec.num_classes if spec.num_classes else None, "exported_from": model.name}
     card = model_card(cfg, spec, info, metrics, sum(v.numel() for v in weights.values()), model.training_known)
 
     def fill(folder: Path) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         write_json(folder / "model_index.json", {"_class_name": "DDPMPipeline",
                                                  "_diffusers_version": DIFFUSERS_VERSION,
                                                  "scheduler": ["diffusers", "DDPMScheduler"],
                                                  "unet": ["diffusers", "UNet2DModel"]})
         write_json(folder / "unet" / "config.json", unet_config)
-        save_file(weights, str(folder / "unet" / WEIGHTS_NAME), metadata={"format": "pt"})
-        shareable(folder / "unet" / WEIGHTS_NAME)  # safetensors creates it private (0o600)
-        _fsync(folder / "unet" / WEIGHTS_NAME)
-        fsync_folder(folder / "unet")
+        with atomic_write(folder / "unet" / WEIGHTS_NAME) as f:
+            f.write(save(weights, metadata={"format": "pt"}))
         write_json(folder / "scheduler" / "scheduler_config.json", scheduler_config)
         write_json(folder / DDPMKIT_INFO, info)
         if model.training_known:  # the resolved config retrains it; another program's model has none to give
             write_json(folder / TRAINING_CONFIG, cfg.to_dict())
         write_text(folder / "README.md", card)
 
-    if output.is_file():
-        raise DdpmkitError(f"{output} is a file; the diffusers format is a folder: choose another --output")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise DdpmkitError(f"{output} already exists and is not empty; choose another --output or add --overwrite")
     return write_folder_atomically(output, fill)
 
 
-def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an ``output`` that is a file, that holds something (without ``overwrite``), or that holds anything
+    but an earlier export (with it). An export killed mid-way may have moved the previous one aside: that one is
+    put back first, and judged."""
+    recover_folder(output)
+    if output.is_file():
+        raise DdpmkitError(f"{output} is a file; the diffusers format is a folder: choose another --output")
+    if not (output.is_dir() and any(output.iterdir())):
+        return
+    if not overwrite:
+        raise DdpmkitError(f"{output} already exists and is not empty; choose another --output or add --overwrite")
+    if not (output / "model_index.json").is_file():
+        raise DdpmkitError(f"{output} holds something other than a diffusers folder (no model_index.json); "
+                           f"--overwrite replaces only an earlier export: choose another --output")
