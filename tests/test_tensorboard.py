@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ddpmkit.config import config_from_dict
+from ddpmkit.tensorboard_hparams import flat_hparams
 from ddpmkit.train import train
 
 from conftest import tiny_config_dict
@@ -52,16 +53,14 @@ def hparams_content(events) -> dict[str, object]:
             for tag, content in events.PluginTagToContent("hparams").items()}
 
 
-def test_hparams_hold_the_whole_config_and_name_the_metrics(run):
+def test_hparams_hold_the_whole_config_and_the_status(run):
     cfg, _, events = run
     content = hparams_content(events)
     start = content["_hparams_/session_start_info"].session_start_info.hparams
     assert start["train.lr"].number_value == cfg.train.lr
     assert start["model.channel_mults"].string_value == "1,2" and start["data.dataset"].string_value == "mnist"
     assert len(start) == sum(len(section) for section in cfg.to_dict().values())
-    experiment = content["_hparams_/experiment"].experiment
-    metrics = {m.name.tag for m in experiment.metric_infos}
-    assert metrics == {"train/loss", "eval/heldout_loss_ema"} and metrics <= set(events.Tags()["scalars"])
+    assert "_hparams_/experiment" not in content  # TensorBoard builds the columns from all runs (test below)
     end = content["_hparams_/session_end_info"].session_end_info
     assert api_pb2.Status.Name(end.status) == "STATUS_SUCCESS"
 
@@ -71,3 +70,53 @@ def test_log_jsonl_has_the_resource_numbers_too(run):
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     logged = [r for r in records if "loss" in r]
     assert logged and all({"cpu_percent", "ram_gib", "images_per_s"} <= set(r) for r in logged)
+
+
+def hparams_tab(logdir) -> tuple[dict, dict]:
+    """The HParams tab as TensorBoard's own plugin serves it for ``logdir``: the experiment (hyper-parameter and
+    metric columns) and the session groups (one row per run, with its metric values)."""
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import hparams_plugin
+    from werkzeug.test import Client
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    context = base_plugin.TBContext(logdir=str(logdir), multiplexer=multiplexer,
+                                    data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(logdir)))
+    plugin = hparams_plugin.HParamsPlugin(context)
+    apps = plugin.get_plugin_apps()
+
+    def post(route, body):
+        response = Client(apps[route]).post(route, json=body)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()
+
+    experiment = post("/experiment", {"experimentName": ""})
+    metric_names = [m["name"] for m in experiment.get("metricInfos", [])]
+    groups = post("/session_groups", {"startIndex": 0, "sliceSize": 10, "allowedStatuses": ["STATUS_SUCCESS"],
+                                      "colParams": [{"metric": name} for name in metric_names]})
+    return experiment, groups
+
+
+def test_hparams_tab_shows_the_metrics_of_every_run(tiny_idx_root, tmp_path):
+    """Two runs with different metrics in one log folder (one without held-out loss): the HParams tab has a column
+    for each run's metrics. Failed when every run wrote its own experiment summary, which TensorBoard takes from the
+    run it happens to find first (here, on ext4, the run without held-out loss), so eval/heldout_loss_ema had no
+    column."""
+    for name, eval_every in (("a_heldout", 3), ("b_no_heldout", 0)):
+        d = tiny_config_dict(tiny_idx_root)
+        d["train"].update(eval_every=eval_every)
+        train(config_from_dict(d), tmp_path / name, progress=False)
+    experiment, groups = hparams_tab(tmp_path)
+    columns = {m["name"]["tag"] for m in experiment["metricInfos"]}
+    assert {"train/loss", "eval/heldout_loss_ema"} <= columns
+    d = tiny_config_dict(tiny_idx_root)
+    assert {h["name"] for h in experiment["hparamInfos"]} == set(flat_hparams(config_from_dict(d)))
+    rows = {g["name"].split("/")[0]: g for g in groups["sessionGroups"]}
+    assert set(rows) == {"a_heldout", "b_no_heldout"}
+    for name, row in rows.items():
+        values = {m["name"]["tag"]: m["value"] for m in row["metricValues"]}
+        assert "train/loss" in values
+        assert ("eval/heldout_loss_ema" in values) == (name == "a_heldout")

@@ -1,11 +1,13 @@
 """A run in TensorBoard's HParams tab: the whole resolved config as its hyper-parameters, and the run's own scalars
-(the last held-out loss, the last in-training FD, the training loss) as its metrics, so that runs can be sorted
-and compared by them.
+(held-out loss, in-training FD, training loss, resource use: the last value of each) as its metrics, so that runs
+can be sorted and compared by them.
 
-The HParams plugin reads three summaries from a run's event files: the experiment (which hyper-parameters and
-metric tags exist), the session start (this run's values) and the session end (its status). A metric's value is
-the last value of the scalar of that tag in the same run, so the metrics are tags training already writes; unlike
-``SummaryWriter.add_hparams``, which writes a second run in a subfolder, nothing is duplicated.
+The HParams plugin reads up to three summaries from a run's event files: the experiment (which hyper-parameter and
+metric columns exist), the session start (this run's values) and the session end (its status). Only the last two are
+written: the plugin takes the experiment of whichever run it finds first, so runs with different metrics (one without
+held-out loss, one with FD) would lose columns; with no experiment summary anywhere it builds the columns from every
+run's session start and scalar tags. Unlike ``SummaryWriter.add_hparams``, which writes a second run in a subfolder,
+nothing is duplicated.
 """
 from __future__ import annotations
 
@@ -26,11 +28,9 @@ def flat_hparams(cfg: Config) -> dict[str, HParam]:
     return flat
 
 
-def start_session(writer: SummaryWriter, cfg: Config, metric_tags: list[str]) -> None:
-    """Write the experiment and this run's hyper-parameters (at every start: a resumed run's new event file has
-    them too)."""
-    experiment, start, _ = hparams(flat_hparams(cfg), dict.fromkeys(metric_tags, 0.0))
-    writer.file_writer.add_summary(experiment)
+def start_session(writer: SummaryWriter, cfg: Config) -> None:
+    """Write this run's hyper-parameters (at every start: a resumed run's new event file has them too)."""
+    _, start, _ = hparams(flat_hparams(cfg), {})
     writer.file_writer.add_summary(start)
 
 

@@ -275,10 +275,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
         write_json(run_dir / "config.json", cfg.to_dict())
     log = RunLog(run_dir / "log.jsonl", resume_step=step) if main else _Silent()
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None) if main else _Silent()
-    metric_tags = ["train/loss", *(["eval/heldout_loss_ema"] if t_cfg.eval_every else []),
-                   *([f"eval/{training_fd.name}_ema"] if training_fd is not None else [])]
     if main:
-        start_session(writer, cfg, metric_tags)  # the HParams tab: the config, and these tags' last values
+        start_session(writer, cfg)  # the HParams tab: the config, and the last value of each scalar
     monitor = ResourceMonitor(device)
     num_params = sum(p.numel() for p in model.parameters())
     plural = "es" if split.world_size > 1 else ""
