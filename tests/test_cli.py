@@ -177,6 +177,8 @@ CKPT = ["--checkpoint", "/nonexistent/model.pt"]
     (["evaluate", *CKPT, "--batch-size", str(2**63)], "--batch-size", "must be a whole number <= 9223372036854775807"),
     (["evaluate", *CKPT, "--seed", "-1"], "--seed", "must be a whole number >= 0"),
     (["train", "--stop-at", "0"], "--stop-at", "must be a whole number >= 1"),
+    (["demo", *CKPT, "--port", "65536"], "--port", "must be a whole number <= 65535"),  # was let through to Gradio
+    (["demo", *CKPT, "--port", "0"], "--port", "must be a whole number >= 1"),
 ])
 def test_numeric_options_are_checked_before_any_work(argv, option, allowed, no_work, capsys):
     assert main(argv) == 2

@@ -39,9 +39,9 @@ def served(tiny_conditional_checkpoint):
     from ddpmkit.demo import serve
 
     checkpoint = CHECKPOINT or str(tiny_conditional_checkpoint)
-    page = serve(checkpoint, port=free_port(), device="cpu", block=False)
-    yield checkpoint, page
-    page.close()
+    running = serve(checkpoint, port=free_port(), device="cpu", block=False, progress=False)
+    yield checkpoint, running
+    running.close()
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def test_the_page_draws_the_asked_for_grid(served, browser, tmp_path):
     from ddpmkit.demo import draw
     from ddpmkit.sampling import DiffusionSampler
 
-    checkpoint, page = served
-    browser.get(f"http://127.0.0.1:{page.server_port}")
+    checkpoint, running = served
+    browser.get(running.url)
     WebDriverWait(browser, 60).until(EC.element_to_be_clickable((By.ID, "generate")))
     boxes = browser.find_elements(By.CSS_SELECTOR, "#classes input[type=checkbox]")
     names = [b.get_attribute("name") for b in boxes]
@@ -122,6 +122,77 @@ def test_draw_refuses_what_it_cannot_do(tiny_conditional_checkpoint, tmp_path):
         draw(sampler, tmp_path, ["0", "1"], MAX_IMAGES, 1.0, "ddim", 3, 0)
     with pytest.raises(DdpmkitError, match="steps must be between 1 and T=10"):
         draw(sampler, tmp_path, ["0"], 2, 1.0, "ddim", 50, 0)
+    with pytest.raises(DdpmkitError, match="unknown class 'cat'; this model's classes are 0, 1, 2"):
+        draw(sampler, tmp_path, ["cat"], 2, 1.0, "ddim", 3, 0)
+    with pytest.raises(DdpmkitError, match="at least one image"):
+        draw(sampler, tmp_path, ["0"], 0, 1.0, "ddim", 3, 0)
+    # A seed past int64 reached torch.Generator.manual_seed and came back as a traceback.
+    with pytest.raises(DdpmkitError, match=r"the seed must be a whole number from 0 to 9223372036854775806, got 10"):
+        draw(sampler, tmp_path, ["0"], 2, 1.0, "ddim", 3, 10**20)
+    with pytest.raises(DdpmkitError, match="the seed must be"):
+        draw(sampler, tmp_path, ["0"], 2, 1.0, "ddim", 3, -1)
+
+
+def test_class_names_may_hold_commas(tiny_conditional_checkpoint, tmp_path):
+    """A class named "T-shirt, top" is one class (the page passes names; a class list would split it in two)."""
+    import torch
+
+    from ddpmkit.demo import draw
+    from ddpmkit.sampling import DiffusionSampler
+
+    state = torch.load(tiny_conditional_checkpoint, map_location="cpu", weights_only=False)
+    state["class_names"] = ["T-shirt, top", *state["class_names"][1:]]
+    sampler = DiffusionSampler(state, device="cpu")
+    drawn = draw(sampler, tmp_path / "comma", ["T-shirt, top", "1"], 2, 1.0, "ddim", 3, 5)
+    plain = draw(DiffusionSampler(tiny_conditional_checkpoint, device="cpu"), tmp_path / "plain", ["0", "1"], 2, 1.0,
+                 "ddim", 3, 5)
+    assert [Image.open(p).tobytes() for p in drawn.images] == [Image.open(p).tobytes() for p in plain.images]
+
+
+def test_requests_leave_no_files_behind(served, tmp_path):
+    """Each request's folder goes at the next request (its results still download: Gradio serves its copies) and
+    the whole folder when the demo stops; they were all kept before, until the disk filled."""
+    from gradio_client import Client
+
+    from ddpmkit.demo import draw, serve
+    from ddpmkit.sampling import DiffusionSampler
+
+    checkpoint, _ = served
+    running = serve(checkpoint, port=free_port(), device="cpu", block=False, progress=False)
+    try:
+        client = Client(running.url, verbose=False)
+        ask = dict(classes=["0"], guidance=1.0, sampler_name="ddim", steps=3, count=2, api_name="/generate")
+        first = client.predict(seed=0, **ask)
+        second = client.predict(seed=2, **ask)
+        assert [p.name for p in running.out_root.iterdir()] == ["request_000001"]
+        expected = draw(DiffusionSampler(checkpoint, device="cpu"), tmp_path, ["0"], 2, 1.0, "ddim", 3, 2)
+        assert Image.open(second[0]).tobytes() == Image.open(expected.grid).tobytes() != Image.open(first[0]).tobytes()
+    finally:
+        running.close()
+    assert not running.out_root.exists()
+
+
+def test_unusable_addresses_are_refused_in_one_line(tiny_conditional_checkpoint, capsys):
+    """Gradio says only "Cannot find empty port" whatever the cause (it said "choose another --port" for a
+    wrong --host); the address is checked first, before the model loads."""
+    from ddpmkit.cli import main
+    from ddpmkit.demo import check_address
+
+    assert main(["demo", "--checkpoint", str(tiny_conditional_checkpoint), "--host", "192.0.2.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ddpmkit: error: --host 192.0.2.1 is not an address of this machine") and err.count("\n") == 1
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(DdpmkitError, match=f"port {port} on 127.0.0.1 is in use .*choose another --port"):
+            check_address("127.0.0.1", port)
+    with pytest.raises(DdpmkitError, match="--host 192.0.2.1 is not an address of this machine; use 127.0.0.1"):
+        check_address("192.0.2.1", free_port())  # TEST-NET-1: never this machine's
+    with pytest.raises(DdpmkitError, match="'no-such-host.invalid' is not an address or a name"):
+        check_address("no-such-host.invalid", free_port())
+    check_address("127.0.0.1", free_port())
 
 
 def test_the_demo_says_what_to_install_without_gradio(tiny_conditional_checkpoint, monkeypatch, capsys):

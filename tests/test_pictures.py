@@ -132,3 +132,42 @@ def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
             f"plot_noise_schedules({str(tmp_path / 's.png')!r}, 50); print(matplotlib.get_backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "svg" and (tmp_path / "s.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("sampler_name, steps, options", [
+    ("ddpm", None, {}), ("ddim", 4, {"eta": 0.5}), ("deterministic", 3, {}), ("dpm++2m", 4, {}), ("dpm++3m", 5, {}),
+    ("sde-dpm++2m", 4, {}), ("heun", 3, {}), ("heun", 4, {"churn": 1.0}), ("unipc", 4, {}),
+    ("ddim", 4, {"spacing": "leading", "threshold": 0.9})])
+def test_count_steps_is_the_number_of_on_step_calls(tiny_conditional_checkpoint, sampler_name, steps, options):
+    sampler = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+    calls = []
+    x_T, noise = sampler.noise([0, 1])
+    sampler.run(x_T, noise, sampler=sampler_name, steps=steps, on_step=lambda t, x, x0: calls.append(t),
+                progress=False, **options)
+    assert sampler.count_steps(sampler_name, steps, **options) == len(calls) > 0
+
+
+def test_recording_keeps_only_the_frames_it_shows(tiny_conditional_checkpoint):
+    """A 3-frame recording of all T = 10 DDPM steps holds a few states at a time, not all of them (it kept every
+    step before, so memory grew with T: 1000 steps of 64 CelebA-size images are gigabytes)."""
+    import weakref
+
+    from ddpmkit.pictures import record_denoising
+
+    sampler = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+    run, alive = sampler.run, []
+
+    def watched_run(*args, on_step, **kwargs):
+        refs = []
+
+        def watch(t, x, x0):
+            on_step(t, x, x0)
+            refs.append(weakref.ref(x))
+            alive.append(sum(r() is not None for r in refs))
+        return run(*args, on_step=watch, **kwargs)
+
+    sampler.run = watched_run
+    xs, _ = record_denoising(sampler, "ddpm", None, 3, [4], None, 0.0, progress=False)
+    assert len(alive) == 10 and max(alive) <= 3
+    sampler.run = run
+    assert torch.equal(xs[-1], sampler.sample_ancestral(1, seed=4, progress=False))

@@ -59,9 +59,31 @@ def test_train_sample_evaluate_animate_show_progress_and_where_their_output_went
         assert names_existing_output(last), (name, last)
         if name != "export":  # export takes well under a second: no bar
             assert REMAINING.search(err), (name, err[-300:])
+    # Without --output, judge prints its results: its last line says so, and how to keep them (it said nothing).
+    last, err = run(["classifier", "judge", "--checkpoint", str(run_dir), "--classifier", str(tiny_judge),
+                     "--guidance", "0", "--per-class", "2", "--sampler", "ddim", "--steps", "3"], capsys)
+    assert REMAINING.search(err) and "nothing written (add --output" in last
 
 
 def test_classifier_training_shows_progress_and_where_it_saved(tiny_idx_root, tmp_path, capsys):
     last, err = run(["classifier", "train", "--dataset", "mnist", "--root", str(tiny_idx_root), "--epochs", "1",
                      "--holdout", "8", "--output", str(tmp_path / "judge.pt")], capsys)
     assert REMAINING.search(err) and names_existing_output(last) and "judge.pt" in last
+
+
+def test_demo_start_up_shows_progress_and_where_it_serves(tiny_conditional_checkpoint, capsys):
+    pytest.importorskip("gradio", reason="the demo's extra: pip install 'ddpmkit[demo]'")
+    import socket
+
+    from ddpmkit.demo import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    running = serve(tiny_conditional_checkpoint, port=port, device="cpu", block=False)
+    try:
+        out, err = capsys.readouterr()
+        assert REMAINING.search(err) and "4/4" in err
+        assert out.strip().splitlines()[-1].endswith(f"at http://127.0.0.1:{port} (Ctrl-C stops)")
+    finally:
+        running.close()

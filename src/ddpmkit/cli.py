@@ -55,16 +55,16 @@ def _checked(parse: Callable) -> Callable:
     return parse
 
 
-def whole(low: int) -> Callable[[str], int]:
-    """A whole number from ``low`` to MAX_WHOLE."""
+def whole(low: int, high: int = MAX_WHOLE) -> Callable[[str], int]:
+    """A whole number from ``low`` to ``high``."""
     @_checked
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= MAX_WHOLE:
-            limit = f">= {low}" if value < low else f"<= {MAX_WHOLE}"
+        if not low <= value <= high:
+            limit = f">= {low}" if value < low else f"<= {high}"
             raise argparse.ArgumentTypeError(f"must be a whole number {limit}, got {text!r}")
         return value
     return parse
@@ -98,6 +98,7 @@ def comma_list(item: Callable[[str], float]) -> Callable[[str], tuple]:
 
 SEED = whole(0)
 COUNT = whole(1)  # images, steps, epochs, batch sizes
+PORT = whole(1, 65535)
 NUMBER = finite()
 
 
@@ -343,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help=CHECKPOINT_HELP)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every network)")
-    p.add_argument("--port", type=whole(1), default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=PORT, default=7860, help="port (default 7860)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
     p = sub.add_parser("config", help="print the resolved configuration as JSON",
@@ -467,15 +468,16 @@ def _classifier(args: argparse.Namespace) -> None:
                             progress=not args.no_progress, **_solver_options(args))
         results.append(r)
         if distributed.is_main():
-                print(f"guidance w={w:g}: {r['accuracy']:.3f} of {r['samples']} samples classified as the requested "
+            print(f"guidance w={w:g}: {r['accuracy']:.3f} of {r['samples']} samples classified as the requested "
                   f"class")
     report = {"checkpoint": str(args.checkpoint), "step": sampler.step, "sampler": args.sampler,
               "steps": steps_taken(sampler.config, args.sampler, args.steps),
               **_solver_options(args),
               "per_class": args.per_class, "seed": args.seed, "classifier_sha256": info["sha256"],
               "classifier_test_accuracy": info["test_accuracy"], "results": results}
-    if args.output and distributed.is_main():
-        print(f"wrote {write_json(args.output, report)}")
+    if distributed.is_main():
+        print(f"wrote {write_json(args.output, report)}" if args.output else
+              "the results are the lines above; nothing written (add --output FILE.json to keep them)")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

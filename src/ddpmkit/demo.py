@@ -5,16 +5,22 @@ images; the page shows the grid and the denoising animation and offers every ima
 Gradio (``pip install 'ddpmkit[demo]'``), on localhost unless told otherwise.
 
 ``draw`` does the work and knows nothing of the page; ``build_page`` lays the page out; ``serve`` starts it.
+Each request draws into a folder of its own, deleted at the next request (Gradio has copied the files into its
+cache by then, which it empties an hour later and when the demo stops); the folders' parent goes when it stops.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torchvision.utils import make_grid
+from tqdm.auto import tqdm
 
 from .config import DEFAULT_SAMPLER, SAMPLER_NAMES
 from .errors import DdpmkitError
@@ -24,6 +30,8 @@ from .viz import labelled_grid, save_gif, save_pil, save_png, to_pil, upscale
 
 MAX_IMAGES = 64  # per request, so that one visitor cannot occupy the machine for long
 FRAMES = 24      # frames of the denoising animation
+MAX_SEED = 2**63 - 1  # seeds fit an int64, as on the command line
+CACHE_HOURS = 1  # Gradio's copies of the results are deleted after this long (and when the demo stops)
 
 
 @dataclass
@@ -39,9 +47,17 @@ def draw(sampler: DiffusionSampler, out_dir: Path, classes: list[str], per_class
     at ``steps`` steps; image j of every class starts from seed + j, as ``ddpmkit sample --class`` does."""
     if sampler.is_conditional and not classes:
         raise DdpmkitError("choose at least one class")
-    rows = [sampler.class_indices(c)[0] for c in classes] if sampler.is_conditional else [None]
+    unknown = [c for c in classes if c not in sampler.class_names] if sampler.is_conditional else []
+    if unknown:
+        raise DdpmkitError(f"unknown class {unknown[0]!r}; this model's classes are {', '.join(sampler.class_names)}")
+    # By name, not through parse_classes: a name may hold a comma ("a, b"), which a class list splits at.
+    rows = [sampler.class_names.index(c) for c in classes] if sampler.is_conditional else [None]
+    if per_class < 1:
+        raise DdpmkitError(f"ask for at least one image, got {per_class}")
     if per_class * len(rows) > MAX_IMAGES:
         raise DdpmkitError(f"{per_class * len(rows)} images asked for; the demo draws at most {MAX_IMAGES} at once")
+    if not 0 <= seed <= MAX_SEED - per_class + 1:
+        raise DdpmkitError(f"the seed must be a whole number from 0 to {MAX_SEED - per_class + 1}, got {seed}")
     sampler.check_steps(steps)
     seeds = [seed + j for _ in rows for j in range(per_class)]
     labels = torch.tensor([c for c in rows for _ in range(per_class)]) if sampler.is_conditional else None
@@ -60,13 +76,16 @@ def draw(sampler: DiffusionSampler, out_dir: Path, classes: list[str], per_class
 
 
 def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
-    """The Gradio page for ``sampler``; each request writes into its own folder under ``out_root``."""
+    """The Gradio page for ``sampler``; each request writes into its own folder under ``out_root``, and deletes
+    the earlier ones (requests run one at a time: Gradio's default queue)."""
     gr = _gradio()
     T = sampler.schedule.num_timesteps
     conditional = sampler.is_conditional
     counter = iter(range(10**9))
 
     def generate(classes, guidance, sampler_name, steps, seed, count):
+        for earlier in out_root.glob("request_*"):
+            shutil.rmtree(earlier, ignore_errors=True)
         try:
             drawn = draw(sampler, out_root / f"request_{next(counter):06d}", list(classes or []), int(count),
                          float(guidance), sampler_name, int(steps), int(seed))
@@ -74,7 +93,8 @@ def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
             raise gr.Error(str(err)) from None
         return str(drawn.grid), str(drawn.animation), [str(p) for p in drawn.images]
 
-    with gr.Blocks(title=f"ddpmkit: {name}") as page:
+    cache = CACHE_HOURS * 3600
+    with gr.Blocks(title=f"ddpmkit: {name}", delete_cache=(cache, cache)) as page:
         kind = "class-conditional" if conditional else "unconditional"
         gr.Markdown(f"## ddpmkit demo\n`{name}`: {kind}, {sampler.image_shape[1]}x{sampler.image_shape[2]}, "
                     f"{sum(p.numel() for p in sampler.model.parameters()) / 1e6:.2f}M parameters, "
@@ -88,7 +108,8 @@ def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
                 sampler_name = gr.Dropdown(list(SAMPLER_NAMES), value=DEFAULT_SAMPLER, label="sampler",
                                            elem_id="sampler")
                 steps = gr.Slider(1, T, value=min(20, T), step=1, label="steps", elem_id="steps")
-                seed = gr.Number(0, precision=0, label="seed (image j starts from seed + j)", elem_id="seed")
+                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED - 15,
+                                 label="seed (image j starts from seed + j)", elem_id="seed")
                 count = gr.Slider(1, 16, value=4, step=1, label="images per class" if conditional else "images",
                                   elem_id="count")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -102,29 +123,87 @@ def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
     return page
 
 
+@dataclass
+class RunningDemo:
+    """A demo served without blocking (``serve(..., block=False)``); ``close`` stops it and deletes its files."""
+    page: object     # the gradio.Blocks
+    url: str
+    out_root: Path   # the request folders' parent
+
+    def close(self) -> None:
+        try:
+            self.page.close()
+        finally:
+            shutil.rmtree(self.out_root, ignore_errors=True)
+
+
 def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
-          block: bool = True):
-    """Load ``checkpoint`` and serve its page at http://host:port; returns the running page when ``block`` is
-    False (``page.close()`` stops it)."""
+          block: bool = True, progress: bool = True) -> RunningDemo | None:
+    """Load ``checkpoint`` and serve its page at http://host:port until Ctrl-C; returns the running demo at once
+    when ``block`` is False (``close()`` stops it)."""
     _gradio()  # before loading a model: a missing extra says so at once
+    check_address(host, port)  # before loading a model, too: Gradio hides why it cannot listen
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a demo on a closed network
-    print(f"ddpmkit demo: loading {checkpoint} ...", flush=True)
+    stages = tqdm(total=4, desc="ddpmkit demo: starting", unit="stage", disable=not progress, dynamic_ncols=True)
+    stages.set_postfix_str(f"loading {checkpoint}")
     sampler = DiffusionSampler(checkpoint, device=device)
     out_root = Path(tempfile.mkdtemp(prefix="ddpmkit-demo-"))
-    page = build_page(sampler, str(checkpoint), out_root)
     try:
-        page.launch(server_name=host, server_port=port, quiet=True, prevent_thread_lock=True,
-                    allowed_paths=[str(out_root)])
-    except OSError as err:
-        raise DdpmkitError(f"cannot serve on {host}:{port} ({err}); choose another --port") from None
-    print(f"ddpmkit demo: serving {checkpoint} at http://{host}:{page.server_port} (images go to {out_root}; "
-          f"Ctrl-C stops)", flush=True)
-    if block:
+        stages.update()
+        stages.set_postfix_str("a first image")  # the first visitor does not wait for the warm-up
+        warm_up = [sampler.class_names[0]] if sampler.is_conditional else []
+        draw(sampler, out_root / "warm_up", warm_up, 1, 0.0, "ddim", 1, 0)
+        shutil.rmtree(out_root / "warm_up")
+        stages.update()
+        stages.set_postfix_str("building the page")
+        page = build_page(sampler, str(checkpoint), out_root)
+        stages.update()
+        stages.set_postfix_str(f"starting the server on {host}:{port}")
         try:
-            page.block_thread()
-        finally:
-            page.close()
-    return page
+            page.launch(server_name=host, server_port=port, quiet=True, prevent_thread_lock=True,
+                        allowed_paths=[str(out_root)])
+        except OSError as err:
+            raise DdpmkitError(f"cannot serve on {host}:{port} ({err}); choose another --port or --host") from None
+        stages.update()
+        stages.close()
+    except BaseException:
+        stages.close()
+        shutil.rmtree(out_root, ignore_errors=True)
+        raise
+    running = RunningDemo(page, f"http://{host}:{page.server_port}", out_root)
+    print(f"ddpmkit demo: serving {checkpoint} at {running.url} (Ctrl-C stops)", flush=True)
+    if not block:
+        return running
+    try:
+        page.block_thread()
+    finally:
+        running.close()
+    return None
+
+
+def check_address(host: str, port: int) -> None:
+    """A one-line DdpmkitError if nothing can listen on ``host``:``port`` here (a busy port, an address of another
+    machine, a name that does not resolve, a port below 1024 without root)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise DdpmkitError(f"--host {host!r} is not an address or a name this machine can resolve; use 127.0.0.1 "
+                           f"(this machine only) or 0.0.0.0 (every network)") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: a closed demo's
+        try:                                                          # lingering connections do not count
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise DdpmkitError(f"port {port} on {host} is in use (another demo?); choose another --port") from None
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise DdpmkitError(f"--host {host} is not an address of this machine; use 127.0.0.1 (this machine "
+                                   f"only) or 0.0.0.0 (every network)") from None
+            if err.errno == errno.EACCES:
+                raise DdpmkitError(f"port {port} needs administrator rights here; choose a --port from 1024 "
+                                   f"up") from None
+            raise DdpmkitError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --host or "
+                               f"--port") from None
 
 
 def _gradio():

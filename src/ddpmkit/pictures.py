@@ -73,22 +73,29 @@ def record_denoising(sampler: DiffusionSampler, sampler_name: str, steps: int | 
 
     The run has n + 1 states: the inputs x_t of its n steps and the final sample. Frame i shows state
     round(i * n / (frames - 1)): the first is pure noise, the last the sample (whose "predicted x_0" is itself).
-    With more frames than states, states repeat, so the count and spacing always hold.
+    With more frames than states, states repeat, so the count and spacing always hold. Only those states are
+    kept (n is counted first, see DiffusionSampler.count_steps), so memory does not grow with the number of steps.
     """
-    seen_x, seen_x0 = [], []
+    guidance_rescale = options.pop("guidance_rescale", 0.0)
+    n = sampler.count_steps(sampler_name, steps, **options)
+    wanted = {round(i * n / (frames - 1)) for i in range(frames)}
+    kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    seen = 0
 
     def on_step(t, x, x0):
-        seen_x.append(x.cpu())
-        seen_x0.append(x0.cpu())
+        nonlocal seen
+        if seen in wanted:
+            kept[seen] = sampler.to_images(x), sampler.to_images(x0)
+        seen += 1
 
     x_T, noise = sampler.noise(seeds)
     final = sampler.run(x_T, noise, labels=labels, guidance=guidance, sampler=sampler_name, steps=steps,
-                        on_step=on_step, progress=progress, **options).cpu()
-    seen_x.append(final)
-    seen_x0.append(final)
-    n = len(seen_x) - 1
+                        guidance_rescale=guidance_rescale, on_step=on_step, progress=progress, **options)
+    if seen != n:  # a sampler whose dry run differs from its real one: a bug in count_steps or the sampler
+        raise RuntimeError(f"{sampler_name} took {seen} steps, but count_steps said {n}")
+    kept[n] = (sampler.to_images(final),) * 2
     positions = [round(i * n / (frames - 1)) for i in range(frames)]
-    return [sampler.to_images(seen_x[k]) for k in positions], [sampler.to_images(seen_x0[k]) for k in positions]
+    return [kept[k][0] for k in positions], [kept[k][1] for k in positions]
 
 
 def denoising_strip(sampler: DiffusionSampler, frames: int = 10, cls=None, seed: int = 0, guidance: float = 0.0,
