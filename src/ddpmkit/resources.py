@@ -7,7 +7,8 @@
 | ``ram_gib``          | its resident memory                                                         |
 | ``gpu_allocated_gib``| tensors held on the GPU now (torch.cuda.memory_allocated)                   |
 | ``gpu_reserved_gib`` | what PyTorch's caching allocator holds from the driver                      |
-| ``gpu_peak_gib``     | the most tensors ever held at once in this process (max_memory_allocated)   |
+| ``gpu_peak_gib``     | the most tensors held at once since the previous reading (the run's peak is  |
+|                      | the curve's maximum; max_memory_allocated, reset after each reading)        |
 | ``gpu_util_percent`` | the GPU's busy share over NVML's last sample period (all processes on it)   |
 | ``gpu_memory_used_gib`` | the whole GPU's used memory as the driver sees it (NVML)                 |
 """
@@ -32,6 +33,7 @@ class ResourceMonitor:
             out.update(gpu_allocated_gib=torch.cuda.memory_allocated(self.device) / GIB,
                        gpu_reserved_gib=torch.cuda.memory_reserved(self.device) / GIB,
                        gpu_peak_gib=torch.cuda.max_memory_allocated(self.device) / GIB)
+            torch.cuda.reset_peak_memory_stats(self.device)  # the next reading's peak is of its own interval
         if self.nvml is not None:
             import pynvml
 
@@ -44,8 +46,12 @@ class ResourceMonitor:
 
 
 def _nvml_handle(device: torch.device):
-    """NVML's handle of ``device``'s GPU, or None without a GPU, without nvidia-ml-py, or when NVML fails to start
-    (a driver without it, a container without access): utilisation is then left out, never guessed."""
+    """NVML's handle of ``device``'s GPU, or None without a GPU, without nvidia-ml-py, when NVML fails to start (a
+    driver without it, a container without access) or when the GPU cannot be identified: utilisation is then left
+    out, never read from another GPU.
+
+    NVML numbers every GPU in PCI order, CUDA only the visible ones (CUDA_VISIBLE_DEVICES) and fastest first, so
+    the GPU is found by what both report alike: its UUID (``MIG-`` for a MIG instance), else its PCI address."""
     if device.type != "cuda":
         return None
     try:
@@ -53,10 +59,14 @@ def _nvml_handle(device: torch.device):
 
         pynvml.nvmlInit()
         index = device.index if device.index is not None else torch.cuda.current_device()
-        uuid = str(torch.cuda.get_device_properties(index).uuid)  # NVML numbers every GPU, CUDA the visible ones
-        try:
-            return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
-        except pynvml.NVMLError:
-            return pynvml.nvmlDeviceGetHandleByIndex(index)
+        props = torch.cuda.get_device_properties(index)
+        uuid = str(props.uuid).removeprefix("GPU-").removeprefix("MIG-")
+        for name in (f"GPU-{uuid}", f"MIG-{uuid}"):
+            try:
+                return pynvml.nvmlDeviceGetHandleByUUID(name)
+            except pynvml.NVMLError:
+                pass
+        address = f"{props.pci_domain_id:x}:{props.pci_bus_id:x}:{props.pci_device_id:x}.0"
+        return pynvml.nvmlDeviceGetHandleByPciBusId(address)
     except Exception:  # noqa: BLE001 - ImportError or any NVMLError: no utilisation readings, nothing else changes
         return None
