@@ -1,7 +1,7 @@
 # ddpmkit on the CPU. The set-up is the README's own (scripts/install.sh), on Debian 12 with Python 3.11; PyTorch
 # comes as its CPU build. Not built on the project's machines (no Docker engine there): see the README.
 #   docker build -t ddpmkit .
-#   docker run --rm -v "$PWD/runs:/opt/ddpmkit/runs" ddpmkit train --preset quick
+#   docker run --rm -v "$PWD/runs:/opt/ddpmkit/runs" -v ddpmkit-cache:/root/.cache ddpmkit train --preset quick
 FROM python:3.11-slim-bookworm
 
 WORKDIR /opt/ddpmkit
@@ -12,8 +12,9 @@ ENV TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \
 # install.sh also installs Debian's dataset-fashion-mnist (real Fashion-MNIST, no download at training time).
 RUN bash scripts/install.sh && rm -rf /var/lib/apt/lists/*
 
-# Runs (checkpoints, logs, samples) and your own data belong outside the container.
-VOLUME ["/opt/ddpmkit/runs", "/data"]
+# Outside the container: runs (checkpoints, logs, samples); the caches (downloaded datasets in
+# ~/.cache/ddpmkit/datasets, FD statistics, Hub models), so nothing is downloaded twice; your own image folders.
+VOLUME ["/opt/ddpmkit/runs", "/root/.cache", "/data"]
 EXPOSE 7860
 ENTRYPOINT ["/opt/ddpmkit/.venv/bin/ddpmkit"]
 CMD ["--help"]

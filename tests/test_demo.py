@@ -203,3 +203,14 @@ def test_the_demo_says_what_to_install_without_gradio(tiny_conditional_checkpoin
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
     assert main(["demo", "--checkpoint", str(tiny_conditional_checkpoint)]) == 2
     assert "pip install 'ddpmkit[demo]'" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_is_one_line_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    from ddpmkit.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo's folder would go
+    assert main(["demo", "--checkpoint", str(tmp_path / "missing.pt"), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    # The start-up bar clears itself (it draws with carriage returns): the one line left is the error.
+    assert err.count("\n") == 1 and err.split("\r")[-1].startswith("ddpmkit: error:") and "missing.pt" in err
+    assert not list(tmp_path.glob("ddpmkit-demo-*"))

@@ -75,3 +75,32 @@ def test_the_documented_run_commands_use_real_presets(name):
 
     for preset in re.findall(r"train --preset (\S+)", (REPO / name).read_text()):
         assert preset in PRESETS
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_downloads_and_caches_land_on_a_volume(name):
+    """The images run as root, so a dataset downloaded by default (CIFAR-10 into ~/.cache/ddpmkit/datasets) and the
+    FD statistics land under /root/.cache: a volume, so that a second `docker run` does not download them again.
+    (Before, only /data was a volume, where nothing is put by default.)"""
+    import json
+    from pathlib import Path, PurePosixPath
+
+    from ddpmkit.data import DEFAULT_ROOT
+    from ddpmkit.metrics.domain import DEFAULT_CACHE
+
+    steps = instructions(name)
+    assert "USER" not in dict(steps)  # root, whose home is /root
+    volumes = [PurePosixPath(v) for v in json.loads(dict(steps)["VOLUME"])]
+    for default in (DEFAULT_ROOT, DEFAULT_CACHE):
+        inside = PurePosixPath("/root") / default.relative_to(Path.home()).as_posix()
+        assert any(inside.is_relative_to(volume) for volume in volumes), (default, volumes)
+
+
+def test_the_documented_training_runs_keep_their_downloads():
+    """Every `docker run ... train` in the README and the Dockerfiles mounts the cache volume, or trains on /data."""
+    text = "\n".join((REPO / name).read_text() for name in ["README.md", *DOCKERFILES])
+    text = re.sub(r"\\\n#?\s*", " ", text)  # join continued lines (the Dockerfiles' are comments)
+    runs = [line for line in text.splitlines() if "docker run" in line and " train" in line]
+    assert len(runs) >= 5
+    for line in runs:
+        assert ":/root/.cache" in line or "data.root=/data" in line, line

@@ -144,11 +144,14 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, dev
     _gradio()  # before loading a model: a missing extra says so at once
     check_address(host, port)  # before loading a model, too: Gradio hides why it cannot listen
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a demo on a closed network
-    stages = tqdm(total=4, desc="ddpmkit demo: starting", unit="stage", disable=not progress, dynamic_ncols=True)
-    stages.set_postfix_str(f"loading {checkpoint}")
-    sampler = DiffusionSampler(checkpoint, device=device)
-    out_root = Path(tempfile.mkdtemp(prefix="ddpmkit-demo-"))
+    # The bar goes when the demo is up (leave=False): what stays is the line with its address, or one error line.
+    stages = tqdm(total=4, desc="ddpmkit demo: starting", unit="stage", disable=not progress, dynamic_ncols=True,
+                  leave=False)
+    out_root = None
     try:
+        stages.set_postfix_str(f"loading {checkpoint}")
+        sampler = DiffusionSampler(checkpoint, device=device)
+        out_root = Path(tempfile.mkdtemp(prefix="ddpmkit-demo-"))
         stages.update()
         stages.set_postfix_str("a first image")  # the first visitor does not wait for the warm-up
         warm_up = [sampler.class_names[0]] if sampler.is_conditional else []
@@ -168,7 +171,8 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, dev
         stages.close()
     except BaseException:
         stages.close()
-        shutil.rmtree(out_root, ignore_errors=True)
+        if out_root is not None:
+            shutil.rmtree(out_root, ignore_errors=True)
         raise
     running = RunningDemo(page, f"http://{host}:{page.server_port}", out_root)
     print(f"ddpmkit demo: serving {checkpoint} at {running.url} (Ctrl-C stops)", flush=True)
