@@ -214,3 +214,51 @@ def test_a_missing_checkpoint_is_one_line_and_leaves_no_folder(tmp_path, capsys,
     # The start-up bar clears itself (it draws with carriage returns): the one line left is the error.
     assert err.count("\n") == 1 and err.split("\r")[-1].startswith("ddpmkit: error:") and "missing.pt" in err
     assert not list(tmp_path.glob("ddpmkit-demo-*"))
+
+
+def test_a_cleared_box_is_a_message_not_a_traceback(served):
+    """Gradio sends None for an emptied number box; int(None) raised TypeError: a bare "Error" on the page and a
+    traceback on the server's console."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    _, running = served
+    client = Client(running.url, verbose=False)
+    ask = dict(classes=["0"], guidance=1.0, sampler_name="ddim", steps=3, seed=0, count=2, api_name="/generate")
+    with pytest.raises(AppError, match="fill in the seed"):  # (sliders are checked by Gradio itself)
+        client.predict(**{**ask, "seed": None})
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_stopping_the_demo_exits_as_a_shell_expects_and_deletes_its_files(tiny_conditional_checkpoint, tmp_path,
+                                                                        signal_name):
+    """SIGTERM (docker stop, systemd) killed the demo at once, leaving its folders; Ctrl-C was swallowed by
+    Gradio (exit 0). Both now close the server, delete the request folders and Gradio's copies, and exit 128 + N."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gradio_client import Client
+
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    (tmp_path / "tmp").mkdir()
+    port = free_port()
+    demo = subprocess.Popen([sys.executable, "-m", "ddpmkit", "demo", "--checkpoint", str(tiny_conditional_checkpoint),
+                             "--port", str(port), "--device", "cpu", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = demo.stdout.readline()
+        assert f"at http://127.0.0.1:{port}" in line, line + demo.stderr.read()
+        Client(f"http://127.0.0.1:{port}", verbose=False).predict(
+            classes=["0"], guidance=1.0, sampler_name="ddim", steps=3, seed=0, count=2, api_name="/generate")
+        assert list((tmp_path / "tmp").glob("ddpmkit-demo-*/request_*"))
+        assert [p for p in (tmp_path / "gradio").rglob("*") if p.is_file()]
+        demo.send_signal(getattr(signal, signal_name))
+        _, err = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+    assert demo.returncode == 128 + getattr(signal, signal_name), err
+    assert err.strip().splitlines()[-1] == "ddpmkit: interrupted"
+    assert not list((tmp_path / "tmp").glob("ddpmkit-demo-*"))
+    assert not [p for p in (tmp_path / "gradio").rglob("*") if p.is_file()]

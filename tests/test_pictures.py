@@ -137,7 +137,9 @@ def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
 @pytest.mark.parametrize("sampler_name, steps, options", [
     ("ddpm", None, {}), ("ddim", 4, {"eta": 0.5}), ("deterministic", 3, {}), ("dpm++2m", 4, {}), ("dpm++3m", 5, {}),
     ("sde-dpm++2m", 4, {}), ("heun", 3, {}), ("heun", 4, {"churn": 1.0}), ("unipc", 4, {}),
-    ("ddim", 4, {"spacing": "leading", "threshold": 0.9})])
+    ("unipc", 5, {"order": 1}), ("unipc", 5, {"order": 3, "variant": "bh1"}), ("ddpm", 4, {"spacing": "karras"}),
+    ("dpm++2m", 6, {"spacing": "logsnr"}), ("ddim", 4, {"spacing": "leading", "threshold": 0.9}),
+    ("deterministic", 5, {"spacing": "linspace"})])
 def test_count_steps_is_the_number_of_on_step_calls(tiny_conditional_checkpoint, sampler_name, steps, options):
     sampler = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
     calls = []

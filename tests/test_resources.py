@@ -82,9 +82,9 @@ def test_a_mig_instance_is_found_by_its_mig_uuid(monkeypatch):
     assert _nvml_handle(torch.device("cuda:0")) == "whole-gpu"
 
 
-def test_peak_gpu_memory_is_the_peak_of_each_interval(monkeypatch):
+def test_peak_gpu_memory_of_each_interval_and_of_the_run(monkeypatch):
     """A stand-in allocator (no GPU here): 5 GiB held briefly before the first reading, 1 GiB after. The second
-    reading's peak is 1 GiB (it said 5 for the rest of the run: the peak was never reset)."""
+    interval's peak is 1 GiB (it said 5 for the rest of the run: the peak was never reset); the run's stays 5."""
     allocator = {"now": 1.0, "peak": 5.0}
 
     def reset(device):
@@ -95,5 +95,6 @@ def test_peak_gpu_memory_is_the_peak_of_each_interval(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: allocator["peak"] * 2**30)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
     monitor = ResourceMonitor(torch.device("cuda:0"))
-    assert monitor.read()["gpu_peak_gib"] == 5.0
-    assert monitor.read()["gpu_peak_gib"] == 1.0
+    first, second = monitor.read(), monitor.read()
+    assert (first["gpu_interval_peak_gib"], first["gpu_peak_gib"]) == (5.0, 5.0)
+    assert (second["gpu_interval_peak_gib"], second["gpu_peak_gib"]) == (1.0, 5.0)

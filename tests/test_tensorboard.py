@@ -59,6 +59,7 @@ def test_hparams_hold_the_whole_config_and_the_status(run):
     start = content["_hparams_/session_start_info"].session_start_info.hparams
     assert start["train.lr"].number_value == cfg.train.lr
     assert start["model.channel_mults"].string_value == "1,2" and start["data.dataset"].string_value == "mnist"
+    assert start["model.class_conditional"].string_value == "false"  # was the number 0.0: a range in the tab
     assert len(start) == sum(len(section) for section in cfg.to_dict().values())
     assert "_hparams_/experiment" not in content  # TensorBoard builds the columns from all runs (test below)
     end = content["_hparams_/session_end_info"].session_end_info
@@ -104,7 +105,7 @@ def test_hparams_tab_shows_the_metrics_of_every_run(tiny_idx_root, tmp_path):
     """Two runs with different metrics in one log folder (one without held-out loss): the HParams tab has a column
     for each run's metrics. Failed when every run wrote its own experiment summary, which TensorBoard takes from the
     run it happens to find first (here, on ext4, the run without held-out loss), so eval/heldout_loss_ema had no
-    column."""
+    column. Whatever the order, the columns hold because no run writes an experiment summary (test above)."""
     for name, eval_every in (("a_heldout", 3), ("b_no_heldout", 0)):
         d = tiny_config_dict(tiny_idx_root)
         d["train"].update(eval_every=eval_every)

@@ -346,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every network)")
     p.add_argument("--port", type=PORT, default=7860, help="port (default 7860)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", action="store_true", help="no start-up progress bar")
 
     p = sub.add_parser("config", help="print the resolved configuration as JSON",
                        description="Print the configuration a train command would use. " + CONFIG_HELP)
@@ -573,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from .demo import serve
 
-            serve(args.checkpoint, args.host, args.port, args.device)
+            serve(args.checkpoint, args.host, args.port, args.device, progress=not args.no_progress)
         elif args.command == "config":
             print(json.dumps(resolve_config(args.preset, args.config, args.overrides).to_dict(), indent=2))
     except HelpShown:

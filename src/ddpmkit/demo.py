@@ -6,7 +6,8 @@ Gradio (``pip install 'ddpmkit[demo]'``), on localhost unless told otherwise.
 
 ``draw`` does the work and knows nothing of the page; ``build_page`` lays the page out; ``serve`` starts it.
 Each request draws into a folder of its own, deleted at the next request (Gradio has copied the files into its
-cache by then, which it empties an hour later and when the demo stops); the folders' parent goes when it stops.
+cache by then, and deletes those copies after one to two hours and when the demo stops); the folders' parent goes
+when it stops (Ctrl-C or SIGTERM).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +28,14 @@ from .config import DEFAULT_SAMPLER, SAMPLER_NAMES
 from .errors import DdpmkitError
 from .pictures import record_denoising
 from .sampling import DiffusionSampler
+from .stop_signals import StopOnSignal
 from .viz import labelled_grid, save_gif, save_pil, save_png, to_pil, upscale
 
 MAX_IMAGES = 64  # per request, so that one visitor cannot occupy the machine for long
 FRAMES = 24      # frames of the denoising animation
 MAX_SEED = 2**63 - 1  # seeds fit an int64, as on the command line
-CACHE_HOURS = 1  # Gradio's copies of the results are deleted after this long (and when the demo stops)
+MAX_PAGE_SEED = 2**53 - 16  # a browser's numbers are doubles: whole ones are exact up to 2**53 (16 images per class)
+CACHE_HOURS = 1  # Gradio checks its copies this often and deletes those older (and all when the demo stops)
 
 
 @dataclass
@@ -75,6 +79,25 @@ def draw(sampler: DiffusionSampler, out_dir: Path, classes: list[str], per_class
     return Drawn(grid, animation, pngs)
 
 
+def number(value, what: str) -> float:
+    """A request's number, or a one-line DdpmkitError (a cleared box arrives as None)."""
+    if value is None:
+        raise DdpmkitError(f"fill in the {what}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DdpmkitError(f"the {what} must be a number, got {value!r}") from None
+
+
+def whole_number(value, what: str) -> int:
+    if isinstance(value, int):
+        return value
+    value = number(value, what)
+    if not value.is_integer():
+        raise DdpmkitError(f"the {what} must be a whole number, got {value:g}")
+    return int(value)
+
+
 def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
     """The Gradio page for ``sampler``; each request writes into its own folder under ``out_root``, and deletes
     the earlier ones (requests run one at a time: Gradio's default queue)."""
@@ -87,8 +110,9 @@ def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
         for earlier in out_root.glob("request_*"):
             shutil.rmtree(earlier, ignore_errors=True)
         try:
-            drawn = draw(sampler, out_root / f"request_{next(counter):06d}", list(classes or []), int(count),
-                         float(guidance), sampler_name, int(steps), int(seed))
+            drawn = draw(sampler, out_root / f"request_{next(counter):06d}", list(classes or []),
+                         whole_number(count, "number of images"), number(guidance, "guidance weight"), sampler_name,
+                         whole_number(steps, "steps"), whole_number(seed, "seed"))
         except DdpmkitError as err:
             raise gr.Error(str(err)) from None
         return str(drawn.grid), str(drawn.animation), [str(p) for p in drawn.images]
@@ -108,7 +132,7 @@ def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
                 sampler_name = gr.Dropdown(list(SAMPLER_NAMES), value=DEFAULT_SAMPLER, label="sampler",
                                            elem_id="sampler")
                 steps = gr.Slider(1, T, value=min(20, T), step=1, label="steps", elem_id="steps")
-                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED - 15,
+                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_PAGE_SEED,
                                  label="seed (image j starts from seed + j)", elem_id="seed")
                 count = gr.Slider(1, 16, value=4, step=1, label="images per class" if conditional else "images",
                                   elem_id="count")
@@ -132,13 +156,13 @@ class RunningDemo:
 
     def close(self) -> None:
         try:
-            self.page.close()
+            self.page.close(verbose=False)
         finally:
             shutil.rmtree(self.out_root, ignore_errors=True)
 
 
 def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
-          block: bool = True, progress: bool = True) -> RunningDemo | None:
+          block: bool = True, progress: bool = True) -> RunningDemo:
     """Load ``checkpoint`` and serve its page at http://host:port until Ctrl-C; returns the running demo at once
     when ``block`` is False (``close()`` stops it)."""
     _gradio()  # before loading a model: a missing extra says so at once
@@ -164,7 +188,7 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, dev
         stages.set_postfix_str(f"starting the server on {host}:{port}")
         try:
             page.launch(server_name=host, server_port=port, quiet=True, prevent_thread_lock=True,
-                        allowed_paths=[str(out_root)])
+                        allowed_paths=[str(out_root)], show_error=True)  # Gradio's own input checks, said
         except OSError as err:
             raise DdpmkitError(f"cannot serve on {host}:{port} ({err}); choose another --port or --host") from None
         stages.update()
@@ -178,11 +202,12 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, dev
     print(f"ddpmkit demo: serving {checkpoint} at {running.url} (Ctrl-C stops)", flush=True)
     if not block:
         return running
-    try:
-        page.block_thread()
-    finally:
-        running.close()
-    return None
+    with StopOnSignal():  # Ctrl-C, and SIGTERM (docker stop, systemd): close, delete the files, exit 130 / 143
+        try:
+            while True:
+                time.sleep(0.2)
+        finally:
+            running.close()
 
 
 def check_address(host: str, port: int) -> None:

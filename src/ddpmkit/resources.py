@@ -7,8 +7,9 @@
 | ``ram_gib``          | its resident memory                                                         |
 | ``gpu_allocated_gib``| tensors held on the GPU now (torch.cuda.memory_allocated)                   |
 | ``gpu_reserved_gib`` | what PyTorch's caching allocator holds from the driver                      |
-| ``gpu_peak_gib``     | the most tensors held at once since the previous reading (the run's peak is  |
-|                      | the curve's maximum; max_memory_allocated, reset after each reading)        |
+| ``gpu_peak_gib``     | the most tensors held at once so far in this run (its last value: the run's)|
+| ``gpu_interval_...`` | ``gpu_interval_peak_gib``: the same since the previous reading              |
+|                      | (max_memory_allocated, then reset: torch's peak counters cover one interval)|
 | ``gpu_util_percent`` | the GPU's busy share over NVML's last sample period (all processes on it)   |
 | ``gpu_memory_used_gib`` | the whole GPU's used memory as the driver sees it (NVML)                 |
 """
@@ -26,14 +27,17 @@ class ResourceMonitor:
         self.process = psutil.Process()
         self.process.cpu_percent(None)  # the first call starts the interval; it returns a meaningless 0
         self.nvml = _nvml_handle(device)
+        self.peak_gib = 0.0  # the run's, over every interval so far
 
     def read(self) -> dict[str, float]:
         out = {"cpu_percent": self.process.cpu_percent(None), "ram_gib": self.process.memory_info().rss / GIB}
         if self.device.type == "cuda":
+            interval_peak = torch.cuda.max_memory_allocated(self.device) / GIB
+            torch.cuda.reset_peak_memory_stats(self.device)  # the next reading's peak is of its own interval
+            self.peak_gib = max(self.peak_gib, interval_peak)
             out.update(gpu_allocated_gib=torch.cuda.memory_allocated(self.device) / GIB,
                        gpu_reserved_gib=torch.cuda.memory_reserved(self.device) / GIB,
-                       gpu_peak_gib=torch.cuda.max_memory_allocated(self.device) / GIB)
-            torch.cuda.reset_peak_memory_stats(self.device)  # the next reading's peak is of its own interval
+                       gpu_interval_peak_gib=interval_peak, gpu_peak_gib=self.peak_gib)
         if self.nvml is not None:
             import pynvml
 

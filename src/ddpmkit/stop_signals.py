@@ -47,3 +47,23 @@ class GracefulStop:
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+class StopOnSignal:
+    """SIGINT and SIGTERM raise StopRequested at once, for a job with nothing to finish but its clean-up (the demo's
+    server: Gradio's own wait swallows Ctrl-C and exits 0; SIGTERM's default kills at once, skipping the clean-up,
+    and a container's PID 1 ignores it). From the main thread only, as GracefulStop."""
+
+    def __enter__(self) -> "StopOnSignal":
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._stop) for s in SIGNALS}
+        return self
+
+    @staticmethod
+    def _stop(signum, frame):
+        raise StopRequested(signum)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

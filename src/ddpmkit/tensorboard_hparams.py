@@ -20,11 +20,17 @@ HParam = int | float | str | bool
 
 
 def flat_hparams(cfg: Config) -> dict[str, HParam]:
-    """``{"train.lr": 0.002, "model.channel_mults": "1,2,4", ...}``: every key of the config, lists as text."""
+    """``{"train.lr": 0.002, "model.channel_mults": "1,2,4", "train.compile": "false", ...}``: every key of the
+    config; lists and booleans as text (torch's ``hparams`` would store a boolean as the number 0 or 1, which the
+    HParams tab then filters as a range instead of two choices)."""
     flat: dict[str, HParam] = {}
     for section, values in cfg.to_dict().items():
         for key, value in values.items():
-            flat[f"{section}.{key}"] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, (list, tuple)):
+                value = ",".join(map(str, value))
+            flat[f"{section}.{key}"] = value
     return flat
 
 
