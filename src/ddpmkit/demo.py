@@ -24,7 +24,7 @@ import torch
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from .config import DEFAULT_SAMPLER, SAMPLER_NAMES
+from .config import DEFAULT_SAMPLER, INT64, SAMPLER_NAMES
 from .errors import DdpmkitError
 from .pictures import record_denoising
 from .sampling import DiffusionSampler
@@ -33,7 +33,7 @@ from .viz import labelled_grid, save_gif, save_pil, save_png, to_pil, upscale
 
 MAX_IMAGES = 64  # per request, so that one visitor cannot occupy the machine for long
 FRAMES = 24      # frames of the denoising animation
-MAX_SEED = 2**63 - 1  # seeds fit an int64, as on the command line
+MAX_SEED = INT64 - 1  # seeds fit an int64, as on the command line and in the config
 MAX_PAGE_SEED = 2**53 - 16  # a browser's numbers are doubles: whole ones are exact up to 2**53 (16 images per class)
 CACHE_HOURS = 1  # Gradio checks its copies this often and deletes those older (and all when the demo stops)
 
@@ -192,12 +192,12 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, dev
         except OSError as err:
             raise DdpmkitError(f"cannot serve on {host}:{port} ({err}); choose another --port or --host") from None
         stages.update()
-        stages.close()
     except BaseException:
-        stages.close()
         if out_root is not None:
             shutil.rmtree(out_root, ignore_errors=True)
         raise
+    finally:
+        stages.close()
     running = RunningDemo(page, f"http://{host}:{page.server_port}", out_root)
     print(f"ddpmkit demo: serving {checkpoint} at {running.url} (Ctrl-C stops)", flush=True)
     if not block:

@@ -78,7 +78,8 @@ def record_denoising(sampler: DiffusionSampler, sampler_name: str, steps: int | 
     """
     guidance_rescale = options.pop("guidance_rescale", 0.0)
     n = sampler.count_steps(sampler_name, steps, **options)
-    wanted = {round(i * n / (frames - 1)) for i in range(frames)}
+    positions = [round(i * n / (frames - 1)) for i in range(frames)]
+    wanted = set(positions)
     kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     seen = 0
 
@@ -94,7 +95,6 @@ def record_denoising(sampler: DiffusionSampler, sampler_name: str, steps: int | 
     if seen != n:  # a sampler whose dry run differs from its real one: a bug in count_steps or the sampler
         raise RuntimeError(f"{sampler_name} took {seen} steps, but count_steps said {n}")
     kept[n] = (sampler.to_images(final),) * 2
-    positions = [round(i * n / (frames - 1)) for i in range(frames)]
     return [kept[k][0] for k in positions], [kept[k][1] for k in positions]
 
 

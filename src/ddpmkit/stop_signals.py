@@ -17,13 +17,28 @@ class StopRequested(KeyboardInterrupt):
         self.signum = signum
 
 
-class GracefulStop:
-    """The first SIGINT or SIGTERM asks the loop to finish its step, save ``latest.pt`` and stop (``requested`` is
-    then the signal's name); a second one stops at once, and ``latest.pt`` holds the last checkpoint written.
+class _SignalHandler:
+    """While inside: ``self._handle`` answers SIGINT and SIGTERM; on leaving, the previous handlers come back.
+    Handlers can only be installed from the main thread; elsewhere (a job started in a thread) the signals keep
+    their previous meaning."""
 
-    Handlers can only be installed from the main thread; elsewhere (a training job started in a thread) the
-    signals keep their previous meaning.
-    """
+    def __enter__(self):
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class GracefulStop(_SignalHandler):
+    """The first SIGINT or SIGTERM asks the loop to finish its step, save ``latest.pt`` and stop (``requested`` is
+    then the signal's name); a second one stops at once, and ``latest.pt`` holds the last checkpoint written."""
 
     def __init__(self, announce: bool = True):
         self.announce = announce  # say what happens next (only one of several processes does)
@@ -31,10 +46,7 @@ class GracefulStop:
     def __enter__(self) -> "GracefulStop":
         self.requested: str | None = None
         self.signum = signal.SIGINT
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
-        return self
+        return super().__enter__()
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
@@ -44,26 +56,11 @@ class GracefulStop:
             print(f"\n{self.requested}: finishing this step and saving latest.pt (send it again to stop at once)",
                   file=sys.stderr)
 
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
-
-class StopOnSignal:
+class StopOnSignal(_SignalHandler):
     """SIGINT and SIGTERM raise StopRequested at once, for a job with nothing to finish but its clean-up (the demo's
     server: Gradio's own wait swallows Ctrl-C and exits 0; SIGTERM's default kills at once, skipping the clean-up,
-    and a container's PID 1 ignores it). From the main thread only, as GracefulStop."""
+    and a container's PID 1 ignores it)."""
 
-    def __enter__(self) -> "StopOnSignal":
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._stop) for s in SIGNALS}
-        return self
-
-    @staticmethod
-    def _stop(signum, frame):
+    def _handle(self, signum, frame) -> None:
         raise StopRequested(signum)
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
