@@ -8,7 +8,7 @@ from conftest import FASHION_MNIST_DIR, MNIST_10K_DIR, write_idx
 from ddpmkit.config import Config, DataConfig, TrainConfig, config_from_dict
 from ddpmkit.data import BatchOrder, load_images, read_idx, stratified_choice, to_model_range, to_uint8
 from ddpmkit.errors import ConfigError, DdpmkitError
-from ddpmkit.train import _heldout_set
+from ddpmkit.heldout import split_for_run
 
 needs_fashion = pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
                                    reason=f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} "
@@ -162,6 +162,13 @@ def _folder_config(root, **data) -> Config:
                   train=TrainConfig(eval_images=5))
 
 
+def _heldout_and_rest(cfg):
+    """A new run's held-out images and labels, and the training images left."""
+    split = split_for_run(cfg, load_images(cfg.data))
+    assert split.holds_out and split.heldout.source == "held out of train"
+    return split.heldout.images, split.heldout.labels, split.train
+
+
 def _decoded(data) -> tuple[torch.Tensor, torch.Tensor]:
     """All images and labels of ``data``, through its DataLoader-facing dataset when it is not in memory."""
     if data.images is not None:
@@ -186,18 +193,18 @@ def test_max_images_keeps_every_class_in_proportion(uneven_folder, in_memory):
 def test_heldout_without_test_split_keeps_every_class_and_is_disjoint_from_training(uneven_folder):
     # 5 of 12/12/6 held out: exactly 2, 2, 1; the other 25 train, so the 6-image class is in both.
     cfg = _folder_config(uneven_folder)
-    images, labels, source, rest = _heldout_set(cfg, load_images(cfg.data))
+    images, labels, rest = _heldout_and_rest(cfg)
     assert labels.tolist() == [0, 0, 1, 1, 2] and len(rest) == 25
     assert torch.equal(torch.bincount(rest.labels), torch.tensor([10, 10, 5]))
     held, trained = _image_ids(images), _image_ids(rest.images)
     assert sorted(held + trained) == list(range(30))
-    again = _heldout_set(cfg, load_images(cfg.data))
-    assert torch.equal(again[0], images) and torch.equal(again[3].images, rest.images)
+    again = _heldout_and_rest(cfg)
+    assert torch.equal(again[0], images) and torch.equal(again[2].images, rest.images)
 
 
 def test_heldout_works_for_images_decoded_on_the_fly(uneven_folder):
     cfg = _folder_config(uneven_folder, in_memory="no")
-    images, labels, source, rest = _heldout_set(cfg, load_images(cfg.data))
+    images, labels, rest = _heldout_and_rest(cfg)
     assert images.shape == (5, 3, 8, 8) and labels.tolist() == [0, 0, 1, 1, 2]
     assert rest.images is None and len(rest) == 25
     trained = [rest.dataset[i] for i in range(len(rest))]

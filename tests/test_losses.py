@@ -58,3 +58,12 @@ def test_unknown_weighting_is_refused():
     with pytest.raises(ValueError, match="weighting"):
         diffusion_loss(FixedGuess(), schedule, torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long),
                        torch.zeros(1, 1, 2, 2), weighting="snr")
+
+
+def test_min_snr_refuses_an_l1_loss():
+    # Its factors turn a squared eps or v error into the squared x_0 error (sqrt(SNR)^2 = SNR); an absolute error
+    # scales by sqrt(SNR), so with l1 the weights would not give min(SNR, gamma) |x_0 error| as documented.
+    schedule = NoiseSchedule(linear_beta_schedule(100))
+    x0, noise, t = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4), torch.tensor([3, 50])
+    with pytest.raises(ValueError, match="needs loss='mse'"):
+        diffusion_loss(FixedGuess(), schedule, x0, t, noise, loss="l1", weighting="min_snr")

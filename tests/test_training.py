@@ -14,7 +14,7 @@ from ddpmkit.ema import EMA, decay_for_halflife
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.losses import diffusion_loss
 from ddpmkit.sampling import DiffusionSampler
-from ddpmkit.train import learning_rate, train
+from ddpmkit.train import train
 from ddpmkit.unet import UNet
 
 
@@ -23,15 +23,6 @@ def _with(cfg, **sections):
     """A copy of cfg with {section: {key: value}} replaced."""
     return dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **values)
                                        for name, values in sections.items()})
-
-
-def test_learning_rate_warmup_then_cosine():
-    t = TrainConfig(steps=1100, lr=1e-3, warmup_steps=100, min_lr_ratio=0.1)
-    assert learning_rate(0, t) == pytest.approx(1e-5)
-    assert learning_rate(99, t) == pytest.approx(1e-3)
-    assert learning_rate(100, t) == pytest.approx(1e-3)
-    assert learning_rate(600, t) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way down the cosine
-    assert learning_rate(1100, t) == pytest.approx(1e-4)
 
 
 def test_ema_follows_its_formula():
@@ -62,7 +53,7 @@ def test_ema_half_life_in_images_halves_an_old_weight():
 
 def test_ema_half_life_sets_the_training_decay(tiny_config, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(sys.modules["ddpmkit.train"], "EMA",
+    monkeypatch.setattr(sys.modules["ddpmkit.train_state"], "EMA",
                         lambda model, decay, warmup: seen.append(decay) or EMA(model, decay))
     train(_with(tiny_config, train={"ema_halflife_images": 800, "steps": 1}), tmp_path, progress=False)
     assert seen == [pytest.approx(0.5 ** (8 / 800))]  # batch 8

@@ -457,9 +457,10 @@ def validate(cfg: Config) -> Config:
     if f.loss == "bce" and not (f.prediction == "x0" and d.zero_one):
         raise ConfigError("diffusion.loss: bce compares probabilities, so it needs diffusion.prediction=x0 and "
                           "data.zero_one=true (images in [0, 1]); use mse or l1 otherwise")
-    if f.loss_weighting == "min_snr" and f.loss == "bce":
-        raise ConfigError("diffusion.loss_weighting: min_snr weights squared or absolute errors; use loss=mse or l1, "
-                          "or loss_weighting=none with bce")
+    if f.loss_weighting == "min_snr" and f.loss != "mse":
+        raise ConfigError(f"diffusion.loss_weighting: min_snr converts squared errors between predictions (an eps "
+                          f"error is sqrt(SNR) times the x_0 error, squared: SNR), so it needs diffusion.loss=mse; "
+                          f"use loss=mse, or loss_weighting=none with loss={f.loss}")
     if f.loss_weighting == "min_snr" and not (math.isfinite(f.min_snr_gamma) and f.min_snr_gamma > 0):
         raise ConfigError(f"diffusion.min_snr_gamma: must be > 0 (the paper's 5), got {f.min_snr_gamma}")
     if not 0 <= t.ema_decay < 1:

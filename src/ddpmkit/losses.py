@@ -25,15 +25,25 @@ def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Te
     raise ValueError(f"unknown prediction {prediction!r}; choose eps, x0 or v")
 
 
+def loss_options(d) -> dict:
+    """The keyword arguments of ``diffusion_loss`` that a ``DiffusionConfig`` fixes: trained and held-out losses."""
+    return {"prediction": d.prediction, "loss": d.loss, "weighting": d.loss_weighting,
+            "min_snr_gamma": d.min_snr_gamma}
+
+
 def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                    y: torch.Tensor | None = None, *, prediction: str = "eps", loss: str = "mse",
                    weighting: str = "none", min_snr_gamma: float = 5.0) -> torch.Tensor:
     """Mean loss between the network's output at x_t = q_sample(x0, t, noise) and its target.
 
     With prediction="eps", loss="mse" and weighting="none" this is DDPM's L_simple (eq. 14); weighting="min_snr"
-    scales each image's loss by ``min_snr_weight``. "bce" treats the output as the probability of each pixel of x_0
+    scales each image's loss by ``min_snr_weight`` (with mse only: its factors convert squared errors, so they mean
+    nothing for l1 or bce). "bce" treats the output as the probability of each pixel of x_0
     in [0, 1] (the network ends in a sigmoid) and is computed in float32, unweighted.
     """
+    if weighting == "min_snr" and loss != "mse":
+        raise ValueError(f"weighting='min_snr' needs loss='mse' (its SNR factors convert squared errors), got "
+                         f"loss={loss!r}")
     xt = schedule.q_sample(x0, t, noise)
     output = model(xt, t, y) if y is not None else model(xt, t)
     target = schedule.training_target(prediction, x0, t, noise)

@@ -8,91 +8,29 @@ happens, is in docs/reliability.md.
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
 from . import distributed
-from .build import autocast, noise_schedule, sampler_options, set_tf32, unet_spec
-from .checkpoint import (link_checkpoint, load_weights, newest_intact, periodic_path, read_checkpoint,
-                         resume_candidates, save_checkpoint, save_periodic)
-from .config import Config, DiffusionConfig, TrainConfig, config_from_dict
-from .data import (BatchOrder, ImageData, batch_stream, hold_out, load_images, load_into_memory, subset,
-                   to_model_range)
-from .ema import EMA, decay_for_halflife
+from .build import noise_schedule, sampler_options, set_tf32, unet_spec
+from .checkpoint import (link_checkpoint, newest_intact, periodic_path, read_checkpoint, resume_candidates,
+                         save_checkpoint, save_periodic)
+from .config import Config, config_from_dict
+from .data import BatchOrder, ImageData, batch_stream, load_images
 from .errors import DdpmkitError
 from .files import remove_stale_temporaries, write_json
-from .global_batch import BatchSplit, StepRandomness, step_seed
-from .guidance import drop_labels
-from .losses import diffusion_loss
-from .nonfinite import NonFiniteGuard, NonFiniteLoss, optimizer_step
-from .resources import ResourceMonitor
-from .run_log import RunLog
+from .global_batch import BatchSplit
+from .heldout import HeldOut, RunSplit, heldout_loss, split_for_run
+from .nonfinite import NonFiniteLoss
 from .samplers import SAMPLERS, ImageNoise
 from .stop_signals import GracefulStop, StopRequested
-from .tensorboard_hparams import end_session, start_session
+from .train_report import TrainingReport
+from .train_state import TrainingState
+from .train_step import OptimizerStep
 from .unet import UNet
-from .viz import plot_loss_curve, save_grid
-
-
-def learning_rate(step: int, t: TrainConfig) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def objective(d: DiffusionConfig) -> dict:
-    """The keyword arguments of ``diffusion_loss`` that the config fixes: trained and held-out losses alike."""
-    return {"prediction": d.prediction, "loss": d.loss, "weighting": d.loss_weighting,
-            "min_snr_gamma": d.min_snr_gamma}
-
-
-def _heldout_set(cfg: Config, train_data: ImageData) -> tuple[torch.Tensor, torch.Tensor | None, str, ImageData]:
-    """Held-out images for the 'best' checkpoint: the test split's first ``eval_images``, or, when the dataset has
-    no test split (an image folder, a training-only IDX folder), ``eval_images`` training images chosen by
-    ``data.hold_out`` (seeded, every class in proportion), which are then removed from training."""
-    n = cfg.train.eval_images
-    try:
-        test = load_images(cfg.data, "test")
-    except (DdpmkitError, RuntimeError, OSError):
-        test = None
-    if test is not None and len(test):  # its first n, decoded now if the split is read on the fly (CelebA)
-        first = load_into_memory(subset(test, torch.arange(min(n, len(test)))), cfg.data.num_workers)
-        return first.images, first.labels, "test split", train_data
-    if len(train_data) <= n:
-        raise DdpmkitError(f"no test split, and {len(train_data)} training images are too few to hold out "
-                           f"train.eval_images={n}; lower it, or --set train.eval_every=0 to turn the held-out "
-                           f"evaluation off")
-    heldout, rest = hold_out(train_data, n, cfg.data.num_workers)
-    return heldout.images, heldout.labels, "held out of train", rest
-
-
-@torch.no_grad()
-def heldout_loss(model, schedule, images: torch.Tensor, labels, cfg: Config, device: torch.device) -> float:
-    """Loss on fixed images at fixed timesteps (evenly spread over 0..T-1) and fixed noise: comparable across steps.
-    Its batches of 256 are shared out over the processes of a distributed run."""
-    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(12345))
-    starts = range(0, len(images), 256)
-    total = 0.0
-    for k in distributed.my_share(len(starts)):
-        start = starts[k]
-        x0 = to_model_range(images[start: start + 256], cfg.data.zero_one).to(device)
-        n = len(x0)
-        t = (torch.arange(start, start + n) * schedule.num_timesteps // len(images)).to(device)
-        y = labels[start: start + n].to(device) if labels is not None and model.spec.num_classes else None
-        with autocast(device, cfg.train.precision):
-            loss = diffusion_loss(model, schedule, x0, t, noise[start: start + n].to(device), y,
-                                  **objective(cfg.diffusion))
-        total += float(loss) * n
-    return distributed.sum_over_ranks([total])[0] / len(images)
+from .viz import save_grid
 
 
 @torch.no_grad()
@@ -200,11 +138,111 @@ def _prepare_run_dir(run_dir: Path, resume: str | Path | bool, cfg: Config) -> t
     return state, ckpt_path
 
 
-class _Silent:
-    """What a rank other than 0 has in place of the log, the TensorBoard writer and the progress bar."""
+def _training_state(cfg: Config, device: torch.device, checkpoint: dict | None,
+                    ckpt_path: Path | None) -> tuple[RunSplit, TrainingState, list[str]]:
+    """The run's images, split between training and evaluation, and its state: new, or continued from
+    ``checkpoint``; with what the user should be told about them."""
+    with distributed.local_rank_zero_first():  # one download or decoding pass per machine at a time
+        run_split = split_for_run(cfg, load_images(cfg.data, "train"), checkpoint)
+    data = run_split.train
+    state = TrainingState.new(cfg, unet_spec(cfg, data.channels, data.num_classes), device, run_split.holds_out,
+                              data.class_names)
+    notes = [run_split.note] if run_split.note else []
+    if checkpoint is not None:
+        notes += state.load(checkpoint, str(ckpt_path))
+    if cfg.train.batch_size > len(data):
+        notes.append(f"train.batch_size={cfg.train.batch_size} is larger than the {len(data)} training images, so "
+                     f"every batch holds each image about {cfg.train.batch_size / len(data):.0f} times; lower "
+                     f"train.batch_size or train on more images")
+    return run_split, state, notes
 
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
+
+def _evaluate_and_draw(cfg: Config, state: TrainingState, schedule, device: torch.device, heldout: HeldOut | None,
+                       training_fd: TrainingFD | None, report: TrainingReport, run_dir: Path) -> bool:
+    """The step's periodic evaluations of the EMA model and its sample grid; True when 'best' improved."""
+    t, step = cfg.train, state.step
+    finished, improved = step == t.steps, False
+    if heldout is not None and (step % t.eval_every == 0 or finished):
+        value = heldout_loss(state.ema.model, schedule, heldout.images, heldout.labels, cfg, device)
+        report.evaluation(step, "heldout_loss", value, heldout=heldout.source)
+        improved |= t.best_by == "heldout_loss" and state.best.offer(value)
+    if training_fd is not None and (step % t.fd_every == 0 or finished):
+        value = training_fd(state.ema.model, schedule, device)
+        report.evaluation(step, training_fd.name, value, fd_sampler=t.fd_sampler, fd_steps=t.fd_steps,
+                          fd_samples=t.fd_samples)
+        improved |= t.best_by == "fd" and state.best.offer(value)
+    if t.sample_every and step % t.sample_every == 0 or finished:
+        grid = sample_images(state.ema.model, schedule, cfg, device, t.grid_images, t.grid_sampler, t.grid_steps)
+        if report.main:
+            save_grid(grid, run_dir / "samples" / f"step_{step:07d}.png")
+        report.writer.add_images("samples/ema", grid, step)
+    return improved
+
+
+class _Checkpoints:
+    """Writes the periodic checkpoints (rank 0) and knows the newest one on disk, to name after a fault."""
+
+    def __init__(self, cfg: Config, run_dir: Path, report: TrainingReport, world_size: int, saved: Path | None,
+                 saved_step: int):
+        self.cfg, self.run_dir, self.report, self.world_size = cfg, run_dir, report, world_size
+        self.saved, self.saved_step = saved, saved_step
+
+    def after_step(self, state: TrainingState, guard, improved: bool, now: bool) -> None:
+        """Every ``checkpoint_every`` steps, or ``now``: check, write and link the step's checkpoint; otherwise a
+        better EMA model is written as ``best.pt`` alone."""
+        t, main = self.cfg.train, self.report.main
+        if state.step % t.checkpoint_every == 0 or now:
+            guard.read_limit(state.step)  # never save a state that a run of non-finite steps should stop
+            self._check_replicas(state)
+            self.saved, self.saved_step = periodic_path(self.run_dir, state.step), state.step
+            if main:
+                save_periodic(state.checkpoint(), self.run_dir, t.keep_checkpoints)
+                if improved:
+                    link_checkpoint(self.saved, self.run_dir / "best.pt")
+            distributed.barrier()  # no process goes on before the checkpoint it may resume from exists
+        elif improved and main:
+            save_checkpoint(state.checkpoint(), self.run_dir / "best.pt")
+
+    def _check_replicas(self, state: TrainingState) -> None:
+        """Every process must hold the same weights and EMA; a difference means a bug, so stop and say where."""
+        differs = distributed.first_difference({"model": state.model, "ema": state.ema.model})
+        if differs:
+            raise DdpmkitError(f"the processes' copies of the model diverged at step {state.step} ({differs} differs "
+                               f"from rank 0); please report this. {self.saved or 'no checkpoint'} holds the last "
+                               f"good state")
+        if self.world_size > 1:
+            self.report.log.write({"step": state.step, "replicas_identical": self.world_size})
+
+    def before_fault(self) -> str:
+        return (f"{self.saved} (step {self.saved_step}) is from before the fault" if self.saved else
+                "no checkpoint was written")
+
+    def last_kept(self, step: int) -> str:
+        """Where an interrupted run's work is, for the message it ends with."""
+        if self.saved_step == step:
+            return f"saved {self.run_dir / 'latest.pt'} at step {step}"
+        return f"{self.saved} (step {self.saved_step}) holds the last checkpoint" if self.saved else "no checkpoint yet"
+
+
+def _announce(cfg: Config, state: TrainingState, data: ImageData, split: BatchSplit, device: torch.device,
+              run_dir: Path, notes: list[str]) -> None:
+    """The run's first lines (rank 0): what is trained on what, and anything the user should know."""
+    t = cfg.train
+    num_params = sum(p.numel() for p in state.model.parameters())
+    plural = "es" if split.world_size > 1 else ""
+    processes = (f", {split.world_size} process{plural} x {split.grad_accum} micro-batches of {split.micro_batch}"
+                 if split.world_size > 1 or split.grad_accum > 1 else "")
+    print(f"ddpmkit: {cfg.data.dataset} ({len(data)} images from {data.source}), U-Net {num_params / 1e6:.2f}M "
+          f"parameters, {device}, {t.precision}, batch {t.batch_size}{processes}; run dir {run_dir}"
+          + (f", resuming at step {state.step}" if state.step else ""))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _already_trained(run_dir: Path, step: int, steps: int, ckpt_path: Path, main: bool) -> Path:
+    if main:
+        print(f"{run_dir}: already trained for {step} steps (train.steps={steps}); nothing to do")
+    return run_dir / "final.pt" if (run_dir / "final.pt").is_file() else ckpt_path
 
 
 def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, stop_at: int | None = None,
@@ -221,230 +259,68 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     Launched by torchrun, every process runs this function: each trains on its slices of every global batch under
     DistributedDataParallel, and rank 0 alone reads and writes the run directory (docs/distributed.md).
     """
-    t_cfg = cfg.train
+    t = cfg.train
     if stop_at is not None and stop_at < 1:
         raise DdpmkitError(f"--stop-at must be a step >= 1, got {stop_at}")
     run_dir = Path(run_dir)
-    device = distributed.setup(t_cfg.device)
-    rank, main = distributed.rank(), distributed.is_main()
-    split = BatchSplit(t_cfg.batch_size, distributed.world_size(), t_cfg.grad_accum)
-    set_tf32(device, t_cfg.tf32)
-    torch.manual_seed(t_cfg.seed)  # the initial weights
+    device = distributed.setup(t.device)
+    main = distributed.is_main()
+    split = BatchSplit(t.batch_size, distributed.world_size(), t.grad_accum)
+    set_tf32(device, t.tf32)
+    torch.manual_seed(t.seed)  # the initial weights
+    checkpoint, ckpt_path = distributed.run_on_main(_prepare_run_dir, run_dir, resume, cfg)  # rank 0 reads it
+    if checkpoint is not None and int(checkpoint["step"]) >= t.steps:
+        return _already_trained(run_dir, int(checkpoint["step"]), t.steps, ckpt_path, main)
 
-    # -- resume point (read by rank 0, passed to the others: only rank 0 needs the run directory) ------------------
-    state, ckpt_path = distributed.run_on_main(_prepare_run_dir, run_dir, resume, cfg)
-    if state is not None and int(state["step"]) >= t_cfg.steps:
-        if main:
-            print(f"{run_dir}: already trained for {state['step']} steps (train.steps={t_cfg.steps}); nothing to do")
-        return run_dir / "final.pt" if (run_dir / "final.pt").is_file() else ckpt_path
-
-    # -- data, model, optimisation ---------------------------------------------------------------------------------
-    with distributed.local_rank_zero_first():  # one download or decoding pass per machine at a time
-        data = load_images(cfg.data, "train")
-        heldout_images = heldout_labels = None
-        if t_cfg.eval_every:
-            heldout_images, heldout_labels, heldout_source, data = _heldout_set(cfg, data)
-    spec = unet_spec(cfg, data.channels, data.num_classes)
-    model = UNet(spec).to(device)
-    if t_cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema_decay = (decay_for_halflife(t_cfg.ema_halflife_images, t_cfg.batch_size) if t_cfg.ema_halflife_images
-                 else t_cfg.ema_decay)
-    ema = EMA(model, ema_decay, t_cfg.ema_warmup)
+    run_split, state, notes = _training_state(cfg, device, checkpoint, ckpt_path)
+    del checkpoint  # its tensors are now in the model, the EMA and the optimizer
+    data, spec = run_split.train, state.model.spec
+    replicated = distributed.wrap(state.model, device)  # DDP under torchrun: gradients averaged over the processes
+    network = torch.compile(replicated, mode=t.compile_mode) if t.compile else replicated
     schedule = noise_schedule(cfg.diffusion).to(device)
-    # Fused AdamW (CPU and CUDA) can skip a non-finite step on the device; see nonfinite.py.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.lr, betas=tuple(t_cfg.adam_betas),
-                                  weight_decay=t_cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
-    scaler = torch.amp.GradScaler(device.type, enabled=t_cfg.precision == "fp16")
-    step, best = 0, math.inf
-    if state is not None:
-        load_weights(model, state["model"], str(ckpt_path))
-        load_weights(ema.model, state["ema"]["model"], f"{ckpt_path} (EMA)")
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        step, best = int(state["step"]), float(state.get("best", math.inf))
-        del state  # its tensors are now in the model, the EMA and the optimizer
-    replicated = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged over the processes
-    network = torch.compile(replicated, mode=t_cfg.compile_mode) if t_cfg.compile else replicated
     training_fd = (TrainingFD(cfg, (spec.image_channels, spec.image_size, spec.image_size), data.class_names)
-                   if t_cfg.fd_every else None)
-
+                   if t.fd_every else None)
     if main:
         write_json(run_dir / "config.json", cfg.to_dict())
-    log = RunLog(run_dir / "log.jsonl", resume_step=step) if main else _Silent()
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None) if main else _Silent()
-    if main:
-        start_session(writer, cfg)  # the HParams tab: the config, and the last value of each scalar
-    monitor = ResourceMonitor(device)
-    num_params = sum(p.numel() for p in model.parameters())
-    plural = "es" if split.world_size > 1 else ""
-    processes = (f", {split.world_size} process{plural} x {split.grad_accum} micro-batches of {split.micro_batch}"
-                 if split.world_size > 1 or split.grad_accum > 1 else "")
-    if main:
-        print(f"ddpmkit: {cfg.data.dataset} ({len(data)} images from {data.source}), U-Net {num_params / 1e6:.2f}M "
-              f"parameters, {device}, {t_cfg.precision}, batch {t_cfg.batch_size}{processes}; run dir {run_dir}"
-              + (f", resuming at step {step}" if step else ""))
-
-    def training_state() -> dict:
-        """What a run resumes from: nothing in it depends on the number of processes or the kind of device."""
-        return {
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "step": step, "best": best,
-            "config": cfg.to_dict(), "unet": vars(spec).copy(), "class_names": data.class_names,
-        }
-
-    def check_replicas() -> None:
-        """Every process must hold the same weights and EMA; a difference means a bug, so stop and say where."""
-        differs = distributed.first_difference({"model": model, "ema": ema.model})
-        if differs:
-            raise DdpmkitError(f"the processes' copies of the model diverged at step {step} ({differs} differs from "
-                               f"rank 0); please report this. {saved or 'no checkpoint'} holds the last good state")
-        if split.world_size > 1:
-            log.write({"step": step, "replicas_identical": split.world_size})
-
-    # -- the loop ----------------------------------------------------------------------------------------------------
-    accum = t_cfg.grad_accum
-    order = BatchOrder(len(data), t_cfg.batch_size, t_cfg.seed)
-    stop = min(t_cfg.steps, stop_at if stop_at is not None else t_cfg.steps)
-    batches = batch_stream(data, order, split, rank, step, stop, device, cfg.data.num_workers, t_cfg.seed)
-    T = schedule.num_timesteps
-    image_shape = (spec.image_channels, spec.image_size, spec.image_size)
-    label_dropout = cfg.diffusion.label_dropout if spec.num_classes else None
-    loss_options = objective(cfg.diffusion)
-    null_label = spec.num_classes
-    noise_gen = torch.Generator(device=device)  # reseeded every step from (seed, step): see global_batch.py
-    guard = NonFiniteGuard(device, t_cfg.max_nonfinite_steps)
+        _announce(cfg, state, data, split, device, run_dir, notes)
+    report = TrainingReport(cfg, run_dir, state.step, device, main, progress)
+    checkpoints = _Checkpoints(cfg, run_dir, report, split.world_size, ckpt_path, state.step)
+    optimizer_step = OptimizerStep(cfg, state, replicated, network, schedule, split, device)
+    stop = min(t.steps, stop_at if stop_at is not None else t.steps)
+    batches = batch_stream(data, BatchOrder(len(data), t.batch_size, t.seed), split, distributed.rank(), state.step,
+                           stop, device, cfg.data.num_workers, t.seed)
     vote = distributed.StopVote()
-    loss_sum = torch.zeros((), device=device)  # summed on the device; read back only every log_every steps
-    interval_start, interval_steps = time.perf_counter(), 0
-    saved_step, saved = step, ckpt_path  # the newest checkpoint on disk
-    bar = tqdm(total=t_cfg.steps, initial=step, desc="train", unit="step", disable=not (progress and main),
-               dynamic_ncols=True)
-    model.train()
+    state.model.train()
     with GracefulStop(announce=main) as interrupt:
         try:
-            while step < stop:
-                lr = learning_rate(step, t_cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if cfg.model.dropout:  # dropout masks: this process's own, seeded by (seed, step, rank)
-                    torch.manual_seed(step_seed(t_cfg.seed, step, f"dropout/{rank}"))
-                drawn = StepRandomness.draw(noise_gen, t_cfg.seed, step, t_cfg.batch_size, image_shape, T,
-                                            cfg.data.hflip, label_dropout)
-                step_loss = torch.zeros((), device=device)
-                for micro in range(accum):
-                    images, labels = next(batches)
-                    mine = drawn[split.part(rank, micro)]
-                    x0 = to_model_range(images, cfg.data.zero_one)
-                    if t_cfg.channels_last:
-                        x0 = x0.contiguous(memory_format=torch.channels_last)
-                    if mine.flips is not None:
-                        x0 = torch.where(mine.flips[:, None, None, None], x0.flip(3), x0)
-                    y = drop_labels(labels, mine.drops, null_label) if spec.num_classes else None
-                    with distributed.no_sync(replicated, last=micro == accum - 1):
-                        with autocast(device, t_cfg.precision):
-                            loss = diffusion_loss(network, schedule, x0, mine.t, mine.noise, y, **loss_options)
-                        scaler.scale(loss / accum).backward()  # the last micro-batch's all-reduces the gradients
-                    step_loss += loss.detach() / accum
-                distributed.mean_over_ranks_(step_loss)  # the global batch's loss, the same on every process
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip or math.inf)
-                skip = guard.check(step_loss, grad_norm)  # a NaN or inf step changes neither weights nor EMA
-                optimizer_step(optimizer, scaler, skip)
-                optimizer.zero_grad(set_to_none=True)
-                ema.update(model, skip)
-                loss_sum += torch.where(skip.bool(), 0.0, step_loss)
-                step += 1
-                interval_steps += 1
-                bar.update(1)
-
-                if step % t_cfg.log_every == 0 or step == stop:
-                    elapsed = time.perf_counter() - interval_start
-                    skipped = guard.read_interval(step)
-                    finite_steps = interval_steps - skipped
-                    record = {"step": step, "loss": loss_sum.item() / finite_steps if finite_steps else None,
-                              "lr": lr, "grad_norm": float(grad_norm), "skipped_steps": skipped,
-                              "images_per_s": interval_steps * t_cfg.batch_size / elapsed}
-                    resources = monitor.read()
-                    log.write({**record, **resources})
-                    for key in ("loss", "lr", "grad_norm", "images_per_s", "skipped_steps"):
-                        if record[key] is not None:
-                            writer.add_scalar(f"train/{key}", record[key], step)
-                    for key, value in resources.items():
-                        writer.add_scalar(f"resources/{key}", value, step)
-                    bar.set_postfix(loss=f"{record['loss'] or math.nan:.4f}", img_s=f"{record['images_per_s']:.0f}",
-                                    **({"skipped": skipped} if skipped else {}))
-                    loss_sum.zero_()
-                    interval_start, interval_steps = time.perf_counter(), 0
-
-                extra_work_start = time.perf_counter()  # evaluation, grids and checkpoints don't count against images/s
-                stop_signal = vote(interrupt.signum if interrupt.requested else 0)  # any rank's, agreed by all
-                finished = step == t_cfg.steps
-                improved = False
-                if not stop_signal:  # a stop request saves at once: a scheduler's grace period is short
-                    # Evaluations come before the checkpoint, so that the checkpoint's "best" is up to date.
-                    if heldout_images is not None and (step % t_cfg.eval_every == 0 or finished):
-                        value = heldout_loss(ema.model, schedule, heldout_images, heldout_labels, cfg, device)
-                        log.write({"step": step, "heldout_loss": value, "heldout": heldout_source})
-                        writer.add_scalar("eval/heldout_loss_ema", value, step)
-                        if t_cfg.best_by == "heldout_loss" and value < best:
-                            best, improved = value, True
-                    if training_fd is not None and (step % t_cfg.fd_every == 0 or finished):
-                        value = training_fd(ema.model, schedule, device)
-                        log.write({"step": step, training_fd.name: value, "fd_sampler": t_cfg.fd_sampler,
-                                   "fd_steps": t_cfg.fd_steps, "fd_samples": t_cfg.fd_samples})
-                        writer.add_scalar(f"eval/{training_fd.name}_ema", value, step)
-                        if t_cfg.best_by == "fd" and value < best:
-                            best, improved = value, True
-                    if t_cfg.sample_every and step % t_cfg.sample_every == 0 or finished:
-                        grid = sample_images(ema.model, schedule, cfg, device, t_cfg.grid_images, t_cfg.grid_sampler,
-                                             t_cfg.grid_steps)
-                        if main:
-                            save_grid(grid, run_dir / "samples" / f"step_{step:07d}.png")
-                        writer.add_images("samples/ema", grid, step)
-                if step % t_cfg.checkpoint_every == 0 or step == stop or stop_signal:
-                    guard.read_limit(step)  # never save a state that a run of non-finite steps should stop
-                    check_replicas()
-                    saved, saved_step = periodic_path(run_dir, step), step
-                    if main:
-                        save_periodic(training_state(), run_dir, t_cfg.keep_checkpoints)
-                        if improved:
-                            link_checkpoint(saved, run_dir / "best.pt")
-                    distributed.barrier()  # no process goes on before the checkpoint it may resume from exists
-                elif improved and main:
-                    save_checkpoint(training_state(), run_dir / "best.pt")
+            while state.step < stop:
+                loss, grad_norm, skip, lr = optimizer_step(batches)
+                report.step_done(state.step, loss, skip, lr, grad_norm, optimizer_step.guard, last=state.step == stop)
+                with report.not_timed():
+                    stop_signal = vote(interrupt.signum if interrupt.requested else 0)  # any rank's, agreed by all
+                    # Evaluate before the checkpoint (its 'best'); a stop request saves at once (short grace periods)
+                    improved = not stop_signal and _evaluate_and_draw(cfg, state, schedule, device, run_split.heldout,
+                                                                      training_fd, report, run_dir)
+                    checkpoints.after_step(state, optimizer_step.guard, improved, now=state.step == stop or
+                                           bool(stop_signal))
                 if stop_signal:
                     raise StopRequested(stop_signal)
-                interval_start += time.perf_counter() - extra_work_start
         except NonFiniteLoss as fault:
-            bar.close()
-            kept = f"{saved} (step {saved_step}) is from before the fault" if saved else "no checkpoint was written"
-            raise DdpmkitError(f"training stopped: {fault}. {kept}; after fixing the cause, run the same command "
-                               f"again to resume") from None
+            report.bar.close()
+            raise DdpmkitError(f"training stopped: {fault}. {checkpoints.before_fault()}; after fixing the cause, "
+                               f"run the same command again to resume") from None
         except KeyboardInterrupt:
-            bar.close()
+            report.bar.close()
             if main:
-                where = (f"saved {run_dir / 'latest.pt'} at step {step}" if saved_step == step else
-                         f"{saved} (step {saved_step}) holds the last checkpoint" if saved else "no checkpoint yet")
-                print(f"\ninterrupted: {where}; run the same command again to resume", file=sys.stderr)
+                print(f"\ninterrupted: {checkpoints.last_kept(state.step)}; run the same command again to resume",
+                      file=sys.stderr)
             raise
         finally:
             vote.close()
-            bar.close()
-            if main and step == t_cfg.steps:
-                end_session(writer)  # the HParams tab: finished
-            writer.close()
-            log.close()
-            if main:
-                with contextlib.suppress(OSError):  # a full disk must not hide why the run stopped behind a plot error
-                    plot_loss_curve(run_dir / "log.jsonl", run_dir / "loss.png")
-
-    if step < t_cfg.steps:
+            report.close(finished=main and state.step == t.steps)
+    if state.step < t.steps:
         return run_dir / "latest.pt"
-    final = run_dir / "final.pt"
     if main:
-        link_checkpoint(saved, final)
+        link_checkpoint(checkpoints.saved, run_dir / "final.pt")
     distributed.barrier()
-    return final
+    return run_dir / "final.pt"
