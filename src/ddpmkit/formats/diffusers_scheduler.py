@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..build import noise_schedule
-from ..config import DiffusionConfig
+from ..config import DiffusionConfig, linear_beta_scale
 from .diffusers_unet import DIFFUSERS_VERSION, Unsupported
 
 PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
@@ -45,8 +45,9 @@ def ddpm_scheduler_config(d: DiffusionConfig) -> dict[str, Any]:
         "clip_sample": d.clip_x0, "clip_sample_range": 1.0, "thresholding": False,
         "timestep_spacing": "trailing", "steps_offset": 0, "rescale_betas_zero_snr": False,
     }
-    if d.beta_schedule == "linear":  # ddpmkit's betas are for T = 1000, scaled by 1000 / T (IDDPM); diffusers' as used
-        config.update(beta_start=d.beta_start * 1000 / T, beta_end=d.beta_end * 1000 / T)
+    if d.beta_schedule == "linear":  # ddpmkit's betas are for T = 1000, scaled for T (IDDPM); diffusers' as used
+        scale = linear_beta_scale(T)
+        config.update(beta_start=d.beta_start * scale, beta_end=d.beta_end * scale)
     elif d.cosine_s == DIFFUSERS_COSINE_S:
         config["beta_schedule"] = "squaredcos_cap_v2"
     else:
@@ -87,13 +88,19 @@ def diffusion_from_scheduler(config: dict[str, Any], source: str, known: Diffusi
     if betas is not None:
         d.update(_recognise_betas(torch.tensor(betas, dtype=torch.float64), T, known, source))
     elif schedule == "linear":
-        d.update(beta_schedule="linear", beta_start=config.get("beta_start", 1e-4) * T / 1000,
-                 beta_end=config.get("beta_end", 0.02) * T / 1000)
+        d.update(_linear(config.get("beta_start", 1e-4), config.get("beta_end", 0.02), T))
     elif schedule == "squaredcos_cap_v2":
         d.update(beta_schedule="cosine", cosine_s=DIFFUSERS_COSINE_S)
     else:
         raise refuse(f"beta_schedule={schedule!r} (supported: linear, squaredcos_cap_v2, or trained_betas of either)")
     return d
+
+
+def _linear(first: float, last: float, T: int) -> dict:
+    """ddpmkit's linear schedule whose betas over T steps run from ``first`` to ``last``: its config keeps them at
+    T = 1000."""
+    scale = linear_beta_scale(T)
+    return {"beta_schedule": "linear", "beta_start": first / scale, "beta_end": last / scale}
 
 
 def _recognise_betas(betas: torch.Tensor, T: int, known: DiffusionConfig | None, source: str) -> dict:
@@ -103,8 +110,7 @@ def _recognise_betas(betas: torch.Tensor, T: int, known: DiffusionConfig | None,
     candidates = []
     if known is not None:
         candidates.append({k: getattr(known, k) for k in ("beta_schedule", "beta_start", "beta_end", "cosine_s")})
-    candidates += [{"beta_schedule": "linear", "beta_start": float(betas[0]) * T / 1000,
-                    "beta_end": float(betas[-1]) * T / 1000},
+    candidates += [_linear(float(betas[0]), float(betas[-1]), T),
                    {"beta_schedule": "cosine", "cosine_s": DIFFUSERS_COSINE_S}]
     for candidate in candidates:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..build import DEFAULT_STEPS
-from ..config import DEFAULT_SAMPLER, Config
+from ..config import DEFAULT_SAMPLER, Config, linear_beta_scale
 from ..unet import UNetSpec
 
 DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "celeba": "CelebA",
@@ -17,9 +17,8 @@ HUB_DATASETS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fash
 def _schedule(cfg: Config) -> str:
     d = cfg.diffusion
     if d.beta_schedule == "linear":
-        T = d.num_timesteps
-        return (f"linear betas {d.beta_start * 1000 / T:g} to {d.beta_end * 1000 / T:g} over T = {T} "
-                f"(Ho et al. 2020)")
+        T, scale = d.num_timesteps, linear_beta_scale(d.num_timesteps)
+        return f"linear betas {d.beta_start * scale:g} to {d.beta_end * scale:g} over T = {T} (Ho et al. 2020)"
     return f"cosine (Nichol & Dhariwal 2021, eq. 17, s = {d.cosine_s:g}) over T = {d.num_timesteps}"
 
 
