@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from ..build import DEFAULT_STEPS
 from ..config import DEFAULT_SAMPLER, Config, linear_beta_scale
 from ..unet import UNetSpec
+from .diffusers_scheduler import TIMESTEP_SPACINGS
 
 DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "celeba": "CelebA",
                  "folder": "an image folder"}
@@ -142,8 +143,12 @@ def _sampling_section(cfg: Config, spec: UNetSpec, null_label: int | None) -> li
     classes = " --class all --guidance 1" if spec.num_classes else ""
     command = (f"ddpmkit sample --checkpoint PATH_OR_HUB_ID --sampler {DEFAULT_SAMPLER} "
                f"--steps {DEFAULT_STEPS[DEFAULT_SAMPLER]}{classes} --num-samples 16")
+    spacing = TIMESTEP_SPACINGS[cfg.diffusion.variance]
     return ["## Sampling", "", "With ddpmkit (any of its samplers; this folder is read as it is):", "",
-            "```bash", command, "```", "", "With diffusers:", "",
+            "```bash", command, "```", "",
+            f"With diffusers, whose schedulers take the timestep spacing `{spacing}` from "
+            f"`scheduler/scheduler_config.json` (with fewer steps than T they visit the timesteps of ddpmkit's "
+            f"`--spacing {spacing}`):", "",
             "```python", *_diffusers_example(cfg, spec, null_label), "```"]
 
 
