@@ -116,6 +116,27 @@ def test_diffusers_pipelines_draw_ddpmkits_samples_from_the_same_noise(exported)
     np.testing.assert_allclose(ddim, expected.permute(0, 2, 3, 1).numpy(), atol=1e-4)
 
 
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def test_ddpm_pipelines_with_fewer_steps_than_t_draw_ddpmkits_samples(tiny_idx_root, tmp_path, variance):
+    """Respaced ancestral sampling (IDDPM §4) adds no noise at the last step in ddpmkit (DDPM Algorithm 2); diffusers'
+    DDPMScheduler adds noise at every t > 0, of variance 1 - abar_t there under fixed_large, so the export must name
+    timesteps that end at t = 0 for a beta model (issue 24.4: trailing ended at t = T / S - 1 and added noise)."""
+    checkpoint = random_checkpoint(tiny_idx_root, tmp_path / "model.pt",
+                                   diffusion={"num_timesteps": 100, "variance": variance})
+    export(checkpoint, tmp_path / "hub")
+    pipeline = diffusers.DDPMPipeline.from_pretrained(tmp_path / "hub")
+    ddpmkit = DiffusionSampler(checkpoint, device="cpu", precision="fp32")
+    seeds = [3, 1, 4, 1000]
+    for steps in (10, 50):
+        theirs = pipeline(batch_size=4, generator=[torch.Generator().manual_seed(s) for s in seeds],
+                          num_inference_steps=steps, output_type="np").images
+        spacing = pipeline.scheduler.config.timestep_spacing  # the one the export names; the model card says so
+        assert pipeline.scheduler.timesteps[0] == 99  # either starts from pure noise, at T - 1
+        expected = ddpmkit.generate(seeds, sampler="ddpm", steps=steps, spacing=spacing, progress=False)
+        np.testing.assert_allclose(theirs, expected.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    assert f"`--spacing {spacing}`" in (tmp_path / "hub" / "README.md").read_text()
+
+
 def test_a_diffusers_folder_reads_back_as_the_same_model(exported):
     checkpoint, folder = exported
     original = DiffusionSampler(checkpoint, device="cpu", precision="fp32")
@@ -365,6 +386,40 @@ def test_scheduler_configs_give_diffusers_the_same_betas_and_read_back(diffusion
 def test_schedules_ddpmkit_does_not_have_are_refused(change, reason):
     with pytest.raises(Unsupported, match=reason):
         diffusion_from_scheduler({**DDPM_CIFAR10_SCHEDULER, **change}, "a folder")
+
+
+def _discrete_time_schedulers() -> dict[str, bool]:
+    """diffusers' schedulers of a discrete-time beta schedule, each with its clip_sample default (False: it has none,
+    so never clips), read from the classes' signatures (modules whose optional dependencies are missing are left out)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    found = {}
+    for info in pkgutil.iter_modules(diffusers.schedulers.__path__, "diffusers.schedulers."):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:
+            continue
+        for name, cls in vars(module).items():
+            if name.endswith("Scheduler") and isinstance(cls, type) and cls.__module__ == info.name:
+                parameters = inspect.signature(cls.__init__).parameters
+                if "num_train_timesteps" in parameters and "beta_schedule" in parameters:
+                    found[name] = bool(parameters["clip_sample"].default) if "clip_sample" in parameters else False
+    return found
+
+
+def test_a_scheduler_config_without_clip_sample_takes_its_classes_default():
+    # issue 24.5: a missing clip_sample read as true, whatever diffusers' default for the class named
+    schedulers = _discrete_time_schedulers()
+    assert {"DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler"} <= set(schedulers)
+    without = {k: v for k, v in DDPM_CIFAR10_SCHEDULER.items() if k != "clip_sample"}
+    for name, default in schedulers.items():
+        assert diffusion_from_scheduler({**without, "_class_name": name}, "a folder")["clip_x0"] is default, name
+        assert diffusion_from_scheduler({**without, "_class_name": name, "clip_sample": not default},
+                                        "a folder")["clip_x0"] is (not default), name  # as written, when written
+    with pytest.raises(Unsupported, match="clip_sample"):  # a class of which ddpmkit knows no default
+        diffusion_from_scheduler({**without, "_class_name": "MyScheduler"}, "a folder")
 
 
 @pytest.mark.parametrize("change, reason", [

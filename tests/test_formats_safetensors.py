@@ -83,3 +83,19 @@ def test_export_does_not_replace_a_file_unless_asked(exported, tiny_conditional_
     assert main(["export", "--checkpoint", str(tiny_conditional_checkpoint), "--format", "safetensors",
                  "--output", str(exported), "--overwrite", "--no-ema"]) == 0
     assert exported.read_bytes() != before
+
+
+def test_formats_never_import_the_package_init():
+    # issue 24: formats/ took __version__ from the package's __init__, which imports every layer (train, sampling)
+    # above it; it reads ddpmkit.version, a module that imports nothing.
+    import ast
+    from pathlib import Path
+
+    import ddpmkit.formats
+
+    for path in Path(ddpmkit.formats.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                upward = node.level >= 2 and not node.module or node.level == 0 and node.module == "ddpmkit"
+                assert not upward, f"{path.name}:{node.lineno} imports the package's __init__"
+                assert node.module not in ("cli", "train", "ddpmkit.cli", "ddpmkit.train"), f"{path.name}:{node.lineno}"

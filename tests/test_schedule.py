@@ -1,9 +1,12 @@
 """The noise schedule against closed forms (DDPM eqs. 4, 6, 7; IDDPM eq. 17; Salimans & Ho 2022)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from ddpmkit.build import noise_schedule
+from ddpmkit.config import ConfigError, DiffusionConfig, validate
 from ddpmkit.schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule
 
 
@@ -87,3 +90,26 @@ def test_v_is_defined_as_in_salimans_and_ho():
 def test_bad_betas_are_refused():
     with pytest.raises(ValueError):
         NoiseSchedule(torch.tensor([0.1, 1.2]))
+
+
+@pytest.mark.parametrize("T", [50, 100, 1000, 4000])
+def test_a_named_linear_schedule_has_one_constructor_which_scales_by_1000_over_t(T):
+    # issue 24.11: NoiseSchedule.from_name("linear", T) kept the T = 1000 betas unscaled while build.noise_schedule
+    # scaled them by 1000 / T; build.noise_schedule, from the config, is now the only constructor from a name.
+    assert not hasattr(NoiseSchedule, "from_name")
+    scale = 1000 / T  # IDDPM's get_named_beta_schedule("linear", T), written out
+    reference = torch.from_numpy(np.linspace(scale * 0.0001, scale * 0.02, T, dtype=np.float64))
+    torch.testing.assert_close(noise_schedule(DiffusionConfig(num_timesteps=T)).betas_float64, reference,
+                               rtol=1e-12, atol=0)
+
+
+def test_the_config_refuses_a_linear_schedule_where_its_scaled_betas_would_reach_one():
+    # The config's check and the constructor scale by the same rule: beta_end = 0.02 reaches 1 at T = 20.
+    from ddpmkit.config import Config, TrainConfig
+
+    def config(T: int) -> Config:
+        return Config(diffusion=DiffusionConfig(num_timesteps=T), train=TrainConfig(grid_steps=T))
+
+    with pytest.raises(ConfigError, match="1000/T"):
+        validate(config(20))
+    assert noise_schedule(validate(config(21)).diffusion).betas_float64.max().item() == pytest.approx(20 / 21)

@@ -6,7 +6,7 @@ from contextlib import nullcontext
 
 import torch
 
-from .config import COMPILE_MODES, Config, DiffusionConfig
+from .config import COMPILE_MODES, Config, DiffusionConfig, linear_beta_scale
 from .errors import DdpmkitError
 from .samplers import SPACINGS
 from .schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule
@@ -51,9 +51,10 @@ def unet_from_dict(spec: dict, source: str = "the checkpoint") -> UNet:
 
 
 def noise_schedule(d: DiffusionConfig) -> NoiseSchedule:
+    """The noise schedule ``d`` names: the one constructor of a schedule from its name and settings."""
     if d.beta_schedule == "cosine":
         return NoiseSchedule(cosine_beta_schedule(d.num_timesteps, s=d.cosine_s))
-    scale = 1000 / d.num_timesteps  # IDDPM: the DDPM betas are for T = 1000; scale them for other T
+    scale = linear_beta_scale(d.num_timesteps)  # the config's betas are for T = 1000
     return NoiseSchedule(linear_beta_schedule(d.num_timesteps, d.beta_start * scale, d.beta_end * scale))
 
 

@@ -97,6 +97,13 @@ class DiffusionConfig:
     label_dropout: float = 0.1       # conditional models: probability of training on the null label instead
 
 
+def linear_beta_scale(num_timesteps: int) -> float:
+    """The factor by which the linear schedule over T steps multiplies diffusion.beta_start and beta_end, which are
+    DDPM's betas for T = 1000: 1000 / T (IDDPM's get_named_beta_schedule), so that alpha-bar_T stays near DDPM's
+    whatever T. The one place of this rule: building, validating, exporting and describing a schedule all call it."""
+    return 1000 / num_timesteps
+
+
 @dataclass
 class TrainConfig:
     steps: int = 50_000              # optimizer steps
@@ -444,10 +451,10 @@ def validate(cfg: Config) -> Config:
     if not 0 < f.beta_start < f.beta_end < 1:
         raise ConfigError(f"diffusion.beta_start/beta_end: need 0 < beta_start < beta_end < 1, "
                           f"got {f.beta_start}, {f.beta_end}")
-    if f.beta_schedule == "linear" and f.beta_end * 1000 / f.num_timesteps >= 1:
+    if f.beta_schedule == "linear" and f.beta_end * linear_beta_scale(f.num_timesteps) >= 1:
         raise ConfigError(f"diffusion.num_timesteps: the linear schedule scales beta_end={f.beta_end} by "
-                          f"1000/T to {f.beta_end * 1000 / f.num_timesteps:.3g} >= 1 at T={f.num_timesteps}; use a "
-                          f"larger T, a smaller beta_end, or diffusion.beta_schedule=cosine")
+                          f"1000/T to {f.beta_end * linear_beta_scale(f.num_timesteps):.3g} >= 1 at "
+                          f"T={f.num_timesteps}; use a larger T, a smaller beta_end, or diffusion.beta_schedule=cosine")
     if not 0 < f.cosine_s < 1:
         raise ConfigError(f"diffusion.cosine_s: must be in (0, 1), got {f.cosine_s}")
     if t.grid_steps > f.num_timesteps:

@@ -24,7 +24,9 @@ PREDICTIONS = ("eps", "x0", "v")
 
 
 def linear_beta_schedule(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """Betas rising linearly from ``beta_start`` to ``beta_end`` (DDPM §4: 1e-4 to 0.02 for T = 1000)."""
+    """Betas rising linearly from ``beta_start`` to ``beta_end`` as given (DDPM §4: 1e-4 to 0.02 for T = 1000).
+
+    A config's beta_start/beta_end are for T = 1000 and scaled for other T: build.noise_schedule applies that rule."""
     return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
 
 
@@ -38,9 +40,6 @@ def cosine_beta_schedule(num_timesteps: int, s: float = 0.008, max_beta: float =
     alphas_cumprod = f / f[0]
     betas = 1 - alphas_cumprod[1:] / alphas_cumprod[:-1]
     return betas.clamp(max=max_beta)
-
-
-BETA_SCHEDULES = {"linear": linear_beta_schedule, "cosine": cosine_beta_schedule}
 
 
 def _gather(table: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -78,12 +77,6 @@ class NoiseSchedule(torch.nn.Module):
             self.register_buffer(name, value.to(torch.float32), persistent=False)
         self.betas_float64 = betas  # float64 copies for samplers that step between arbitrary timesteps
         self.alphas_cumprod_float64 = abar
-
-    @classmethod
-    def from_name(cls, name: str, num_timesteps: int, **kwargs) -> "NoiseSchedule":
-        if name not in BETA_SCHEDULES:
-            raise ValueError(f"unknown beta schedule {name!r}; choose one of {sorted(BETA_SCHEDULES)}")
-        return cls(BETA_SCHEDULES[name](num_timesteps, **kwargs))
 
     @property
     def num_timesteps(self) -> int:

@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..build import spec_from_dict
 from ..checkpoint import DamagedCheckpoint
 from ..config import Config, ModelConfig, config_from_dict, merge_into, validate
 from ..errors import DdpmkitError
 from ..files import atomic_write, recover_folder, write_folder_atomically, write_json, write_text
 from ..unet import UNetSpec
+from ..version import __version__
 from .diffusers_scheduler import ddpm_scheduler_config, diffusion_from_scheduler
 from .diffusers_unet import (DIFFUSERS_VERSION, Unsupported, from_diffusers_weights, spec_from_unet2d_config,
                              to_diffusers_weights, unet2d_config)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..build import DEFAULT_STEPS
-from ..config import DEFAULT_SAMPLER, Config
+from ..config import DEFAULT_SAMPLER, Config, linear_beta_scale
 from ..unet import UNetSpec
+from .diffusers_scheduler import TIMESTEP_SPACINGS
 
 DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "celeba": "CelebA",
                  "folder": "an image folder"}
@@ -17,9 +18,8 @@ HUB_DATASETS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fash
 def _schedule(cfg: Config) -> str:
     d = cfg.diffusion
     if d.beta_schedule == "linear":
-        T = d.num_timesteps
-        return (f"linear betas {d.beta_start * 1000 / T:g} to {d.beta_end * 1000 / T:g} over T = {T} "
-                f"(Ho et al. 2020)")
+        T, scale = d.num_timesteps, linear_beta_scale(d.num_timesteps)
+        return f"linear betas {d.beta_start * scale:g} to {d.beta_end * scale:g} over T = {T} (Ho et al. 2020)"
     return f"cosine (Nichol & Dhariwal 2021, eq. 17, s = {d.cosine_s:g}) over T = {d.num_timesteps}"
 
 
@@ -143,8 +143,12 @@ def _sampling_section(cfg: Config, spec: UNetSpec, null_label: int | None) -> li
     classes = " --class all --guidance 1" if spec.num_classes else ""
     command = (f"ddpmkit sample --checkpoint PATH_OR_HUB_ID --sampler {DEFAULT_SAMPLER} "
                f"--steps {DEFAULT_STEPS[DEFAULT_SAMPLER]}{classes} --num-samples 16")
+    spacing = TIMESTEP_SPACINGS[cfg.diffusion.variance]
     return ["## Sampling", "", "With ddpmkit (any of its samplers; this folder is read as it is):", "",
-            "```bash", command, "```", "", "With diffusers:", "",
+            "```bash", command, "```", "",
+            f"With diffusers, whose schedulers take the timestep spacing `{spacing}` from "
+            f"`scheduler/scheduler_config.json` (with fewer steps than T they visit the timesteps of ddpmkit's "
+            f"`--spacing {spacing}`):", "",
             "```python", *_diffusers_example(cfg, spec, null_label), "```"]
 
 

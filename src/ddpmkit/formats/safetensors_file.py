@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import __version__
 from ..build import spec_from_dict
 from ..checkpoint import DamagedCheckpoint, state_digest
 from ..config import config_from_dict
 from ..errors import DdpmkitError
 from ..files import atomic_write
+from ..version import __version__
 from .loaded import LoadedModel, checkpoint_state, weights_to_export
 
 PREFIX = "ddpmkit."
