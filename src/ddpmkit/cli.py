@@ -158,11 +158,8 @@ def _add_picture_args(p: argparse.ArgumentParser) -> None:
     _add_class_args(p, "the class to draw")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ddpmkit", description="Train and sample denoising diffusion models.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _train_parser(sub) -> None:
+    """The 'train' command's arguments."""
     p = sub.add_parser("train", help="train a model", description="Train a model. Re-running the same command with "
                        "the same --run-dir resumes from its latest.pt. " + CONFIG_HELP)
     _add_config_args(p)
@@ -173,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at", type=COUNT, metavar="STEP", help="stop after STEP (resumable), e.g. to time-box a job")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines still go to log.jsonl)")
 
+
+def _sample_parser(sub) -> None:
+    """The 'sample' command's arguments."""
     p = sub.add_parser("sample", help="draw images from a checkpoint",
                        description="Draw images from a trained checkpoint and write OUTPUT_DIR/grid.png, "
                        "OUTPUT_DIR/images/seed_NNNNN.png (class_C_seed_NNNNN.png with --class) and "
@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_class_args(p, "--num-samples images of each class, one grid row per class")
 
+
+def _interpolate_parser(sub) -> None:
+    """The 'interpolate' command's arguments."""
     p = sub.add_parser("interpolate", help="interpolate between two noises, or between two classes",
                        description="Decode points between two starting noises (spherical interpolation) or between "
                        "two classes at one fixed noise (the label embedding moved linearly) with deterministic DDIM, "
@@ -207,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=COUNT, default=50, help="DDIM steps (default 50)")
     p.add_argument("--output", default="interpolation.png", help="PNG to write")
 
+
+def _strip_parser(sub) -> None:
+    """The 'strip' command's arguments."""
     p = sub.add_parser("strip", help="denoising strips: x_t and predicted x_0 from T to 0, DDPM and DDIM",
                        description="For one starting noise, show x_t and the predicted x_0 at evenly spaced steps "
                        "from T to 0, for DDPM (ancestral) and DDIM (eta = 0) side by side, as one PNG.")
@@ -217,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ddim-steps", type=COUNT, default=50, help="DDIM steps (default 50)")
     p.add_argument("--output", default="strip.png", help="PNG to write")
 
+
+def _animate_parser(sub) -> None:
+    """The 'animate' command's arguments."""
     p = sub.add_parser("animate", help="GIFs of the denoising process, one per class",
                        description="Animated GIFs of images being denoised from pure noise: one per requested "
                        "class (or one for an unconditional model), plus all.gif with one row per class.")
@@ -235,17 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", choices=["x_t", "x0"], default="x_t", help="show x_t or the predicted x_0")
     p.add_argument("--output-dir", default="animations", help="folder for the GIFs")
 
+
+def _plot_schedule_parser(sub) -> None:
+    """The 'plot-schedule' command's arguments."""
     p = sub.add_parser("plot-schedule", help="plot alpha-bar and SNR against t for the linear and cosine schedules")
     p.add_argument("--num-timesteps", type=whole(MIN_PLOT_T), default=1000,
                    help=f"T (default 1000; at least {MIN_PLOT_T}, where the linear schedule's betas stay below 1)")
     p.add_argument("--output", default="schedules.png", help="PNG to write")
 
+
+def _classifier_parser(sub) -> None:
+    """The 'classifier' command's arguments."""
     p = sub.add_parser("classifier", help="train the small judge classifier, or judge guided samples with it",
                        description="The small CNN that judges conditional samples (and gives the domain metrics "
                        "their features). 'train' fits it on a dataset's training images and reports its test "
                        "accuracy; 'judge' samples every class of a conditional model at several guidance weights "
                        "and reports the fraction the classifier assigns to the requested class.")
     csub = p.add_subparsers(dest="classifier_command", required=True, metavar="ACTION")
+    _classifier_train_parser(csub)
+    _classifier_judge_parser(csub)
+
+
+def _classifier_train_parser(csub) -> None:
     c = csub.add_parser("train", help="train a classifier on a dataset's training set")
     c.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist"], help="which dataset")
     c.add_argument("--root", default="", help="data folder (see data.root); default: the usual places")
@@ -255,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", metavar="PATH", help="where to save (default: ./DATASET_classifier.pt; the shipped "
                    "weights are src/ddpmkit/metrics/weights/DATASET_classifier.pt)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _classifier_judge_parser(csub) -> None:
     c = csub.add_parser("judge", help="fraction of guided samples classified as the requested class")
     c.add_argument("--checkpoint", required=True, metavar="PATH", help="a class-conditional model: " + CHECKPOINT_HELP)
     c.add_argument("--classifier", metavar="PATH_OR_DATASET",
@@ -270,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _evaluate_parser(sub) -> None:
+    """The 'evaluate' command's arguments."""
     p = sub.add_parser("evaluate", help="measure samples (FD, IS, accuracy, FID/KID) and DDIM inversion (PSNR, SSIM)",
                        description="Generate samples from a checkpoint (or read them from an .npz or a folder) and "
                        "measure them against the dataset's real images: FD-<dataset>-classifier (Frechet distance on "
@@ -295,6 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=COUNT, help=STEPS_HELP)
     p.add_argument("--eta", type=finite(0), default=0.0, help="DDIM noise scale")
     p.add_argument("--guidance", type=NUMBER, default=0.0, help="guidance weight w (conditional models)")
+    _add_metric_args(p)
+    p.add_argument("--seed", type=SEED, default=0, help="first seed")
+    p.add_argument("--batch-size", type=COUNT, default=500, help="images per forward pass (results don't change)")
+    p.add_argument("--output-dir", default="evaluation", help="where metrics.json goes")
+    p.add_argument("--save-samples", action="store_true",
+                   help="also write the generated samples to OUTPUT_DIR/samples.npz (evaluate --samples reads it)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the real statistics instead of the cache")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_precision_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_metric_args(p: argparse.ArgumentParser) -> None:
+    """evaluate's choice of metrics and what each needs (weights, inversion settings)."""
     p.add_argument("--metrics", default="fd,is,accuracy,prc",
                    help="comma-separated: fd, is, accuracy, prc (offline); fid, kid, inception_is (need Inception "
                    "weights); reconstruction (DDIM inversion PSNR/SSIM, + LPIPS with its weights); diversity (LPIPS)")
@@ -314,16 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the TF-FID InceptionV3 weights file (default: torch hub's cache, checkpoints/"
                    "weights-inception-2015-12-05-6726825d.pth)")
     p.add_argument("--classifier", metavar="PATH_OR_DATASET", help="judge weights (default: the shipped ones)")
-    p.add_argument("--seed", type=SEED, default=0, help="first seed")
-    p.add_argument("--batch-size", type=COUNT, default=500, help="images per forward pass (results don't change)")
-    p.add_argument("--output-dir", default="evaluation", help="where metrics.json goes")
-    p.add_argument("--save-samples", action="store_true",
-                   help="also write the generated samples to OUTPUT_DIR/samples.npz (evaluate --samples reads it)")
-    p.add_argument("--no-cache", action="store_true", help="recompute the real statistics instead of the cache")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    _add_precision_arg(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _export_parser(sub) -> None:
+    """The 'export' command's arguments."""
     p = sub.add_parser("export", help="write a model in diffusers' format or as one .safetensors file",
                        description="Write a model for other programs: --format diffusers makes a folder that "
                                    "diffusers' DDPMPipeline.from_pretrained loads (unet/, scheduler/, a model card), "
@@ -338,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: those found beside the checkpoint that measured it)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
+
+def _demo_parser(sub) -> None:
+    """The 'demo' command's arguments."""
     p = sub.add_parser("demo", help="serve a web page to draw samples from a model (needs ddpmkit[demo])",
                        description="Serve a page (Gradio) to draw samples: classes, guidance, sampler, steps, seed and "
                                    "number of images; the grid, the denoising animation and the PNGs.")
@@ -348,9 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true", help="no start-up progress bar")
 
+
+def _config_parser(sub) -> None:
+    """The 'config' command's arguments."""
     p = sub.add_parser("config", help="print the resolved configuration as JSON",
                        description="Print the configuration a train command would use. " + CONFIG_HELP)
     _add_config_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ddpmkit", description="Train and sample denoising diffusion models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (_train_parser, _sample_parser, _interpolate_parser, _strip_parser, _animate_parser, _plot_schedule_parser, _classifier_parser, _evaluate_parser, _export_parser, _demo_parser, _config_parser):
+        add_command(sub)
     return parser
 
 
