@@ -314,7 +314,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     label_dropout = cfg.diffusion.label_dropout if spec.num_classes else None
     loss_options = objective(cfg.diffusion)
     null_label = spec.num_classes
-    noise_gen = torch.Generator(device=device)  # reseeded every step from (seed, step): see global_batch.py
+    noise_gen = torch.Generator(device=device)  # reseeded from (seed, step, block): see global_batch.py
     guard = NonFiniteGuard(device, t_cfg.max_nonfinite_steps)
     vote = distributed.StopVote()
     loss_sum = torch.zeros((), device=device)  # summed on the device; read back only every log_every steps
@@ -331,12 +331,11 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                     group["lr"] = lr
                 if cfg.model.dropout:  # dropout masks: this process's own, seeded by (seed, step, rank)
                     torch.manual_seed(step_seed(t_cfg.seed, step, f"dropout/{rank}"))
-                drawn = StepRandomness.draw(noise_gen, t_cfg.seed, step, t_cfg.batch_size, image_shape, T,
-                                            cfg.data.hflip, label_dropout)
                 step_loss = torch.zeros((), device=device)
                 for micro in range(accum):
                     images, labels = next(batches)
-                    mine = drawn[split.part(rank, micro)]
+                    mine = StepRandomness.draw(noise_gen, t_cfg.seed, step, split.part(rank, micro), image_shape, T,
+                                               cfg.data.hflip, label_dropout)  # this micro-batch's numbers only
                     x0 = to_model_range(images, cfg.data.zero_one)
                     if t_cfg.channels_last:
                         x0 = x0.contiguous(memory_format=torch.channels_last)
