@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import tiny_config_dict
 from ddpmkit import distributed
@@ -25,7 +28,7 @@ from ddpmkit.cli import main
 from ddpmkit.config import config_from_dict
 from ddpmkit.data import BatchOrder, ImageData, _RankSampler, batch_stream
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.global_batch import BatchSplit, StepRandomness, step_seed
+from ddpmkit.global_batch import BLOCK_IMAGES, BatchSplit, StepRandomness, step_seed
 from ddpmkit.run_log import read_records
 from ddpmkit.train import train
 
@@ -120,18 +123,70 @@ def test_the_ranks_micro_batches_tile_each_global_batch(world, accum):
         assert [in_memory[r][k * accum + m] for r in range(world) for m in range(accum)] == tiles
 
 
-def test_step_randomness_is_a_function_of_seed_and_step_and_its_slices_tile_it():
-    g = torch.Generator()
-    a = StepRandomness.draw(g, 7, 3, 8, (1, 4, 4), 10, hflip=True, label_dropout=0.5)
-    again = StepRandomness.draw(g, 7, 3, 8, (1, 4, 4), 10, hflip=True, label_dropout=0.5)
-    other = StepRandomness.draw(g, 7, 4, 8, (1, 4, 4), 10, hflip=True, label_dropout=0.5)
-    assert torch.equal(a.noise, again.noise) and torch.equal(a.t, again.t) and torch.equal(a.drops, again.drops)
+def _draw(part: slice, seed: int = 7, step: int = 3, image_shape=(1, 2, 2)) -> StepRandomness:
+    return StepRandomness.draw(torch.Generator(), seed, step, part, image_shape, 10, hflip=True, label_dropout=0.5)
+
+
+def _fields(drawn: StepRandomness) -> list[torch.Tensor]:
+    return [drawn.t, drawn.noise, drawn.flips, drawn.drops]
+
+
+def test_step_randomness_is_a_function_of_seed_step_and_image():
+    a, again, other = _draw(slice(0, 40)), _draw(slice(0, 40)), _draw(slice(0, 40), step=4)
+    assert all(torch.equal(x, y) for x, y in zip(_fields(a), _fields(again)))
     assert not torch.equal(a.noise, other.noise)
-    parts = [a[BatchSplit(8, 2, 2).part(r, m)] for r in range(2) for m in range(2)]
-    assert torch.equal(torch.cat([p.noise for p in parts]), a.noise)
-    assert torch.equal(torch.cat([p.flips for p in parts]), a.flips)
+    assert a.noise.shape == (40, 1, 2, 2) and a.t.shape == a.flips.shape == a.drops.shape == (40,)
     assert len({step_seed(0, s, "batch") for s in range(1000)} | {step_seed(1, s, "batch") for s in range(1000)}) \
         == 2000
+
+
+@settings(max_examples=int(os.environ.get("DDPMKIT_FUZZ_EXAMPLES", "30")), deadline=None)
+@given(micro=st.integers(1, 40), world=st.integers(1, 4), accum=st.integers(1, 4))
+def test_every_micro_batch_draws_its_slice_of_the_global_batchs_numbers(micro, world, accum):
+    # What one process with the whole batch in one pass draws, sliced: the numbers don't depend on the split.
+    split = BatchSplit(micro * world * accum, world, accum)
+    whole = _fields(_draw(slice(0, split.batch_size)))
+    for rank in range(world):
+        for m in range(accum):
+            part = split.part(rank, m)
+            assert all(torch.equal(mine, all_of[part]) for mine, all_of in zip(_fields(_draw(part)), whole))
+
+
+class _RandomDraws(TorchDispatchMode):
+    """The shape of what each random operation run inside it draws."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[torch.Size] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in ("rand", "randn", "randint", "normal_", "uniform_", "random_"):
+            self.shapes.append(out.shape)
+        return out
+
+
+@pytest.mark.parametrize("part, blocks", [(slice(2048, 2056), 1), (slice(30, 38), 2), (slice(64, 160), 3)])
+def test_a_micro_batch_draws_only_the_blocks_it_overlaps(part, blocks):
+    # A rank of a 4,096-image global batch draws numbers for its own images' blocks, not for the 4,096.
+    with _RandomDraws() as drawn:
+        _draw(part, image_shape=(3, 4, 4))
+    per_image = 1 + 3 * 4 * 4 + 1 + 1  # t, noise, flip, drop
+    assert sum(shape.numel() for shape in drawn.shapes) == blocks * BLOCK_IMAGES * per_image
+
+
+def test_a_process_draws_only_its_micro_batchs_numbers_in_training(tiny_idx_root, tmp_path, monkeypatch):
+    # One process, 64 images a step in 8 micro-batches of 8: no random draw holds more than one block of images.
+    drawn, draw = _RandomDraws(), StepRandomness.draw
+
+    def watched(*args, **kwargs):
+        with drawn:
+            return draw(*args, **kwargs)
+    monkeypatch.setattr(StepRandomness, "draw", watched)
+    cfg = config_from_dict(_config(tiny_idx_root, steps=1, batch_size=64, grad_accum=8, eval_every=0))
+    train(cfg, tmp_path, progress=False)
+    noise = [shape[0] for shape in drawn.shapes if shape[1:] == (1, 8, 8)]
+    assert len(noise) == 8 and max(noise) == BLOCK_IMAGES < 64
 
 
 def test_one_process_commands_refuse_torchrun(monkeypatch, capsys):

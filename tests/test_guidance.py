@@ -43,7 +43,7 @@ def test_null_label_is_drawn_with_the_configured_probability():
     labels = torch.randint(0, 10, (200_000,))
     g = torch.Generator()
     for p in (0.0, 0.1, 0.5):
-        drawn = StepRandomness.draw(g, 0, 0, len(labels), (1, 1, 1), 10, hflip=False, label_dropout=p)
+        drawn = StepRandomness.draw(g, 0, 0, slice(0, len(labels)), (1, 1, 1), 10, hflip=False, label_dropout=p)
         dropped = drop_labels(labels, drawn.drops, 10)
         fraction = (dropped == 10).float().mean().item()
         assert fraction == pytest.approx(p, abs=4 * (p * (1 - p) / len(labels)) ** 0.5 + 1e-9)  # 4 sigma

@@ -34,7 +34,7 @@ def test_ema_follows_its_formula():
     ema.update(net)
     assert torch.allclose(ema.model.weight, 0.9 * start + 0.1 * net.weight)
     warm = EMA(net, decay=0.999, warmup=True)
-    assert float(warm.current_decay()) == pytest.approx(1 / 10)  # (1 + 0) / (10 + 0)
+    assert float(warm.current_weight()) == pytest.approx(1 - 1 / 10)  # 1 - decay, decay = (1 + 0) / (10 + 0)
 
 
 def test_ema_half_life_in_images_halves_an_old_weight():

@@ -20,29 +20,38 @@ class EMA:
     With ``warmup`` the decay at update n is min(decay, (1 + n) / (10 + n)), so the average is not dominated by
     the random initial weights in short runs. The update count lives on the network's device, so that an update
     skipped for a non-finite step (``skip`` = 1) leaves the average and its count as they were without the host
-    having to look.
+    having to look: an update reads nothing back to the host (no synchronisation) and makes no float64 tensor (MPS
+    has none); the count is an int64, exact however long the run.
     """
 
     def __init__(self, network: nn.Module, decay: float = 0.9999, warmup: bool = True):
         self.model = copy.deepcopy(network).eval().requires_grad_(False)
         self.decay, self.warmup = decay, warmup
-        self.num_updates = torch.zeros((), dtype=torch.float64, device=next(network.parameters()).device)
+        self.num_updates = torch.zeros((), dtype=torch.int64, device=next(network.parameters()).device)
 
-    def current_decay(self) -> torch.Tensor:
+    def current_weight(self) -> torch.Tensor:
+        """1 - decay, the share of the current weights in the next update: a float32 on the device. Computed as
+        such, 9 / (10 + n) with warm-up, since 1 - decay rounded to float32 would lose the digits that matter."""
+        floor = torch.full((), 1 - self.decay, dtype=torch.float32, device=self.num_updates.device)
         if not self.warmup:
-            return torch.full_like(self.num_updates, self.decay)
-        return ((1 + self.num_updates) / (10 + self.num_updates)).clamp(max=self.decay)
+            return floor
+        return torch.maximum(9 / (self.num_updates + 10).float(), floor)
 
     @torch.no_grad()
     def update(self, network: nn.Module, skip: torch.Tensor | None = None) -> None:
-        keep = 1.0 if skip is None else 1 - skip.to(self.num_updates.dtype)
-        weight = ((1 - self.current_decay()) * keep).float()
+        weight = self.current_weight()
+        if skip is not None:
+            weight = weight * (1 - skip.float())
         ema_params = list(self.model.parameters())
-        params = [p.detach() for p in network.parameters()]
-        torch._foreach_lerp_(ema_params, params, weight)  # ema += (1 - decay) (p - ema), one fused kernel
+        # ema += weight (p - ema) in three fused kernels and one model-sized temporary; the weight stays on the
+        # device: _foreach_mul_ takes it as a tensor, where _foreach_lerp_ reads a 0-d tensor weight back to the host
+        # as a Python number (and a list of them goes one kernel per tensor).
+        steps = torch._foreach_sub([p.detach() for p in network.parameters()], ema_params)
+        torch._foreach_mul_(steps, weight)
+        torch._foreach_add_(ema_params, steps)
         for ema_buf, buf in zip(self.model.buffers(), network.buffers()):
             ema_buf.copy_(buf if skip is None else torch.where(skip.bool(), ema_buf, buf))
-        self.num_updates += keep
+        self.num_updates += 1 if skip is None else 1 - skip.to(torch.int64)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "num_updates": int(self.num_updates)}

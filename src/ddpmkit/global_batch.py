@@ -3,20 +3,29 @@
 ``train.batch_size`` is the global batch: the images one optimizer step learns from, over all processes and
 micro-batches. The hardware only decides how it is split: ``world_size`` processes (torchrun) each run
 ``train.grad_accum`` micro-batches of ``batch_size / (world_size * grad_accum)`` images. Rank r's micro-batch i holds
-the global batch's images ``(r * grad_accum + i) * micro`` onwards, and every random number of the step (flips,
-label drops, timesteps, noise) is drawn for the whole global batch from a generator seeded by (seed, step), of which
-each micro-batch keeps its slice. So a config trains the same on 1 process or 64, and a checkpoint needs no
-generator state: a run resumes on any number of processes, and on another kind of device (whose generator draws
-other numbers from the same seed, so the run goes on as a different but equally valid one).
+the global batch's images ``(r * grad_accum + i) * micro`` onwards.
+
+Every random number of a step (flips, label drops, timesteps, noise) belongs to one image of the global batch. The
+global batch is cut into blocks of ``BLOCK_IMAGES`` images (a constant, whatever the batch size and its split), and
+each block's numbers are drawn from a generator seeded by (seed, step, block). A micro-batch draws only the blocks
+its images lie in and keeps its own images' numbers: a process holds the numbers of its micro-batch and at most two
+blocks, not of the global batch, and draws a few times per block, not per image. So a config trains the same on 1
+process or 64, and a checkpoint needs no generator state: a run resumes on any number of processes, and on another
+kind of device (whose generator draws other numbers from the same seed, so the run goes on as a different but
+equally valid one).
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from .errors import DdpmkitError
+
+# Images per block of random numbers (see above). Larger blocks mean fewer draws for a large micro-batch; smaller ones
+# less drawn and thrown away for a small one. Changing it changes every run's random numbers.
+BLOCK_IMAGES = 32
 
 
 @dataclass(frozen=True)
@@ -62,19 +71,36 @@ class StepRandomness:
     drops: torch.Tensor | None       # labels replaced by the null label (B,) bool, for conditional models
 
     @classmethod
-    def draw(cls, generator: torch.Generator, seed: int, step: int, batch_size: int,
+    def draw(cls, generator: torch.Generator, seed: int, step: int, images: slice,
              image_shape: tuple[int, int, int], num_timesteps: int, hflip: bool,
              label_dropout: float | None) -> "StepRandomness":
-        """Step ``step``'s numbers for the whole global batch; ``label_dropout`` None: an unconditional model."""
-        generator.manual_seed(step_seed(seed, step, "batch"))
-        device = generator.device
-        flips = torch.rand(batch_size, device=device, generator=generator) < 0.5 if hflip else None
-        drops = (torch.rand(batch_size, device=device, generator=generator) < label_dropout
+        """Step ``step``'s numbers for the global batch's images ``images`` (a ``BatchSplit.part``), drawn block by
+        block on ``generator``'s device; ``label_dropout`` None: an unconditional model."""
+        parts = []
+        for block in range(images.start // BLOCK_IMAGES, (images.stop - 1) // BLOCK_IMAGES + 1):
+            first = block * BLOCK_IMAGES
+            drawn = cls._draw_block(generator, step_seed(seed, step, f"batch/{block}"), image_shape, num_timesteps,
+                                    hflip, label_dropout)
+            parts.append(drawn[max(images.start - first, 0): images.stop - first])
+        kinds = zip(*(_values(part) for part in parts))  # t, noise, flips, drops: each a list over the blocks
+        return cls(*(None if blocks[0] is None else torch.cat(blocks) for blocks in kinds))
+
+    @classmethod
+    def _draw_block(cls, generator: torch.Generator, seed: int, image_shape: tuple[int, int, int],
+                    num_timesteps: int, hflip: bool, label_dropout: float | None) -> "StepRandomness":
+        """The numbers of one block of ``BLOCK_IMAGES`` images, from a generator seeded by ``seed``."""
+        generator.manual_seed(seed)
+        n, device = BLOCK_IMAGES, generator.device
+        flips = torch.rand(n, device=device, generator=generator) < 0.5 if hflip else None
+        drops = (torch.rand(n, device=device, generator=generator) < label_dropout
                  if label_dropout is not None else None)
-        t = torch.randint(0, num_timesteps, (batch_size,), device=device, generator=generator)
-        noise = torch.randn((batch_size, *image_shape), device=device, generator=generator)
+        t = torch.randint(0, num_timesteps, (n,), device=device, generator=generator)
+        noise = torch.randn((n, *image_shape), device=device, generator=generator)
         return cls(t, noise, flips, drops)
 
     def __getitem__(self, part: slice) -> "StepRandomness":
-        return StepRandomness(self.t[part], self.noise[part], None if self.flips is None else self.flips[part],
-                              None if self.drops is None else self.drops[part])
+        return StepRandomness(*(None if value is None else value[part] for value in _values(self)))
+
+
+def _values(drawn: StepRandomness) -> list[torch.Tensor | None]:
+    return [getattr(drawn, field.name) for field in fields(drawn)]

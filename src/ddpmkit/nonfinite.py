@@ -23,15 +23,15 @@ class NonFiniteGuard:
 
     def __init__(self, device: torch.device, limit: int):
         self.limit = limit  # stop after this many non-finite steps in a row; 0 = never stop
-        self.counts = torch.zeros(3, device=device)
+        self.counts = torch.zeros(3, dtype=torch.int64, device=device)  # exact, and no float64 (MPS has none)
 
     def check(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
         """1.0 when this step's loss or gradient norm is NaN or infinite (the step must change nothing), else 0.0."""
-        skip = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
         skipped, in_a_row, longest = self.counts.unbind()
-        in_a_row = (in_a_row + 1) * skip
-        self.counts = torch.stack([skipped + skip, in_a_row, torch.maximum(longest, in_a_row)])
-        return skip
+        in_a_row = (in_a_row + 1) * bad
+        self.counts = torch.stack([skipped + bad, in_a_row, torch.maximum(longest, in_a_row)])
+        return bad.float()  # the float32 flag fused AdamW takes as found_inf
 
     def read_interval(self, step: int) -> int:
         """The number of steps skipped since the last call (for the log); raises NonFiniteLoss once ``limit`` steps

@@ -29,7 +29,7 @@ class OptimizerStep:
         self.label_dropout = cfg.diffusion.label_dropout if spec.num_classes else None
         self.null_label = spec.num_classes
         self.loss_options = loss_options(cfg.diffusion)
-        self.noise_gen = torch.Generator(device=device)  # reseeded every step from (seed, step): see global_batch.py
+        self.noise_gen = torch.Generator(device=device)  # reseeded from (seed, step, block): see global_batch.py
         self.guard = NonFiniteGuard(device, cfg.train.max_nonfinite_steps)
         self.device = device
 
@@ -42,13 +42,13 @@ class OptimizerStep:
             group["lr"] = lr
         if self.cfg.model.dropout:  # dropout masks: this process's own, seeded by (seed, step, rank)
             torch.manual_seed(step_seed(t.seed, state.step, f"dropout/{self.rank}"))
-        drawn = StepRandomness.draw(self.noise_gen, t.seed, state.step, t.batch_size, self.image_shape,
-                                    self.schedule.num_timesteps, self.cfg.data.hflip, self.label_dropout)
         step_loss = torch.zeros((), device=self.device)
         for micro in range(t.grad_accum):
             images, labels = next(batches)
-            step_loss += self._micro_batch(images, labels, drawn[self.split.part(self.rank, micro)],
-                                           last=micro == t.grad_accum - 1)
+            mine = StepRandomness.draw(self.noise_gen, t.seed, state.step, self.split.part(self.rank, micro),
+                                       self.image_shape, self.schedule.num_timesteps, self.cfg.data.hflip,
+                                       self.label_dropout)  # this micro-batch's numbers only
+            step_loss += self._micro_batch(images, labels, mine, last=micro == t.grad_accum - 1)
         distributed.mean_over_ranks_(step_loss)  # the global batch's loss, the same on every process
         state.scaler.unscale_(state.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), t.grad_clip or math.inf)
