@@ -10,12 +10,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__, distributed
+from . import distributed
 from .build import steps_taken
 from .config import (COMPILE_MODES, DATASETS, DEFAULT_SAMPLER, PRESETS, SAMPLER_NAMES, SPACINGS, DiffusionConfig,
-                     resolve_config)
+                     linear_beta_scale, resolve_config)
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
+from .version import __version__
 
 # What --checkpoint accepts, everywhere (formats.read_model).
 CHECKPOINT_HELP = ("a .pt file or run directory of 'ddpmkit train', a .safetensors file of 'ddpmkit export', a "
@@ -25,9 +26,8 @@ CONFIG_HELP = ("Resolution order: defaults < --preset < --config < --set. Keys: 
 # Whole numbers fit an int64, as in the config. For seeds this is narrower than torch.Generator.manual_seed's
 # 2**64 - 1, because numpy turns a list of seeds on both sides of 2**63 into float64 (samples.npz keeps them).
 MAX_WHOLE = 2**63 - 1
-# plot-schedule scales the linear schedule's betas by 1000 / T (IDDPM), so its last beta, beta_end * 1000 / T,
-# stays below 1 only from this T on.
-MIN_PLOT_T = int(DiffusionConfig().beta_end * 1000) + 1
+# plot-schedule's smallest T: the linear schedule's last beta, beta_end * linear_beta_scale(T), stays below 1 from it.
+MIN_PLOT_T = int(DiffusionConfig().beta_end * linear_beta_scale(1)) + 1
 
 
 class UsageError(DdpmkitError):
