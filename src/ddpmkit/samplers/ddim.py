@@ -31,9 +31,7 @@ def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
     noise = noise or ImageNoise()
     x = x_T
     for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddim", progress, spacing):
-        x0, eps = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold)
-        if on_step is not None:
-            on_step(t, x, x0)
+        x0, eps = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold, on_step)
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
         x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
         if eta > 0:

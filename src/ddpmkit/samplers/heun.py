@@ -41,9 +41,7 @@ def sample_heun(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
 
     def denoise(x_hat: torch.Tensor, t: int) -> torch.Tensor:
         x_t = x_hat * math.sqrt(float(abar[t]))
-        x0, _ = predict_x0_eps(model, schedule, x_t, t, prediction, clip_range, threshold)
-        if on_step is not None:
-            on_step(t, x_t, x0)
+        x0, _ = predict_x0_eps(model, schedule, x_t, t, prediction, clip_range, threshold, on_step)
         return x0
 
     noise = noise or ImageNoise()
