@@ -1,12 +1,15 @@
 """Samplers against an independent implementation (diffusers) and against closed-form optimal denoisers."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
 from conftest import gaussian_posterior_mean, oracle_denoiser
 from ddpmkit.samplers import SAMPLERS, ImageNoise, sample_ddim, sample_ddpm, sample_deterministic, spaced_timesteps
+from ddpmkit.config import DEFAULT_STEPS
 from ddpmkit.schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule, posterior
 
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
@@ -119,6 +122,12 @@ def test_a_respaced_ddpm_step_draws_from_the_schedules_posterior():
     expected = float(q.coef_x0) * x0 + float(q.coef_xt) * x_t + float(q.variance) ** 0.5 * again.randn(x_T.shape)
     assert t - s > 1
     torch.testing.assert_close(x_s, expected)
+
+
+def test_every_samplers_default_steps_are_the_table():
+    # One place for the default step counts: a sampler called without steps takes DEFAULT_STEPS[name] (None: all T).
+    for name, fn in SAMPLERS.items():
+        assert inspect.signature(fn).parameters["steps"].default == DEFAULT_STEPS.get(name), name
 
 
 def test_spaced_timesteps():

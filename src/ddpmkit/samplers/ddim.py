@@ -5,13 +5,14 @@ import math
 
 import torch
 
+from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, predict_x0_eps, reverse_steps
 
 
 @torch.no_grad()
 def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
-                steps: int | None = 50,                            # number of network evaluations; None: all T
+                steps: int | None = DEFAULT_STEPS["ddim"],         # number of network evaluations; None: all T
                 eta: float = 0.0,                                  # 0: deterministic DDIM, 1: DDPM-like noise
                 prediction: str = "eps",                           # what the network outputs: eps, x0 or v
                 clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0 to the data range; None: off

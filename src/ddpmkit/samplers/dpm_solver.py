@@ -15,13 +15,14 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, log_snr_steps, predict_x0_eps
 
 
 @torch.no_grad()
 def sample_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
-                      steps: int | None = 20,                            # network evaluations
+                      steps: int | None = DEFAULT_STEPS["dpm++2m"],      # network evaluations
                       order: int = 2,                                    # 2: DPM-Solver++(2M), 3: (3M)
                       prediction: str = "eps",                           # what the network outputs: eps, x0 or v
                       clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0; None: off
@@ -71,7 +72,7 @@ def first_order_step(x_s: torch.Tensor, x0_s: torch.Tensor, sigma_s: float, sigm
 
 @torch.no_grad()
 def sample_sde_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
-                          steps: int | None = 20,                            # network evaluations
+                          steps: int | None = DEFAULT_STEPS["sde-dpm++2m"],  # network evaluations
                           prediction: str = "eps",                           # what the network outputs
                           clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0; None: off
                           threshold: float | None = None,                    # dynamic thresholding quantile
@@ -102,11 +103,13 @@ def sample_sde_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.T
     return x
 
 
-def sample_dpm_solver_2m(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, **options) -> torch.Tensor:
+def sample_dpm_solver_2m(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
+                         steps: int | None = DEFAULT_STEPS["dpm++2m"], **options) -> torch.Tensor:
     """DPM-Solver++(2M)."""
-    return sample_dpm_solver(model, schedule, x_T, order=2, **options)
+    return sample_dpm_solver(model, schedule, x_T, steps=steps, order=2, **options)
 
 
-def sample_dpm_solver_3m(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, **options) -> torch.Tensor:
+def sample_dpm_solver_3m(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
+                         steps: int | None = DEFAULT_STEPS["dpm++3m"], **options) -> torch.Tensor:
     """DPM-Solver++(3M)."""
-    return sample_dpm_solver(model, schedule, x_T, order=3, **options)
+    return sample_dpm_solver(model, schedule, x_T, steps=steps, order=3, **options)

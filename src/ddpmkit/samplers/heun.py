@@ -14,13 +14,14 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, predict_x0_eps, spaced_timesteps
 
 
 @torch.no_grad()
 def sample_heun(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
-                steps: int | None = 10,                            # noise levels; 2 steps - 1 network evaluations
+                steps: int | None = DEFAULT_STEPS["heun"],         # noise levels; 2 steps - 1 network evaluations
                 prediction: str = "eps",                           # what the network outputs: eps, x0 or v
                 clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0; None: off
                 threshold: float | None = None,                    # dynamic thresholding quantile

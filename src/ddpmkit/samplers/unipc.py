@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, log_snr_steps, predict_x0_eps
 from .dpm_solver import first_order_step
@@ -32,7 +33,7 @@ VARIANTS = ("bh1", "bh2")
 
 @torch.no_grad()
 def sample_unipc(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
-                 steps: int | None = 20,                            # network evaluations
+                 steps: int | None = DEFAULT_STEPS["unipc"],        # network evaluations
                  order: int = 2,                                    # 1, 2 or 3 (of the predictor; UniC adds one)
                  variant: str = "bh2",                              # B(h): bh1 = h, bh2 = e^h - 1
                  prediction: str = "eps",                           # what the network outputs: eps, x0 or v
