@@ -83,6 +83,17 @@ def test_help_is_complete(command, options):
         assert option in text
 
 
+def test_step_defaults_in_the_help_are_the_table():
+    from ddpmkit.config import DEFAULT_STEPS
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    text = " ".join(commands["sample"].format_help().split())
+    for name, count in DEFAULT_STEPS.items():
+        assert f"{name} {count}" in text, name
+    assert commands["interpolate"].get_default("steps") == commands["strip"].get_default("ddim_steps") == \
+        DEFAULT_STEPS["ddim"]
+
+
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "ddpmkit", "config", "--preset", "quick"], capture_output=True,
                             text=True, check=True)

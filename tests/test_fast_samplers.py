@@ -10,8 +10,9 @@ import torch
 
 from conftest import gaussian_posterior_mean, oracle_denoiser
 from ddpmkit.guidance import guided_denoiser
-from ddpmkit.samplers import (SAMPLERS, dynamic_threshold, sample_dpm_solver, sample_heun, sample_sde_dpm_solver,
-                              sample_unipc, spaced_timesteps)
+from ddpmkit.samplers import (SAMPLERS, dynamic_threshold, sample_ddim, sample_dpm_solver, sample_heun,
+                              sample_sde_dpm_solver, sample_unipc, spaced_timesteps)
+from ddpmkit.samplers.dpm_solver import first_order_step
 from ddpmkit.schedule import NoiseSchedule, linear_beta_schedule
 from test_samplers import DIFFUSERS_PREDICTION, ToyDenoiser, _setup, assert_same_samples
 
@@ -67,6 +68,19 @@ def test_sde_dpm_solver_matches_diffusers(diffusers, prediction, steps, spacing)
         for t in ref.timesteps:
             x = ref.step(model(x, torch.full((len(x),), int(t))), t, x, generator=gens).prev_sample
     assert_same_samples(ours, x)
+
+
+def test_first_order_dpm_solver_step_is_ddim():
+    # DPM-Solver++(1) is DDIM with eta = 0 in log-SNR variables (Lu et al. 2022, §4): from s to t,
+    # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps_s with eps_s = (x_s - sqrt(abar_s) x_0) / sqrt(1 - abar_s).
+    x_s, x0 = torch.randn(2, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    (alpha_s, sigma_s), (alpha_t, sigma_t) = [(math.sqrt(a), math.sqrt(1 - a)) for a in (0.2, 0.9)]
+    h = math.log(alpha_t / sigma_t) - math.log(alpha_s / sigma_s)
+    ddim = alpha_t * x0 + sigma_t * (x_s - alpha_s * x0) / sigma_s
+    torch.testing.assert_close(first_order_step(x_s, x0, sigma_s, sigma_t, alpha_t, h), ddim, rtol=1e-12, atol=1e-12)
+    sched, _, _, _, x_T = _setup()
+    torch.testing.assert_close(sample_dpm_solver(ToyDenoiser(), sched, x_T, steps=8, order=1, progress=False),
+                               sample_ddim(ToyDenoiser(), sched, x_T, steps=8, progress=False))
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])

@@ -1,6 +1,7 @@
 """Samplers against an independent implementation (diffusers) and against closed-form optimal denoisers."""
 from __future__ import annotations
 
+import inspect
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from torch import nn
 
 from conftest import gaussian_posterior_mean, oracle_denoiser
 from ddpmkit.samplers import SAMPLERS, ImageNoise, sample_ddim, sample_ddpm, sample_deterministic, spaced_timesteps
-from ddpmkit.schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule
+from ddpmkit.config import DEFAULT_STEPS
+from ddpmkit.schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule, posterior
 
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
@@ -104,6 +106,28 @@ def test_deterministic_is_ddim_eta0_over_all_steps():
     a = sample_deterministic(model, sched, x_T.clone(), progress=False)
     b = sample_ddim(model, sched, x_T.clone(), steps=None, eta=0.0, progress=False)
     assert torch.equal(a, b)
+
+
+def test_a_respaced_ddpm_step_draws_from_the_schedules_posterior():
+    # From t to the next visited s (not t - 1): x_s = coef_x0 x_0 + coef_xt x_t + sqrt(tilde-beta) z, the schedule's
+    # posterior between the two, at the predicted x_0 and with z the image's next draw.
+    sched, _, seeds, noise, x_T = _setup()
+    seen = []
+    sample_ddpm(ToyDenoiser(), sched, x_T, steps=3, noise=noise, on_step=lambda *state: seen.append(state),
+                progress=False)
+    (t, x_t, x0), (s, x_s, _) = seen[:2]
+    q = posterior(sched.alphas_cumprod_float64[t], sched.alphas_cumprod_float64[s])
+    again = ImageNoise.from_seeds(seeds)
+    again.randn(x_T.shape)  # x_T came first from the same generators
+    expected = float(q.coef_x0) * x0 + float(q.coef_xt) * x_t + float(q.variance) ** 0.5 * again.randn(x_T.shape)
+    assert t - s > 1
+    torch.testing.assert_close(x_s, expected)
+
+
+def test_every_samplers_default_steps_are_the_table():
+    # One place for the default step counts: a sampler called without steps takes DEFAULT_STEPS[name] (None: all T).
+    for name, fn in SAMPLERS.items():
+        assert inspect.signature(fn).parameters["steps"].default == DEFAULT_STEPS.get(name), name
 
 
 def test_spaced_timesteps():

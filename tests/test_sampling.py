@@ -1,4 +1,6 @@
 """DiffusionSampler: network precision, and inversion/decoding of images through a real checkpoint."""
+import inspect
+
 import pytest
 import torch
 
@@ -36,3 +38,12 @@ def test_invert_then_decode_returns_images_in_range(tiny_conditional_checkpoint)
     assert (exact - images).abs().max() < 1e-3   # the refined inversion is the decoder's inverse on a real U-Net
     with pytest.raises(DdpmkitError, match="steps must be between 1 and T=10"):
         sampler.invert(images, labels, steps=11)
+
+
+def test_sample_methods_without_steps_take_the_samplers_default(tiny_conditional_checkpoint):
+    # Like sample() without steps, each method leaves the count to DEFAULT_STEPS capped at T: with T = 10 here,
+    # sample_ddim's own 50 was an error.
+    for method in ("sample_ddim", "sample_dpm_solver", "sample_unipc", "sample_heun"):
+        assert inspect.signature(getattr(DiffusionSampler, method)).parameters["steps"].default is None, method
+    model = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+    assert torch.equal(model.sample_ddim(1, progress=False), model.sample(1, sampler="ddim", progress=False))

@@ -7,7 +7,7 @@ import torch
 
 from ddpmkit.build import noise_schedule
 from ddpmkit.config import ConfigError, DiffusionConfig, validate
-from ddpmkit.schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule
+from ddpmkit.schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule, posterior
 
 
 def test_linear_schedule_matches_ddpm_endpoints():
@@ -55,6 +55,23 @@ def test_posterior_mean_is_exact_for_gaussian_product():
     got_mean, got_var = sched.q_posterior(x0, xt, t)
     assert got_mean.item() == pytest.approx(mean, rel=1e-5)
     assert got_var.item() == pytest.approx(1 / prec, rel=1e-5)
+
+
+@pytest.mark.parametrize("t,s", [(7, 6), (9, 3), (4, 0)])
+def test_posterior_between_any_two_steps_is_the_gaussian_product(t, s):
+    # q(x_s | x_t, x_0) ∝ q(x_t | x_s) q(x_s | x_0) with q(x_t | x_s) = N(sqrt(a) x_s, 1 - a), a = abar_t / abar_s:
+    # DDPM eqs. 6-7 between adjacent steps, and between the non-adjacent ones of a respaced sampler (IDDPM §4).
+    abar = NoiseSchedule(cosine_beta_schedule(10)).alphas_cumprod_float64
+    abar_t, abar_s = abar[t].item(), abar[s].item()
+    x0, xt, a = 0.3, -0.8, abar_t / abar_s
+    prec = 1 / (1 - abar_s) + a / (1 - a)
+    mean = (math.sqrt(abar_s) * x0 / (1 - abar_s) + math.sqrt(a) * xt / (1 - a)) / prec
+    q = posterior(abar_t, abar_s)
+    assert (q.coef_x0 * x0 + q.coef_xt * xt).item() == pytest.approx(mean, rel=1e-12)
+    assert q.variance.item() == pytest.approx(1 / prec, rel=1e-12)
+    assert q.beta.item() == pytest.approx(1 - a, rel=1e-12)
+    to_x0 = posterior(abar_t, 1.0)  # the last step, to x_0 itself: a point mass at x_0
+    assert (to_x0.coef_x0.item(), to_x0.coef_xt.item(), to_x0.variance.item()) == (1.0, 0.0, 0.0)
 
 
 def test_q_sample_moments():

@@ -8,4 +8,4 @@ from .unet import UNet, UNetSpec
 from .version import __version__
 
 __all__ = ["PRESETS", "Config", "DdpmkitError", "DiffusionSampler", "NoiseSchedule", "UNet", "UNetSpec",
-           "cosine_beta_schedule", "linear_beta_schedule", "resolve_config", "train"]
+           "__version__", "cosine_beta_schedule", "linear_beta_schedule", "resolve_config", "train"]

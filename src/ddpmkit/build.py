@@ -6,7 +6,7 @@ from contextlib import nullcontext
 
 import torch
 
-from .config import COMPILE_MODES, Config, DiffusionConfig, linear_beta_scale
+from .config import COMPILE_MODES, DEFAULT_STEPS, Config, DiffusionConfig, linear_beta_scale
 from .errors import DdpmkitError
 from .samplers import SPACINGS
 from .schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule
@@ -75,10 +75,6 @@ def clip_range(cfg: Config) -> tuple[float, float] | None:
     if not cfg.diffusion.clip_x0:
         return None
     return (0.0, 1.0) if cfg.data.zero_one else (-1.0, 1.0)
-
-
-# Steps when none are asked for: all T for ddpm and deterministic; the others' usual counts.
-DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "dpm++3m": 20, "sde-dpm++2m": 20, "heun": 10, "unipc": 20}
 
 
 def steps_taken(cfg: Config, sampler: str, steps: int | None) -> int:

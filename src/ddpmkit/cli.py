@@ -12,8 +12,8 @@ from pathlib import Path
 
 from . import distributed
 from .build import steps_taken
-from .config import (COMPILE_MODES, DATASETS, DEFAULT_SAMPLER, PRESETS, SAMPLER_NAMES, SPACINGS, DiffusionConfig,
-                     linear_beta_scale, resolve_config)
+from .config import (COMPILE_MODES, DATASETS, DEFAULT_SAMPLER, DEFAULT_STEPS, PRESETS, SAMPLER_NAMES, SPACINGS,
+                     DiffusionConfig, linear_beta_scale, resolve_config)
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
 from .version import __version__
@@ -119,11 +119,12 @@ def _add_class_args(p: argparse.ArgumentParser, meaning: str) -> None:
 
 
 SAMPLER_HELP = ("ddpm: ancestral (DDPM Alg. 2); deterministic: DDIM eta=0 over all steps; ddim: DDIM; dpm++2m, "
-                "dpm++3m: DPM-Solver++ (multistep, 20 steps by default); sde-dpm++2m: its stochastic variant; heun: EDM's Heun "
-                "(S levels = 2S - 1 network evaluations, 10 by default); unipc: UniPC (multistep predictor-corrector, "
-                "20 steps by default). Default: " + DEFAULT_SAMPLER + ", the best or level with the best for 10-50 "
-                "network evaluations (docs/samplers.md)")
-STEPS_HELP = "timesteps visited (default: ddpm and deterministic all T; ddim 50; heun 10 levels; the others 20)"
+                "dpm++3m: DPM-Solver++ (multistep); sde-dpm++2m: its stochastic variant; heun: EDM's Heun (S levels = "
+                "2S - 1 network evaluations); unipc: UniPC (multistep predictor-corrector). Default: " + DEFAULT_SAMPLER
+                + ", the best or level with the best for 10-50 network evaluations (docs/samplers.md)")
+STEPS_HELP = ("timesteps visited (default, at most T: ddpm and deterministic all T; "
+              + ", ".join(f"{name} {n}{' levels' if name == 'heun' else ''}" for name, n in DEFAULT_STEPS.items())
+              + ")")
 
 
 def _add_solver_args(p: argparse.ArgumentParser) -> None:
@@ -207,7 +208,7 @@ def _interpolate_parser(sub) -> None:
     p.add_argument("--to-seed", type=SEED, default=1, help="the other end's noise (--between noise)")
     p.add_argument("--to-class", metavar="CLASS", help="the other end's class (--between classes)")
     p.add_argument("--points", type=whole(2), default=10, help="images in the row, both ends included (default 10)")
-    p.add_argument("--steps", type=COUNT, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--steps", type=COUNT, default=DEFAULT_STEPS["ddim"], help="DDIM steps (default %(default)s)")
     p.add_argument("--output", default="interpolation.png", help="PNG to write")
 
 
@@ -220,7 +221,7 @@ def _strip_parser(sub) -> None:
     p.add_argument("--seed", type=SEED, default=0, help="the starting noise")
     p.add_argument("--frames", type=whole(2), default=10, help="columns, the final sample included (default 10)")
     p.add_argument("--ddpm-steps", type=COUNT, help="DDPM steps (default: all T)")
-    p.add_argument("--ddim-steps", type=COUNT, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--ddim-steps", type=COUNT, default=DEFAULT_STEPS["ddim"], help="DDIM steps (default %(default)s)")
     p.add_argument("--output", default="strip.png", help="PNG to write")
 
 

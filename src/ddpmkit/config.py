@@ -36,9 +36,12 @@ BAD_IMAGES = ("skip", "fail")
 BEST_BY = ("heldout_loss", "fd")
 SAMPLER_NAMES = ("ddpm", "deterministic", "ddim", "dpm++2m", "dpm++3m", "sde-dpm++2m", "heun", "unipc")  # = samplers.SAMPLERS
 # The sampler of `sample`, `evaluate`, `animate`, `classifier judge` and DiffusionSampler.sample when none is named:
-# the best, or level with the best, FD for 10-50 network evaluations on both measured models (docs/samplers.md);
-# its default is 20 steps.
+# the best, or level with the best, FD for 10-50 network evaluations on both measured models (docs/samplers.md)
+# at its DEFAULT_STEPS.
 DEFAULT_SAMPLER = "sde-dpm++2m"
+# Steps a sampler takes when none are asked for, the one place these counts live: the sampler functions' defaults,
+# and DiffusionSampler's and the command line's, which cap them at T (build.steps_taken). ddpm, deterministic: all T.
+DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "dpm++3m": 20, "sde-dpm++2m": 20, "heun": 10, "unipc": 20}
 # Which timesteps a sampler with fewer steps than T visits (samplers/common.py); trailing starts at t = T - 1.
 SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
 

@@ -24,7 +24,7 @@ import torch
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from .config import DEFAULT_SAMPLER, INT64, SAMPLER_NAMES
+from .config import DEFAULT_SAMPLER, DEFAULT_STEPS, INT64, SAMPLER_NAMES
 from .errors import DdpmkitError
 from .pictures import record_denoising
 from .sampling import DiffusionSampler
@@ -131,7 +131,8 @@ def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
                                      visible=conditional, elem_id="guidance")
                 sampler_name = gr.Dropdown(list(SAMPLER_NAMES), value=DEFAULT_SAMPLER, label="sampler",
                                            elem_id="sampler")
-                steps = gr.Slider(1, T, value=min(20, T), step=1, label="steps", elem_id="steps")
+                steps = gr.Slider(1, T, value=min(DEFAULT_STEPS[DEFAULT_SAMPLER], T), step=1, label="steps",
+                                  elem_id="steps")
                 seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_PAGE_SEED,
                                  label="seed (image j starts from seed + j)", elem_id="seed")
                 count = gr.Slider(1, 16, value=4, step=1, label="images per class" if conditional else "images",

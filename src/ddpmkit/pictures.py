@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from .config import DEFAULT_SAMPLER
+from .config import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import DdpmkitError
 from .sampling import DiffusionSampler
 from .viz import to_pil, upscale, labelled_grid
@@ -36,7 +36,7 @@ def _labels(sampler: DiffusionSampler, cls, n: int) -> torch.Tensor | None:
 
 
 def interpolate_noise(sampler: DiffusionSampler, seed_a: int, seed_b: int, points: int = 8, cls=None,
-                      guidance: float = 0.0, steps: int = 50, progress: bool = True) -> torch.Tensor:
+                      guidance: float = 0.0, steps: int = DEFAULT_STEPS["ddim"], progress: bool = True) -> torch.Tensor:
     """Images along the great circle between the starting noises of ``seed_a`` and ``seed_b``, each decoded with
     deterministic DDIM (eta = 0), so the path in noise space becomes a smooth path in image space."""
     if points < 2:
@@ -50,7 +50,8 @@ def interpolate_noise(sampler: DiffusionSampler, seed_a: int, seed_b: int, point
 
 
 def interpolate_classes(sampler: DiffusionSampler, cls_a, cls_b, points: int = 8, seed: int = 0,
-                        guidance: float = 0.0, steps: int = 50, progress: bool = True) -> torch.Tensor:
+                        guidance: float = 0.0, steps: int = DEFAULT_STEPS["ddim"],
+                        progress: bool = True) -> torch.Tensor:
     """Images from one fixed noise with the label embedding moved linearly from class a to class b, decoded with
     deterministic DDIM."""
     if points < 2:
@@ -99,7 +100,8 @@ def record_denoising(sampler: DiffusionSampler, sampler_name: str, steps: int | 
 
 
 def denoising_strip(sampler: DiffusionSampler, frames: int = 10, cls=None, seed: int = 0, guidance: float = 0.0,
-                    ddpm_steps: int | None = None, ddim_steps: int = 50, progress: bool = True) -> Image.Image:
+                    ddpm_steps: int | None = None, ddim_steps: int = DEFAULT_STEPS["ddim"],
+                    progress: bool = True) -> Image.Image:
     """Four rows for one starting noise: x_t and the predicted x_0 at ``frames`` evenly spaced steps from T to 0,
     for DDPM (ancestral, all T steps by default) and DDIM (eta = 0). The last column is the final sample."""
     if frames < 2:

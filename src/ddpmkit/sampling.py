@@ -242,27 +242,32 @@ class DiffusionSampler:
         """DDIM with eta = 0 over all T steps (or ``steps``)."""
         return self.sample(num_samples, sampler="deterministic", steps=steps, **kwargs)
 
-    def sample_ddim(self, num_samples: int = 16, steps: int = 50, eta: float = 0.0, **kwargs) -> torch.Tensor:
-        """DDIM (Song et al. 2020) over ``steps`` timesteps with noise scale ``eta``."""
+    def sample_ddim(self, num_samples: int = 16, steps: int | None = None, eta: float = 0.0,
+                    **kwargs) -> torch.Tensor:
+        """DDIM (Song et al. 2020) over ``steps`` timesteps (None: DEFAULT_STEPS, at most T) with noise scale
+        ``eta``."""
         return self.sample(num_samples, sampler="ddim", steps=steps, eta=eta, **kwargs)
 
-    def sample_dpm_solver(self, num_samples: int = 16, steps: int = 20, order: int = 2, **kwargs) -> torch.Tensor:
-        """DPM-Solver++(2M) or, with ``order=3``, (3M) (Lu et al. 2022): ``steps`` network evaluations."""
+    def sample_dpm_solver(self, num_samples: int = 16, steps: int | None = None, order: int = 2,
+                          **kwargs) -> torch.Tensor:
+        """DPM-Solver++(2M) or, with ``order=3``, (3M) (Lu et al. 2022): ``steps`` network evaluations (None:
+        DEFAULT_STEPS, at most T)."""
         if order not in (2, 3):
             raise DdpmkitError(f"order must be 2 or 3, got {order}")
         return self.sample(num_samples, sampler=f"dpm++{order}m", steps=steps, **kwargs)
 
-    def sample_unipc(self, num_samples: int = 16, steps: int = 20, order: int = 2, variant: str = "bh2",
+    def sample_unipc(self, num_samples: int = 16, steps: int | None = None, order: int = 2, variant: str = "bh2",
                      **kwargs) -> torch.Tensor:
-        """UniPC (Zhao et al. 2023): ``steps`` network evaluations, predictor of ``order`` 1-3 with the UniC
-        corrector (one order more), B(h) ``variant`` bh1 or bh2."""
+        """UniPC (Zhao et al. 2023): ``steps`` network evaluations (None: DEFAULT_STEPS, at most T), predictor of
+        ``order`` 1-3 with the UniC corrector (one order more), B(h) ``variant`` bh1 or bh2."""
         if order not in (1, 2, 3):
             raise DdpmkitError(f"order must be 1, 2 or 3, got {order}")
         if variant not in UNIPC_VARIANTS:
             raise DdpmkitError(f"variant must be one of {', '.join(UNIPC_VARIANTS)}, got {variant!r}")
         return self.sample(num_samples, sampler="unipc", steps=steps, order=order, variant=variant, **kwargs)
 
-    def sample_heun(self, num_samples: int = 16, steps: int = 10, churn: float = 0.0, **kwargs) -> torch.Tensor:
+    def sample_heun(self, num_samples: int = 16, steps: int | None = None, churn: float = 0.0,
+                    **kwargs) -> torch.Tensor:
         """EDM's Heun sampler (Karras et al. 2022, Algorithm 1; Algorithm 2 with ``churn``): ``steps`` noise
-        levels, 2 steps - 1 network evaluations."""
+        levels (None: DEFAULT_STEPS, at most T), 2 steps - 1 network evaluations."""
         return self.sample(num_samples, sampler="heun", steps=steps, churn=churn, **kwargs)

@@ -9,6 +9,7 @@ Symbols (Ho et al. 2020, "DDPM"; Nichol & Dhariwal 2021, "IDDPM"; Salimans & Ho 
 | ``alphas[t]``           | alpha_t = 1 - beta_t                   |
 | ``alphas_cumprod[t]``   | alpha-bar_t = prod_{s<=t} alpha_s      |
 | ``posterior_variance``  | tilde-beta_t (DDPM eq. 7)              |
+| ``abar_s``, ``abar_t``  | alpha-bar at an earlier step s < t     |
 | ``eps``                 | epsilon, the noise added to x_0        |
 | ``v``                   | v = sqrt(abar) eps - sqrt(1-abar) x_0  |
 
@@ -17,6 +18,7 @@ All tables are computed in float64 and stored as float32 buffers of shape (T,).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -42,6 +44,31 @@ def cosine_beta_schedule(num_timesteps: int, s: float = 0.008, max_beta: float =
     return betas.clamp(max=max_beta)
 
 
+class Posterior(NamedTuple):
+    """q(x_s | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, variance I) for s < t, and the step's beta."""
+    coef_x0: torch.Tensor
+    coef_xt: torch.Tensor
+    variance: torch.Tensor
+    beta: torch.Tensor
+
+
+def posterior(abar_t: torch.Tensor | float, abar_s: torch.Tensor | float) -> Posterior:
+    """DDPM eqs. 6-7 from one step t back to an earlier step s, given alpha-bar at both (abar_s = 1 for x_0).
+
+    With beta = 1 - abar_t / abar_s, the beta of the one step s -> t (IDDPM eq. 19), adjacent steps give DDPM's
+    beta_t and respaced ones the same formulas between non-adjacent timesteps (IDDPM §4):
+        coef_x0 = sqrt(abar_s) beta / (1 - abar_t),  coef_xt = sqrt(1 - beta) (1 - abar_s) / (1 - abar_t),
+        variance = tilde-beta = beta (1 - abar_s) / (1 - abar_t).
+    Computed in float64 (elementwise over tensors of timesteps, or on plain numbers).
+    """
+    abar_t = torch.as_tensor(abar_t, dtype=torch.float64)
+    abar_s = torch.as_tensor(abar_s, dtype=torch.float64)
+    beta = 1 - abar_t / abar_s
+    return Posterior(coef_x0=abar_s.sqrt() * beta / (1 - abar_t),
+                     coef_xt=(1 - beta).sqrt() * (1 - abar_s) / (1 - abar_t),
+                     variance=beta * (1 - abar_s) / (1 - abar_t), beta=beta)
+
+
 def _gather(table: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """table[t] reshaped to broadcast over an image batch of ``ndim`` dimensions."""
     return table.to(t.device)[t].reshape(-1, *([1] * (ndim - 1)))
@@ -61,7 +88,7 @@ class NoiseSchedule(torch.nn.Module):
         alphas = 1 - betas
         abar = torch.cumprod(alphas, 0)
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-        posterior_variance = betas * (1 - abar_prev) / (1 - abar)  # DDPM eq. 7, tilde-beta_t
+        q_post = posterior(abar, abar_prev)  # DDPM eqs. 6-7 for each step t -> t - 1
         tables = {
             "betas": betas,
             "alphas": alphas,
@@ -69,9 +96,9 @@ class NoiseSchedule(torch.nn.Module):
             "alphas_cumprod_prev": abar_prev,
             "sqrt_alphas_cumprod": abar.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1 - abar).sqrt(),
-            "posterior_variance": posterior_variance,
-            "posterior_mean_coef_x0": betas * abar_prev.sqrt() / (1 - abar),  # DDPM eq. 7, coefficient of x_0
-            "posterior_mean_coef_xt": (1 - abar_prev) * alphas.sqrt() / (1 - abar),  # and of x_t
+            "posterior_variance": q_post.variance,   # tilde-beta_t
+            "posterior_mean_coef_x0": q_post.coef_x0,  # coefficient of x_0 in the posterior mean
+            "posterior_mean_coef_xt": q_post.coef_xt,  # and of x_t
         }
         for name, value in tables.items():
             self.register_buffer(name, value.to(torch.float32), persistent=False)

@@ -100,16 +100,19 @@ def dynamic_threshold(x0: torch.Tensor, data_range: tuple[float, float], ratio: 
 
 
 def predict_x0_eps(model: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, t: int, prediction: str,
-                   clip_range: tuple[float, float] | None,
-                   threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   clip_range: tuple[float, float] | None, threshold: float | None = None,
+                   on_step: StepCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the network at timestep t and return (x_0, eps). x_0 is clipped to ``clip_range`` or, with
-    ``threshold`` (a quantile such as 0.995), dynamically thresholded within it; eps is re-derived to match."""
+    ``threshold`` (a quantile such as 0.995), dynamically thresholded within it; eps is re-derived to match.
+    ``on_step`` hears of every evaluation, as on_step(t, x_t, x_0)."""
     t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     output = model(x, t_batch).float()
     x0, eps = schedule.x0_and_eps(prediction, output, x, t_batch)
     if clip_range is not None:
         x0 = dynamic_threshold(x0, clip_range, threshold) if threshold else x0.clamp(*clip_range)
         eps = schedule.eps_from_x0(x, t_batch, x0)
+    if on_step is not None:
+        on_step(t, x, x0)
     return x0, eps
 
 

@@ -5,13 +5,14 @@ import math
 
 import torch
 
+from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, predict_x0_eps, reverse_steps
 
 
 @torch.no_grad()
 def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
-                steps: int | None = 50,                            # number of network evaluations; None: all T
+                steps: int | None = DEFAULT_STEPS["ddim"],         # number of network evaluations; None: all T
                 eta: float = 0.0,                                  # 0: deterministic DDIM, 1: DDPM-like noise
                 prediction: str = "eps",                           # what the network outputs: eps, x0 or v
                 clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0 to the data range; None: off
@@ -31,9 +32,7 @@ def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
     noise = noise or ImageNoise()
     x = x_T
     for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddim", progress, spacing):
-        x0, eps = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold)
-        if on_step is not None:
-            on_step(t, x, x0)
+        x0, eps = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold, on_step)
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
         x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
         if eta > 0:

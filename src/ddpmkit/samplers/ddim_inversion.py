@@ -7,6 +7,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, predict_x0_eps, spaced_timesteps
 
@@ -18,7 +19,7 @@ def _euler_step(x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, abar_to: f
 
 @torch.no_grad()
 def invert_ddim(model: Denoiser, schedule: NoiseSchedule, x_0: torch.Tensor, *,
-                steps: int | None = 50,    # network evaluations (without refinement); the decoder must use the same
+                steps: int | None = DEFAULT_STEPS["ddim"],  # evaluations (without refine); the decoder's too
                 prediction: str = "eps",   # what the network outputs: eps, x0 or v
                 refine: int = 0,           # fixed-point iterations per step that make the step the exact inverse
                 spacing: str = "trailing",  # the decoder's timestep spacing

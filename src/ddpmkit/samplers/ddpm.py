@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ..schedule import NoiseSchedule
+from ..schedule import NoiseSchedule, posterior
 from .common import Denoiser, ImageNoise, StepCallback, predict_x0_eps, reverse_steps
 
 VARIANCES = ("posterior", "beta")
@@ -25,21 +25,18 @@ def sample_ddpm(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
     """Run the reverse process from x_T to x_0.
 
     Each step samples x_{t-1} ~ N(mu(x_t, x_0), sigma_t^2 I) with mu the posterior mean of DDPM eq. 7 at the
-    predicted x_0. On a respaced subset tau, beta_t is replaced by 1 - abar_tau_i / abar_tau_{i-1} (IDDPM eq. 19).
-    No noise is added at the last step.
+    predicted x_0 (``posterior`` in schedule.py). On a respaced subset tau, beta_t is replaced by
+    1 - abar_tau_i / abar_tau_{i-1} (IDDPM eq. 19). No noise is added at the last step.
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
     noise = noise or ImageNoise()
     x = x_T
     for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddpm", progress, spacing):
-        beta = 1 - abar / abar_prev
-        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold)
-        if on_step is not None:
-            on_step(t, x, x0)
-        # DDPM eq. 7: mu = sqrt(abar_prev) beta / (1 - abar) x_0 + sqrt(alpha) (1 - abar_prev) / (1 - abar) x_t
-        x = (math.sqrt(abar_prev) * beta / (1 - abar)) * x0 + (math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)) * x
+        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold, on_step)
+        q = posterior(abar, abar_prev)
+        x = float(q.coef_x0) * x0 + float(q.coef_xt) * x  # DDPM eq. 7's mean at the predicted x_0
         if t_prev >= 0:
-            sigma2 = beta * (1 - abar_prev) / (1 - abar) if variance == "posterior" else beta
+            sigma2 = float(q.variance if variance == "posterior" else q.beta)
             x = x + math.sqrt(sigma2) * noise.randn(x.shape, x.device)
     return x

@@ -15,13 +15,14 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, log_snr_steps, predict_x0_eps
 
 
 @torch.no_grad()
 def sample_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
-                      steps: int | None = 20,                            # network evaluations
+                      steps: int | None = DEFAULT_STEPS["dpm++2m"],      # network evaluations
                       order: int = 2,                                    # 2: DPM-Solver++(2M), 3: (3M)
                       prediction: str = "eps",                           # what the network outputs: eps, x0 or v
                       clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0; None: off
@@ -37,16 +38,14 @@ def sample_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tenso
     x, history = x_T, []  # history: (lambda, predicted x_0), newest last
     n = len(timesteps)
     for i, t in enumerate(tqdm(timesteps, desc=f"dpm-solver++({order}m)", disable=not progress, leave=False)):
-        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold)
-        if on_step is not None:
-            on_step(t, x, x0)
+        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold, on_step)
         history = [*history[-2:], (lam[i], x0)]
         if i == n - 1:  # to sigma = 0: the first-order step lands on the predicted x_0
             return x0
         k = min(order, len(history), 2 if i == n - 2 and n < 15 else order)
         h = lam[i + 1] - lam[i]
         phi1 = -math.expm1(-h)  # 1 - e^{-h}
-        x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * phi1 * x0
+        x = first_order_step(x, x0, sigma[i], sigma[i + 1], alpha[i + 1], h)
         if k >= 2:
             r0 = (lam[i] - history[-2][0]) / h
             d1_0 = (x0 - history[-2][1]) / r0
@@ -63,9 +62,17 @@ def sample_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tenso
     return x
 
 
+def first_order_step(x_s: torch.Tensor, x0_s: torch.Tensor, sigma_s: float, sigma_t: float, alpha_t: float,
+                     h: float) -> torch.Tensor:
+    """DPM-Solver++(1) from s to t, h = lambda_t - lambda_s: x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) x0_s
+    (Lu et al. 2022, eq. 9 with x_0(lambda) held at x0_s; Algorithm 2's first step; DDIM in these variables).
+    The higher orders and UniPC add their corrections to it."""
+    return (sigma_t / sigma_s) * x_s - alpha_t * math.expm1(-h) * x0_s
+
+
 @torch.no_grad()
 def sample_sde_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
-                          steps: int | None = 20,                            # network evaluations
+                          steps: int | None = DEFAULT_STEPS["sde-dpm++2m"],  # network evaluations
                           prediction: str = "eps",                           # what the network outputs
                           clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0; None: off
                           threshold: float | None = None,                    # dynamic thresholding quantile
@@ -84,9 +91,7 @@ def sample_sde_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.T
     timesteps, alpha, sigma, lam = log_snr_steps(schedule, steps, spacing)
     x, previous = x_T, None  # previous: (lambda, predicted x_0) of the last step
     for i, t in enumerate(tqdm(timesteps, desc="sde-dpm-solver++(2m)", disable=not progress, leave=False)):
-        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold)
-        if on_step is not None:
-            on_step(t, x, x0)
+        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold, on_step)
         if i == len(timesteps) - 1:  # to sigma = 0: the predicted x_0, no noise
             return x0
         h = lam[i + 1] - lam[i]
@@ -98,11 +103,13 @@ def sample_sde_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.T
     return x
 
 
-def sample_dpm_solver_2m(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, **options) -> torch.Tensor:
+def sample_dpm_solver_2m(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
+                         steps: int | None = DEFAULT_STEPS["dpm++2m"], **options) -> torch.Tensor:
     """DPM-Solver++(2M)."""
-    return sample_dpm_solver(model, schedule, x_T, order=2, **options)
+    return sample_dpm_solver(model, schedule, x_T, steps=steps, order=2, **options)
 
 
-def sample_dpm_solver_3m(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, **options) -> torch.Tensor:
+def sample_dpm_solver_3m(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
+                         steps: int | None = DEFAULT_STEPS["dpm++3m"], **options) -> torch.Tensor:
     """DPM-Solver++(3M)."""
-    return sample_dpm_solver(model, schedule, x_T, order=3, **options)
+    return sample_dpm_solver(model, schedule, x_T, steps=steps, order=3, **options)

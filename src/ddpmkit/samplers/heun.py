@@ -14,13 +14,14 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, predict_x0_eps, spaced_timesteps
 
 
 @torch.no_grad()
 def sample_heun(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
-                steps: int | None = 10,                            # noise levels; 2 steps - 1 network evaluations
+                steps: int | None = DEFAULT_STEPS["heun"],         # noise levels; 2 steps - 1 network evaluations
                 prediction: str = "eps",                           # what the network outputs: eps, x0 or v
                 clip_range: tuple[float, float] | None = (-1, 1),  # clip predicted x_0; None: off
                 threshold: float | None = None,                    # dynamic thresholding quantile
@@ -41,9 +42,7 @@ def sample_heun(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
 
     def denoise(x_hat: torch.Tensor, t: int) -> torch.Tensor:
         x_t = x_hat * math.sqrt(float(abar[t]))
-        x0, _ = predict_x0_eps(model, schedule, x_t, t, prediction, clip_range, threshold)
-        if on_step is not None:
-            on_step(t, x_t, x0)
+        x0, _ = predict_x0_eps(model, schedule, x_t, t, prediction, clip_range, threshold, on_step)
         return x0
 
     noise = noise or ImageNoise()

@@ -23,15 +23,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, log_snr_steps, predict_x0_eps
+from .dpm_solver import first_order_step
 
 VARIANTS = ("bh1", "bh2")
 
 
 @torch.no_grad()
 def sample_unipc(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
-                 steps: int | None = 20,                            # network evaluations
+                 steps: int | None = DEFAULT_STEPS["unipc"],        # network evaluations
                  order: int = 2,                                    # 1, 2 or 3 (of the predictor; UniC adds one)
                  variant: str = "bh2",                              # B(h): bh1 = h, bh2 = e^h - 1
                  prediction: str = "eps",                           # what the network outputs: eps, x0 or v
@@ -51,9 +53,7 @@ def sample_unipc(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
     x, history = x_T, []      # history: (lambda, predicted x_0) of the last `order` points, newest last
     x_before, used = x, 0     # x at the newest point of history, and the order of the step that left it
     for i, t in enumerate(tqdm(timesteps, desc=f"unipc-{variant}({order})", disable=not progress, leave=False)):
-        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold)
-        if on_step is not None:
-            on_step(t, x, x0)
+        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold, on_step)
         if i == n - 1:  # to sigma = 0: the first-order step lands on the predicted x_0
             return x0
         if i > 0:       # UniC: the same step again, now through the new point as well
@@ -75,7 +75,7 @@ def _update(x_s: torch.Tensor, newest: tuple[float, torch.Tensor], points: list[
     h = lam_t - lam_s
     hh = -h                                      # data prediction integrates in -h
     h_phi_1 = math.expm1(hh)                     # e^{-h} - 1
-    x_t = (sigma_t / sigma_s) * x_s - alpha_t * h_phi_1 * x0_s
+    x_t = first_order_step(x_s, x0_s, sigma_s, sigma_t, alpha_t, h)
     if not points:
         return x_t
     ratios = [(lam - lam_s) / h for lam, _ in points]
