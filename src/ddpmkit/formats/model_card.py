@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..build import DEFAULT_STEPS
-from ..config import DEFAULT_SAMPLER, Config, linear_beta_scale
+from ..config import DEFAULT_SAMPLER, DEFAULT_STEPS, Config, linear_beta_scale
 from ..unet import UNetSpec
 from .diffusers_scheduler import TIMESTEP_SPACINGS
 
