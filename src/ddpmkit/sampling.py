@@ -72,6 +72,11 @@ class DiffusionSampler:
         return spec.image_channels, spec.image_size, spec.image_size
 
     @property
+    def recorded_with_samples(self) -> dict:
+        """What files of samples record of this model (viz.write_npz), so that evaluate can check its judge."""
+        return {"class_names": self.class_names, "resize_mode": self.config.data.resize_mode}
+
+    @property
     def is_conditional(self) -> bool:
         return self.model.spec.num_classes > 0
 
