@@ -307,7 +307,7 @@ def test_evaluate_measures_against_the_images_the_model_saw(six_pixel_root, tmp_
             evaluate(samples=tmp_path / "s.npz", resize_mode="pad", **common)
 
 
-# -- the judge must fit the images it scores (issue 24, defect 6) -------------------------------------------------------
+# -- the judge must fit the images it scores (issue 24, defect 6) ----------------------------------------------------
 
 def _refused(argv: list[str], out, capsys) -> str:
     """Run ``evaluate`` through the CLI; it must stop with one line on stderr and write nothing. Returns the line."""

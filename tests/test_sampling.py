@@ -36,3 +36,17 @@ def test_invert_then_decode_returns_images_in_range(tiny_conditional_checkpoint)
     assert (exact - images).abs().max() < 1e-3   # the refined inversion is the decoder's inverse on a real U-Net
     with pytest.raises(DdpmkitError, match="steps must be between 1 and T=10"):
         sampler.invert(images, labels, steps=11)
+
+
+@pytest.mark.parametrize("num_images", [12, 20])
+def test_training_draws_its_samples_as_diffusion_sampler_draws_them(tiny_conditional_checkpoint, num_images):
+    # One seeded, batched sampling serves the training loop's grids and FD and DiffusionSampler: image i has seed i
+    # and, for a conditional model, classes in blocks, class after class: image i of class i * K // N (two of each
+    # class for 20 images and 10 classes; for 12 images, blocks of one or two).
+    from ddpmkit.train import sample_images
+
+    model = DiffusionSampler(tiny_conditional_checkpoint, device="cpu", precision="fp32")
+    labels = [i * 10 // num_images for i in range(num_images)]
+    expected = model.generate(list(range(num_images)), labels, sampler="ddim", steps=2, batch_size=5, progress=False)
+    drawn = sample_images(model.model, model.schedule, model.config, model.device, num_images, "ddim", 2, batch_size=5)
+    assert torch.equal(drawn, expected)

@@ -40,6 +40,7 @@ from .metrics.inception import inception_metrics, to_inception_input
 from .metrics.inception import inception_weights as inception_weights_file
 from .metrics.perceptual import lpips_diversity, lpips_metric
 from .metrics.reconstruction import reconstruction_metrics
+from .seeded_sampling import class_blocks
 from .viz import write_npz
 
 OFFLINE_METRICS = ("fd", "is", "accuracy", "prc")
@@ -149,7 +150,7 @@ def draw_for_metrics(model, num_samples, seed, guidance, **options) -> tuple[tor
         classes = len(model.class_names)
         if num_samples % classes:
             raise DdpmkitError(f"num_samples={num_samples} must be a multiple of the model's {classes} classes")
-        labels = [c for c in range(classes) for _ in range(num_samples // classes)]
+        labels = class_blocks(num_samples, classes)
     elif guidance:
         raise DdpmkitError("guidance needs a class-conditional model")
     seeds = list(range(seed, seed + num_samples))

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from . import distributed
 from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, sampler_options,
@@ -17,6 +16,7 @@ from .errors import DdpmkitError
 from .formats import LoadedModel, read_diffusers, read_model
 from .guidance import guided_denoiser, parse_classes
 from .samplers import SAMPLERS, UNIPC_VARIANTS, Denoiser, ImageNoise, StepCallback, invert_ddim
+from .seeded_sampling import generate_images, seeded_noise
 
 
 class DiffusionSampler:
@@ -181,36 +181,16 @@ class DiffusionSampler:
 
     def noise(self, seeds: Sequence[int]) -> tuple[torch.Tensor, ImageNoise]:
         """x_T for the given per-image seeds, and the generators that go on to draw each image's step noise."""
-        noise = ImageNoise.from_seeds(seeds)
-        return noise.randn((len(seeds), *self.image_shape)), noise
+        return seeded_noise(seeds, self.image_shape)
 
     def generate(self, seeds: Sequence[int], labels: Sequence[int] | None = None, batch_size: int = 256,
                  **options) -> torch.Tensor:
-        """Images for explicit per-image seeds (and class labels), in batches; float in [0, 1] on the CPU.
-
-        Launched by torchrun, the processes share the batches out (each one exactly as a single process draws it) and
-        every process returns all the images, in order: the same tensor a single process gives."""
-        if batch_size < 1:
-            raise DdpmkitError("batch_size must be at least 1")
-        if not seeds:
-            raise DdpmkitError("nothing to sample: ask for at least one image")
-        if labels is not None and len(labels) != len(seeds):
-            raise DdpmkitError(f"{len(labels)} labels for {len(seeds)} images")
+        """Images for explicit per-image seeds (and class labels), in batches; float in [0, 1] on the CPU; ``options``
+        are ``run``'s. Under torchrun every process returns all the images, in order (see
+        seeded_sampling.generate_images)."""
         options = {**options, "progress": options.get("progress", True) and distributed.is_main()}
-        batches = range(0, len(seeds), batch_size)
-        share = distributed.my_share(len(batches))  # every batch, or, under torchrun, every world_size-th
-        chunks = []
-        # Over several batches, one bar for all images gives the remaining time of the whole job (rank 0's share).
-        overall = tqdm(total=sum(len(seeds[batches[k]: batches[k] + batch_size]) for k in share), desc="images",
-                       unit="img", disable=not options["progress"] or len(share) < 2)
-        for k in share:
-            start = batches[k]
-            x_T, noise = self.noise(seeds[start: start + batch_size])
-            y = torch.as_tensor(list(labels[start: start + batch_size])) if labels is not None else None
-            chunks.append(self.to_images(self.run(x_T, noise, labels=y, **options)))
-            overall.update(len(x_T))
-        overall.close()
-        return torch.cat(distributed.gather_in_order(chunks, len(batches)))
+        return generate_images(lambda x_T, noise, y: self.to_images(self.run(x_T, noise, labels=y, **options)),
+                        self.image_shape, seeds, labels, batch_size, options["progress"])
 
     def sample(self, num_samples: int = 16, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, eta: float = 0.0,
                seed: int = 0, batch_size: int = 256, clip: bool | None = None, labels: Sequence[int] | None = None,

@@ -34,7 +34,8 @@ from .losses import diffusion_loss
 from .nonfinite import NonFiniteGuard, NonFiniteLoss, optimizer_step
 from .resources import ResourceMonitor
 from .run_log import RunLog
-from .samplers import SAMPLERS, ImageNoise
+from .samplers import SAMPLERS
+from .seeded_sampling import class_blocks, generate_images
 from .stop_signals import GracefulStop, StopRequested
 from .tensorboard_hparams import end_session, start_session
 from .unet import UNet
@@ -98,22 +99,21 @@ def heldout_loss(model, schedule, images: torch.Tensor, labels, cfg: Config, dev
 @torch.no_grad()
 def sample_images(model: UNet, schedule, cfg: Config, device: torch.device, num_images: int, sampler: str,
                   steps: int, batch_size: int = 500) -> torch.Tensor:
-    """Samples of ``model`` with seeds 0..num_images-1, in [0, 1] on the CPU; a conditional model draws class
-    i mod K for image i, so every class is (nearly) equally represented. In a distributed run the batches are shared
-    out over the processes and every process gets all the images."""
+    """Samples of ``model`` with seeds 0..num_images-1, a conditional model's classes in blocks
+    (``seeded_sampling.class_blocks``), in [0, 1] on the CPU: the images ``DiffusionSampler.generate`` draws for
+    those seeds and labels. In a distributed run every process gets all the images."""
     spec = model.spec
-    starts = range(0, num_images, batch_size)
-    chunks = []
-    for k in distributed.my_share(len(starts)):
-        seeds = range(starts[k], min(starts[k] + batch_size, num_images))
-        noise = ImageNoise.from_seeds(seeds)
-        x_T = noise.randn((len(seeds), spec.image_channels, spec.image_size, spec.image_size)).to(device)
-        y = torch.tensor([i % spec.num_classes for i in seeds], device=device) if spec.num_classes else None
-        options = sampler_options(cfg, sampler, None if sampler == "deterministic" else steps)
-        chunks.append(SAMPLERS[sampler](lambda x, t: model(x, t, y), schedule, x_T, noise=noise, progress=False,
-                                        **options).float().cpu())
-    x0 = torch.cat(distributed.gather_in_order(chunks, len(starts)))
-    return x0.clamp(0, 1) if cfg.data.zero_one else ((x0 + 1) / 2).clamp(0, 1)
+    options = sampler_options(cfg, sampler, None if sampler == "deterministic" else steps)
+
+    def draw(x_T: torch.Tensor, noise, y: torch.Tensor | None) -> torch.Tensor:
+        y = y.to(device) if y is not None else None
+        x0 = SAMPLERS[sampler](lambda x, t: model(x, t, y), schedule, x_T.to(device), noise=noise, progress=False,
+                               **options).float().cpu()
+        return x0.clamp(0, 1) if cfg.data.zero_one else ((x0 + 1) / 2).clamp(0, 1)
+
+    labels = class_blocks(num_images, spec.num_classes) if spec.num_classes else None
+    return generate_images(draw, (spec.image_channels, spec.image_size, spec.image_size), range(num_images), labels,
+                    batch_size, progress=False)
 
 
 class TrainingFD:
