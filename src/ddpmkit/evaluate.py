@@ -29,7 +29,7 @@ from PIL import Image
 from . import distributed
 from .build import steps_taken
 from .config import DEFAULT_SAMPLER, DataConfig
-from .data import ImageData, load_images, to_uint8
+from .data import ImageData, load_images, to_uint8, to_unit_range
 from .errors import DdpmkitError
 from .files import write_json
 from .metrics.classifier import SmallClassifier, check_compatible, check_labels, load_classifier, predict
@@ -103,7 +103,7 @@ def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
     if labels is not None and len(labels) != len(images):
         raise DdpmkitError(f"{path}: {len(labels)} labels for {len(images)} images")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, labels
+    return to_unit_range(torch.from_numpy(images).permute(0, 3, 1, 2)), labels
 
 
 def _read_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -120,7 +120,7 @@ def _read_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             raise DdpmkitError(f"{f}: {_describe(array)}, but {files[0].name} is {_describe(arrays[0])}; all samples "
                                f"must have one size and one channel count")
     labels = torch.tensor([int(m[1]) for m in names]) if all(m and m[1] is not None for m in names) else None
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255, labels
+    return to_unit_range(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)), labels
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -261,7 +261,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         return None
     generated_s = time.perf_counter() - started
     if images is not None:  # measure what a PNG or .npz of the samples holds, so that --samples gives the same numbers
-        images = to_uint8(images, zero_one=True).float() / 255
+        images = to_unit_range(to_uint8(images, zero_one=True))
 
     report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source,
                       "image_shape": [real.channels, image_size, image_size], "resize_mode": real_cfg.resize_mode}
@@ -383,7 +383,7 @@ def _inception_metrics(report, names, weights, images, real, batch_size) -> None
         with torch.inference_mode():
             if name in ("fid", "kid"):
                 for start in range(0, len(real), batch_size):
-                    metric.update(to_inception_input(real.images[start: start + batch_size].float() / 255),
+                    metric.update(to_inception_input(to_unit_range(real.images[start: start + batch_size])),
                                   real=True)
             for start in range(0, len(images), batch_size):
                 batch = to_inception_input(images[start: start + batch_size])
@@ -404,7 +404,7 @@ def _reconstruction(report, model, real, steps_list, count, refine, batch_size, 
         raise DdpmkitError("reconstruction needs inversion_images >= 1 and at least one step count")
     for steps in steps_list:  # every step count is checked before any work is done
         model.check_steps(steps)
-    originals = real.images[:count].float() / 255
+    originals = to_unit_range(real.images[:count])
     labels = real.labels[:count] if model.is_conditional and real.labels is not None else None
     split = f"{report['real']['dataset']} {report['real']['split']} split"
     report["reconstruction"] = {"images": len(originals), "of": f"the first {len(originals)} of the {split}",

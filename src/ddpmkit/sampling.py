@@ -12,6 +12,7 @@ from .build import (CompiledDenoiser, autocast, inference_precision, noise_sched
                     sampling_compile_mode, set_tf32, unet_from_dict)
 from .checkpoint import load_weights
 from .config import DEFAULT_SAMPLER, config_from_dict
+from .data import from_model_range, to_model_range
 from .errors import DdpmkitError
 from .formats import LoadedModel, read_diffusers, read_model
 from .guidance import guided_denoiser, parse_classes
@@ -158,7 +159,7 @@ class DiffusionSampler:
         """DDIM inversion: float images in [0, 1] (N, C, H, W) -> the latents x_T that ``decode`` maps back to them
         (see samplers.invert_ddim). A conditional model inverts with each image's class (or the null label)."""
         self.check_steps(steps)
-        x_0 = (images if self.config.data.zero_one else images * 2 - 1).to(self.device)
+        x_0 = to_model_range(images, self.config.data.zero_one).to(self.device)
         return invert_ddim(self.denoiser(labels), self.schedule, x_0.contiguous(memory_format=self.memory_format),
                            steps=steps, prediction=self.config.diffusion.prediction, refine=refine, progress=progress)
 
@@ -176,8 +177,7 @@ class DiffusionSampler:
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Model-range tensors -> float images in [0, 1] on the CPU."""
-        x = x.float().cpu()
-        return x.clamp(0, 1) if self.config.data.zero_one else ((x + 1) / 2).clamp(0, 1)
+        return from_model_range(x.float().cpu(), self.config.data.zero_one)
 
     def noise(self, seeds: Sequence[int]) -> tuple[torch.Tensor, ImageNoise]:
         """x_T for the given per-image seeds, and the generators that go on to draw each image's step noise."""

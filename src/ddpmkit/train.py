@@ -23,8 +23,8 @@ from .build import autocast, noise_schedule, sampler_options, set_tf32, unet_spe
 from .checkpoint import (link_checkpoint, load_weights, newest_intact, periodic_path, read_checkpoint,
                          resume_candidates, save_checkpoint, save_periodic)
 from .config import Config, DiffusionConfig, TrainConfig, config_from_dict
-from .data import (BatchOrder, ImageData, batch_stream, hold_out, load_images, load_into_memory, subset,
-                   to_model_range)
+from .data import (BatchOrder, ImageData, batch_stream, from_model_range, hold_out, load_images, load_into_memory,
+                   subset, to_model_range)
 from .ema import EMA, decay_for_halflife
 from .errors import DdpmkitError
 from .files import remove_stale_temporaries, write_json
@@ -108,12 +108,12 @@ def sample_images(model: UNet, schedule, cfg: Config, device: torch.device, num_
     def draw(x_T: torch.Tensor, noise, y: torch.Tensor | None) -> torch.Tensor:
         y = y.to(device) if y is not None else None
         x0 = SAMPLERS[sampler](lambda x, t: model(x, t, y), schedule, x_T.to(device), noise=noise, progress=False,
-                               **options).float().cpu()
-        return x0.clamp(0, 1) if cfg.data.zero_one else ((x0 + 1) / 2).clamp(0, 1)
+                               **options)
+        return from_model_range(x0.float().cpu(), cfg.data.zero_one)
 
     labels = class_blocks(num_images, spec.num_classes) if spec.num_classes else None
     return generate_images(draw, (spec.image_channels, spec.image_size, spec.image_size), range(num_images), labels,
-                    batch_size, progress=False)
+                           batch_size, progress=False)
 
 
 class TrainingFD:

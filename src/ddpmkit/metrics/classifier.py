@@ -2,7 +2,7 @@
 
 It judges conditional samples (the fraction classified as the requested class) and, through ``features``, is the
 feature network of the offline domain metrics. It sees images exactly as the diffusion models do: padded to
-32x32 and scaled to [-1, 1], so generated samples go in unchanged.
+32x32 and scaled to [-1, 1] (``classifier_input``).
 """
 from __future__ import annotations
 
@@ -59,10 +59,15 @@ def _split(cfg: DataConfig, holdout: int):
                 f"last {holdout} training images (no test split)")
 
 
+def classifier_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images, or float ones in [0, 1] -> the classifier's range: [-1, 1], the diffusion models' own."""
+    return to_model_range(images)
+
+
 @torch.no_grad()
 def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     model.eval()
-    correct = sum(int((model(to_model_range(images[i: i + batch_size])).argmax(1) == labels[i: i + batch_size]).sum())
+    correct = sum(int((model(classifier_input(images[i: i + batch_size])).argmax(1) == labels[i: i + batch_size]).sum())
                   for i in range(0, len(images), batch_size))
     return correct / len(images)
 
@@ -81,7 +86,7 @@ def train_classifier(cfg: DataConfig, epochs: int = 2, batch_size: int = 128, lr
     for _ in range(epochs):
         model.train()
         for idx in torch.randperm(len(x_train), generator=g).split(batch_size):
-            loss = F.cross_entropy(model(to_model_range(x_train[idx])), y_train[idx])
+            loss = F.cross_entropy(model(classifier_input(x_train[idx])), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -121,7 +126,7 @@ def predict(classifier: SmallClassifier, images: torch.Tensor, batch_size: int =
     """Class predictions for float images in [0, 1] (as samplers return them), on the classifier's device."""
     device = next(classifier.parameters()).device
     classifier.eval()
-    return torch.cat([classifier(images[i: i + batch_size].to(device) * 2 - 1).argmax(1).cpu()
+    return torch.cat([classifier(classifier_input(images[i: i + batch_size].to(device))).argmax(1).cpu()
                       for i in range(0, len(images), batch_size)])
 
 
