@@ -6,7 +6,8 @@ from PIL import Image
 
 from conftest import FASHION_MNIST_DIR, MNIST_10K_DIR, write_idx
 from ddpmkit.config import Config, DataConfig, TrainConfig, config_from_dict
-from ddpmkit.data import BatchOrder, load_images, read_idx, stratified_choice, to_model_range, to_uint8
+from ddpmkit.data import (BatchOrder, from_model_range, load_images, read_idx, stratified_choice, to_model_range,
+                          to_uint8, to_unit_range)
 from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.heldout import split_for_run
 
@@ -32,6 +33,21 @@ def test_value_range_round_trip():
     assert x.min() == -1 and x.max() == 1
     assert torch.equal(to_uint8(x), images)
     assert torch.equal(to_uint8(to_model_range(images, zero_one=True), zero_one=True), images)
+
+
+@pytest.mark.parametrize("zero_one", [False, True])
+def test_one_conversion_each_way_between_pixel_ranges(zero_one):
+    # uint8 -> [0, 1] -> the model's range and back, each step one function that agrees with the closed form.
+    images = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    unit = images.double() / 255
+    assert torch.allclose(to_unit_range(images).double(), unit, atol=1e-7)
+    model_range = to_model_range(images, zero_one)
+    assert torch.equal(to_model_range(to_unit_range(images), zero_one), model_range)   # uint8 or [0, 1] alike
+    assert torch.allclose(model_range.double(), unit if zero_one else 2 * unit - 1, atol=1e-6)
+    assert torch.allclose(from_model_range(model_range, zero_one).double(), unit, atol=1e-6)
+    beyond = torch.tensor([-3.0, 3.0])   # samplers without clipping overshoot: clipped to the ends
+    assert from_model_range(beyond, zero_one).tolist() == [0.0, 1.0]
+    assert to_uint8(beyond, zero_one).tolist() == [0, 255]
 
 
 @needs_fashion

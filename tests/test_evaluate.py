@@ -1,5 +1,6 @@
 """ddpmkit evaluate, end to end on the tiny model: the report holds the numbers and how to reproduce them."""
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -75,11 +76,11 @@ def test_evaluate_samples_from_npz_via_the_cli(tiny_idx_root, tiny_judge, tmp_pa
     assert report["samples"]["num_samples"] == 12 and "accuracy" not in report["metrics"]
 
 
-def test_evaluate_errors(tiny_conditional_checkpoint, tmp_path):
+def test_evaluate_errors(tiny_conditional_checkpoint, tiny_judge, tmp_path):
     with pytest.raises(DdpmkitError, match="exactly one of"):
         evaluate()
     with pytest.raises(DdpmkitError, match="multiple of the model's 10 classes"):
-        evaluate(tiny_conditional_checkpoint, num_samples=15, progress=False)
+        evaluate(tiny_conditional_checkpoint, num_samples=15, classifier=tiny_judge, progress=False)
     with pytest.raises(DdpmkitError, match="unknown metric"):
         evaluate(tiny_conditional_checkpoint, metrics=("fid_inception",))
     with pytest.raises(DdpmkitError, match="trained with data.resize_mode=pad.*leave --resize-mode out"):
@@ -299,6 +300,95 @@ def test_evaluate_measures_against_the_images_the_model_saw(six_pixel_root, tmp_
               "cache_dir": tmp_path / "cache", "progress": False}
     read_back = evaluate(samples=tmp_path / "s.npz", resize_mode=seen.resize_mode, **common)
     assert read_back["metrics"] == pytest.approx(report["metrics"], rel=1e-5)
+    # The .npz records how the model's images were fitted: without --resize-mode the real images are fitted so.
+    assert evaluate(samples=tmp_path / "s.npz", **common)["metrics"] == read_back["metrics"]
     if seen.resize_mode == "resize":
-        padded = evaluate(samples=tmp_path / "s.npz", **common)   # --resize-mode pad, the default
-        assert padded["real"]["statistics"] == "computed" and padded["metrics"] != read_back["metrics"]
+        with pytest.raises(DdpmkitError, match="trained with data.resize_mode=resize"):
+            evaluate(samples=tmp_path / "s.npz", resize_mode="pad", **common)
+
+
+# -- the judge must fit the images it scores (issue 24, defect 6) ----------------------------------------------------
+
+def _refused(argv: list[str], out, capsys) -> str:
+    """Run ``evaluate`` through the CLI; it must stop with one line on stderr and write nothing. Returns the line."""
+    capsys.readouterr()
+    assert main(["evaluate", *argv, "--no-cache", "--no-progress", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert not out.exists(), "evaluate wrote something before refusing"
+    return err
+
+
+def _npz(path, shape, **extra):
+    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    np.savez(path, arr_0=images, **extra)
+    return path
+
+
+@pytest.mark.parametrize("shape,extra,expected", [
+    ((12, 16, 16, 1), {}, r"resolution 16x16 .*8x8"),
+    ((12, 8, 8, 3), {}, r"channels 3 .*1"),
+    ((12, 8, 8, 1), {"labels": np.arange(12) % 2, "class_names": np.array(["1", "0"] + [str(i) for i in range(2, 10)])},
+     r"classes: the same classes in another order"),
+    ((12, 8, 8, 1), {"labels": np.arange(12)}, r"classes: labels up to 11 .*10 classes"),
+    ((12, 8, 8, 1), {"resize_mode": np.array("resize")}, r"resize mode resize .*pad"),
+])
+def test_evaluate_samples_refuses_a_judge_that_does_not_fit(tiny_idx_root, tiny_judge, tmp_path, capsys, shape,
+                                                             extra, expected):
+    samples = _npz(tmp_path / "s.npz", shape, **extra)
+    err = _refused(["--samples", str(samples), "--dataset", "mnist", "--data-root", str(tiny_idx_root),
+                    "--classifier", str(tiny_judge)], tmp_path / "eval", capsys)
+    assert re.search(expected, err) and "--classifier" in err, err
+
+
+def test_evaluate_samples_refuses_real_images_fitted_unlike_the_judge(tiny_idx_root, tiny_judge, tmp_path, capsys):
+    # The judge saw its training images padded to size; --resize-mode resize would score against resized ones.
+    samples = _npz(tmp_path / "s.npz", (12, 8, 8, 1))
+    err = _refused(["--samples", str(samples), "--dataset", "mnist", "--data-root", str(tiny_idx_root),
+                    "--classifier", str(tiny_judge), "--resize-mode", "resize"], tmp_path / "eval", capsys)
+    assert "resize mode resize" in err and "pad" in err, err
+    # Samples that record how their model's images were fitted must be compared with real images fitted alike.
+    recorded = _npz(tmp_path / "r.npz", (12, 8, 8, 1), resize_mode=np.array("pad"))
+    err = _refused(["--samples", str(recorded), "--dataset", "mnist", "--data-root", str(tiny_idx_root),
+                    "--classifier", str(tiny_judge), "--resize-mode", "resize"], tmp_path / "eval", capsys)
+    assert "--resize-mode resize" in err and "resize_mode=pad" in err, err
+
+
+def _variant(checkpoint, path, data=None, class_names=None):
+    """The tiny model's checkpoint with another data config or other class names (the same weights)."""
+    from ddpmkit.checkpoint import read_checkpoint, save_checkpoint
+
+    state = {k: v for k, v in read_checkpoint(checkpoint).items() if k != "sha256"}
+    state["config"] = {**state["config"], "data": {**state["config"]["data"], **(data or {})}}
+    if class_names is not None:
+        state["class_names"] = class_names
+    return save_checkpoint(state, path)
+
+
+@pytest.mark.parametrize("variant,classifier,expected", [
+    ({}, "mnist", r"resolution 8x8 .*32x32"),   # the shipped judge sees 32x32 digits
+    ({"data": {"resize_mode": "resize"}}, None, r"resize mode resize .*pad"),
+    ({"class_names": [str(i) for i in range(9, -1, -1)]}, None, r"same classes in another order"),
+    ({"class_names": [f"c{i}" for i in range(10)]}, None, r"classes c0, c1, c2, \.\.\. .*0, 1, 2, \.\.\."),
+])
+def test_evaluate_checkpoint_refuses_a_judge_that_does_not_fit(tiny_conditional_checkpoint, tiny_idx_root, tiny_judge,
+                                                               tmp_path, capsys, variant, classifier, expected):
+    checkpoint = _variant(tiny_conditional_checkpoint, tmp_path / "model.pt", **variant)
+    err = _refused(["--checkpoint", str(checkpoint), "--data-root", str(tiny_idx_root), "--num-samples", "10",
+                    "--sampler", "ddim", "--steps", "2", "--classifier", classifier or str(tiny_judge),
+                    "--save-samples"], tmp_path / "eval", capsys)
+    assert re.search(expected, err) and "--classifier" in err, err
+
+
+def test_what_sample_writes_records_its_classes_and_resizing(tiny_conditional_checkpoint, tiny_idx_root, tiny_judge,
+                                                             tmp_path, capsys):
+    from ddpmkit.evaluate import read_sample_info
+
+    out = tmp_path / "samples"
+    assert main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "0,1", "--num-samples", "2",
+                 "--sampler", "ddim", "--steps", "2", "--output-dir", str(out), "--no-progress"]) == 0
+    saved = np.load(out / "samples.npz")
+    assert saved["class_names"].tolist() == [str(i) for i in range(10)] and saved["resize_mode"].item() == "pad"
+    assert read_sample_info(out) == read_sample_info(out / "samples.npz") == {
+        "class_names": [str(i) for i in range(10)], "resize_mode": "pad"}
+    assert read_sample_info(out / "images") == {}   # a plain folder of PNGs records nothing

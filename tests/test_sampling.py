@@ -47,3 +47,17 @@ def test_sample_methods_without_steps_take_the_samplers_default(tiny_conditional
         assert inspect.signature(getattr(DiffusionSampler, method)).parameters["steps"].default is None, method
     model = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
     assert torch.equal(model.sample_ddim(1, progress=False), model.sample(1, sampler="ddim", progress=False))
+
+
+@pytest.mark.parametrize("num_images", [12, 20])
+def test_training_draws_its_samples_as_diffusion_sampler_draws_them(tiny_conditional_checkpoint, num_images):
+    # One seeded, batched sampling serves the training loop's grids and FD and DiffusionSampler: image i has seed i
+    # and, for a conditional model, classes in blocks, class after class: image i of class i * K // N (two of each
+    # class for 20 images and 10 classes; for 12 images, blocks of one or two).
+    from ddpmkit.train import sample_images
+
+    model = DiffusionSampler(tiny_conditional_checkpoint, device="cpu", precision="fp32")
+    labels = [i * 10 // num_images for i in range(num_images)]
+    expected = model.generate(list(range(num_images)), labels, sampler="ddim", steps=2, batch_size=5, progress=False)
+    drawn = sample_images(model.model, model.schedule, model.config, model.device, num_images, "ddim", 2, batch_size=5)
+    assert torch.equal(drawn, expected)

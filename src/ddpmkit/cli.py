@@ -434,7 +434,8 @@ def _sample(args: argparse.Namespace) -> None:
         images = sampler.sample(args.num_samples, seed=args.seed, **options)
         seeds, labels, layout = list(range(args.seed, args.seed + args.num_samples)), None, {}
     if distributed.is_main():  # every process holds all the images; one writes them
-        written = write_samples(images, args.output_dir, seeds=seeds, labels=labels, **layout)
+        written = write_samples(images, args.output_dir, seeds=seeds, labels=labels, **layout,
+                                **sampler.recorded_with_samples)
         print(f"{len(images)} samples ({args.sampler}) in {time.perf_counter() - start:.1f} s: {written['grid']}, "
               f"{written['npz']}, {written['images']}/")
 
@@ -510,7 +511,8 @@ def _classifier(args: argparse.Namespace) -> None:
     if not sampler.is_conditional:
         raise DdpmkitError("classifier judge needs a class-conditional model; this one was trained without labels")
     classifier, info = load_classifier(args.classifier or sampler.config.data.dataset)
-    check_compatible(info, sampler.class_names, sampler.image_shape[-1])
+    channels, size, _ = sampler.image_shape
+    check_compatible(info, sampler.class_names, size, channels, sampler.config.data.resize_mode)
     classifier.to(sampler.device)
     results = []
     for w in args.guidance:

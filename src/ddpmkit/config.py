@@ -137,7 +137,7 @@ class TrainConfig:
     eval_images: int = 512           # held-out images for the evaluation loss
     best_by: str = "heldout_loss"    # what 'best' means: lowest EMA held-out loss, or lowest in-training fd
     fd_every: int = 0                # steps between FD-<dataset>-classifier of the EMA model (MNIST-like data); 0 = off
-    fd_samples: int = 500            # samples for the in-training FD (seeds 0..N-1, classes i mod K)
+    fd_samples: int = 500            # samples for the in-training FD (seeds 0..N-1, classes in blocks)
     fd_sampler: str = DEFAULT_SAMPLER  # their sampler (SAMPLER_NAMES); deterministic ones stall on young models
     fd_steps: int = 20               # and its steps
     fd_classifier: str = ""          # judge weights for the FD; "" = the ones shipped for the dataset

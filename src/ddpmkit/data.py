@@ -1,7 +1,10 @@
 """Datasets -> uint8 image tensors (+ labels), and the deterministic batch order the training loop draws from.
 
 Images are kept as uint8 (N, C, H, W) at the model's size; ``to_model_range`` turns a batch into floats in
-[-1, 1] (or [0, 1]) on the training device, so small sets can live on the device and never stall the loop.
+[-1, 1] (or [0, 1]) on the training device, so small sets can live on the device and never stall the loop. The
+conversions between pixel ranges live here, one function each, and everything else calls them: uint8 -> [0, 1]
+(``to_unit_range``), [0, 1] or uint8 -> the model's range (``to_model_range``), the model's range -> [0, 1]
+(``from_model_range``) and -> uint8 (``to_uint8``).
 
 Where each dataset is looked for, in order:
   MNIST / Fashion-MNIST: ``data.root`` (IDX files, .gz or not, directly or in torchvision's ``*/raw`` layout); for
@@ -65,16 +68,25 @@ class ImageData:
         return len(self.class_names)
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]; float images (already in [0, 1]) as float32."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
 def to_model_range(images: torch.Tensor, zero_one: bool = False) -> torch.Tensor:
-    """uint8 images -> float32 in [-1, 1] (DDPM §4) or [0, 1]."""
-    x = images.float() / 255.0
+    """uint8 images, or float ones in [0, 1] -> float32 in [-1, 1] (DDPM §4) or, with ``zero_one``, [0, 1]."""
+    x = to_unit_range(images)
     return x if zero_one else x * 2 - 1
 
 
+def from_model_range(x: torch.Tensor, zero_one: bool = False) -> torch.Tensor:
+    """Inverse of ``to_model_range`` for floats: the model's range -> [0, 1], clipped."""
+    return (x if zero_one else (x + 1) / 2).clamp(0, 1)
+
+
 def to_uint8(x: torch.Tensor, zero_one: bool = False) -> torch.Tensor:
-    """Inverse of ``to_model_range`` with rounding and clipping."""
-    x = x if zero_one else (x + 1) / 2
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+    """Inverse of ``to_model_range``: the model's range (``zero_one``: [0, 1]) -> uint8, rounded and clipped."""
+    return (from_model_range(x, zero_one) * 255).round().to(torch.uint8)
 
 
 # -- IDX (MNIST-format) files --------------------------------------------------------------------------------------

@@ -29,10 +29,10 @@ from PIL import Image
 from . import distributed
 from .build import steps_taken
 from .config import DEFAULT_SAMPLER, DataConfig
-from .data import ImageData, load_images, to_uint8
+from .data import ImageData, load_images, to_uint8, to_unit_range
 from .errors import DdpmkitError
 from .files import write_json
-from .metrics.classifier import check_compatible, load_classifier, predict
+from .metrics.classifier import SmallClassifier, check_compatible, check_labels, load_classifier, predict
 from .metrics.domain import (DEFAULT_CACHE, add_fake, add_real, check_torch_fidelity_for_prc, classifier_fd_metric,
                              classifier_is_metric, classifier_precision_recall, file_sha256, seeded_compute,
                              statistics_key)
@@ -40,6 +40,7 @@ from .metrics.inception import inception_metrics, to_inception_input
 from .metrics.inception import inception_weights as inception_weights_file
 from .metrics.perceptual import lpips_diversity, lpips_metric
 from .metrics.reconstruction import reconstruction_metrics
+from .seeded_sampling import class_blocks
 from .viz import write_npz
 
 OFFLINE_METRICS = ("fd", "is", "accuracy", "prc")
@@ -49,6 +50,7 @@ LPIPS_METRICS = ("reconstruction", "diversity")
 METRICS = OFFLINE_METRICS + INCEPTION_METRICS + LPIPS_METRICS
 SAMPLE_NAME = re.compile(r"(?:class_(\d+)_)?seed_(\d+)\.png")  # the per-image names ``ddpmkit sample`` writes
 SAMPLE_MODES = {"L": 1, "RGB": 3}
+SAMPLE_INFO = ("class_names", "resize_mode")  # what an .npz of viz.write_npz records of the model that drew it
 _TOO_FEW_FOR_DIVERSITY = ("diversity compares samples of the same class and needs at least two samples of one "
                           "class; raise --num-samples")
 
@@ -70,11 +72,28 @@ def _is_sample_output(folder: Path) -> bool:
     return (folder / "images").is_dir() and ((folder / "grid.png").is_file() or (folder / "samples.npz").is_file())
 
 
-def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+def read_sample_info(path: str | Path) -> dict:
+    """What samples record of the model that drew them (see viz.write_npz): ``class_names``, what their labels mean,
+    and ``resize_mode``, how its training images reached their size. Read from an .npz, or from the samples.npz of
+    a folder that ``ddpmkit sample`` wrote; {} where nothing is recorded (a plain folder of PNGs)."""
+    path = Path(path)
+    if path.is_dir() and _is_sample_output(path):
+        path = path / "samples.npz"
+    if path.suffix != ".npz" or not path.is_file():
+        return {}
+    data = _load_npz(path)
+    return {key: data[key].tolist() for key in SAMPLE_INFO if key in data}
+
+
+def _load_npz(path: Path):
     try:
-        data = np.load(path)
+        return np.load(path)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DdpmkitError(f"{path} is not a readable .npz file ({err})") from None
+
+
+def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    data = _load_npz(path)
     if "arr_0" not in data:
         raise DdpmkitError(f"{path} has no arr_0 array (uint8, N x H x W x C)")
     images = data["arr_0"]
@@ -84,7 +103,7 @@ def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
     if labels is not None and len(labels) != len(images):
         raise DdpmkitError(f"{path}: {len(labels)} labels for {len(images)} images")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, labels
+    return to_unit_range(torch.from_numpy(images).permute(0, 3, 1, 2)), labels
 
 
 def _read_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -101,7 +120,7 @@ def _read_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             raise DdpmkitError(f"{f}: {_describe(array)}, but {files[0].name} is {_describe(arrays[0])}; all samples "
                                f"must have one size and one channel count")
     labels = torch.tensor([int(m[1]) for m in names]) if all(m and m[1] is not None for m in names) else None
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255, labels
+    return to_unit_range(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)), labels
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -131,7 +150,7 @@ def draw_for_metrics(model, num_samples, seed, guidance, **options) -> tuple[tor
         classes = len(model.class_names)
         if num_samples % classes:
             raise DdpmkitError(f"num_samples={num_samples} must be a multiple of the model's {classes} classes")
-        labels = [c for c in range(classes) for _ in range(num_samples // classes)]
+        labels = class_blocks(num_samples, classes)
     elif guidance:
         raise DdpmkitError("guidance needs a class-conditional model")
     seeds = list(range(seed, seed + num_samples))
@@ -195,13 +214,16 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
 
         model = DiffusionSampler(checkpoint, device=device, precision=precision, compile=compile)
         real_cfg = _real_config_of_model(model.config.data, dataset, data_root, resize_mode)
-        _check_judge(metrics, classifier, real_cfg.dataset)
+        judge = _judge(metrics, classifier, real_cfg.dataset)
+        if judge is not None:  # before sampling: a judge that does not fit stops at once
+            channels, size, _ = model.image_shape
+            check_compatible(judge[1], model.class_names, size, channels, real_cfg.resize_mode)
         real = distributed.main_only(load_images, real_cfg, split)  # before sampling: a missing dataset stops at once
-        dataset, image_size, class_names = real_cfg.dataset, real_cfg.image_size, model.class_names
+        dataset, image_size = real_cfg.dataset, real_cfg.image_size
         report["samples"] = {"checkpoint": str(model.weights_file),  # the file read: final.pt of a run directory
                              "checkpoint_sha256": file_sha256(model.weights_file),
                              "precision": model.precision, "device": str(model.device)}
-        per_class = num_samples // len(class_names) if model.is_conditional else num_samples
+        per_class = num_samples // len(model.class_names) if model.is_conditional else num_samples
         if "diversity" in metrics and per_class < 2:  # say so before sampling, not after
             raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
         if set(metrics) - {"reconstruction"}:
@@ -215,16 +237,23 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
                 report["samples"]["labels"] = f"{per_class} of each class, class after class"
             if save_samples and distributed.is_main():
                 report["samples"]["saved"] = str(write_npz(images, save_samples, seeds,
-                                                           None if labels is None else labels.tolist()))
+                                                           None if labels is None else labels.tolist(),
+                                                           **model.recorded_with_samples))
     else:
         if dataset is None:
             raise DdpmkitError("--samples needs --dataset to know which real images to compare with")
-        _check_judge(metrics, classifier, dataset)
+        judge = _judge(metrics, classifier, dataset)
         images, labels = read_samples(samples)
+        recorded = read_sample_info(samples)
         real_cfg = DataConfig(dataset=dataset, root=data_root, image_size=images.shape[-1],
-                              resize_mode=resize_mode or "pad", download=False)
+                              resize_mode=_resize_mode_of_samples(resize_mode, recorded), download=False)
         images, real = _real_for_samples(images, real_cfg, split)
-        image_size, class_names = images.shape[-1], []
+        image_size = images.shape[-1]
+        if judge is not None:
+            check_compatible(judge[1], recorded.get("class_names", []), image_size, images.shape[1],
+                             real_cfg.resize_mode, judged="the samples")
+            if not recorded.get("class_names"):
+                check_labels(judge[1], labels)
         report["samples"] = {"path": str(samples), "num_samples": len(images)}
         if "diversity" in metrics and (len(images) < 2 or (labels is not None and labels.bincount().max() < 2)):
             raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
@@ -232,13 +261,12 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         return None
     generated_s = time.perf_counter() - started
     if images is not None:  # measure what a PNG or .npz of the samples holds, so that --samples gives the same numbers
-        images = to_uint8(images, zero_one=True).float() / 255
+        images = to_unit_range(to_uint8(images, zero_one=True))
 
     report["real"] = {"dataset": dataset, "split": split, "count": len(real), "source": real.source,
                       "image_shape": [real.channels, image_size, image_size], "resize_mode": real_cfg.resize_mode}
     if set(OFFLINE_METRICS) & set(metrics):
-        _domain_metrics(report, metrics, images, labels, real, dataset, split, image_size, class_names, classifier,
-                        cache_dir, progress)
+        _domain_metrics(report, metrics, images, labels, real, dataset, split, judge, cache_dir, progress)
     if wanted_inception:
         _inception_metrics(report, wanted_inception, weights, images, real, batch_size)
     if "reconstruction" in metrics:
@@ -255,13 +283,29 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
     return report
 
 
-def _check_judge(metrics: tuple[str, ...], classifier: str | Path | None, dataset: str) -> None:
-    """Before any sampling: the classifier metrics need a judge, shipped only for the MNIST-like datasets."""
+def _judge(metrics: tuple[str, ...], classifier: str | Path | None,
+           dataset: str) -> tuple[SmallClassifier, dict] | None:
+    """The judge classifier and its record, loaded before any sampling, when the metrics use one (None otherwise);
+    ddpmkit ships judges for the MNIST-like datasets only."""
     wanted = sorted(set(OFFLINE_METRICS) & set(metrics))
-    if wanted and classifier is None and dataset not in SHIPPED_JUDGES:
+    if not wanted:
+        return None
+    if classifier is None and dataset not in SHIPPED_JUDGES:
         raise DdpmkitError(f"{', '.join(wanted)} use a judge classifier, and ddpmkit ships one for "
                            f"{' and '.join(SHIPPED_JUDGES)} only, not {dataset}; measure {dataset} with --metrics "
                            f"fid,kid,inception_is, or pass --classifier PATH")
+    return load_classifier(classifier or dataset)
+
+
+def _resize_mode_of_samples(asked: str | None, recorded: dict) -> str:
+    """How the real images reach the samples' size: as the samples' model saw its training images, where the samples
+    record it; else ``--resize-mode`` (default pad)."""
+    trained = recorded.get("resize_mode")
+    if asked is not None and trained is not None and asked != trained:
+        raise DdpmkitError(f"--resize-mode {asked}: the samples' model was trained with data.resize_mode={trained}, "
+                           f"and evaluate compares with the real images fitted as that model saw them; leave "
+                           f"--resize-mode out")
+    return asked or trained or "pad"
 
 
 def _real_config_of_model(data: DataConfig, dataset: str | None, data_root: str,
@@ -302,13 +346,11 @@ def _lpips_or_note(net: str, weights: str | Path | None, notes: list[str]):
         raise DdpmkitError(str(bad)) from None
 
 
-def _domain_metrics(report, metrics, images, labels, real, dataset, split, image_size, class_names, classifier,
-                    cache_dir, progress) -> None:
-    """FD-<dataset>-classifier, classifier IS, accuracy and precision/recall on the judge classifier."""
-    clf, info = load_classifier(classifier or dataset)
+def _domain_metrics(report, metrics, images, labels, real, dataset, split, judge, cache_dir, progress) -> None:
+    """FD-<dataset>-classifier, classifier IS, accuracy and precision/recall on the judge classifier (checked to fit
+    the images already)."""
+    clf, info = judge
     clf.to(images.device)
-    if class_names:
-        check_compatible(info, class_names, image_size)
     report["feature_network"] = {"name": f"ddpmkit SmallClassifier ({info['dataset']})", "sha256": info["sha256"],
                                  "test_accuracy": info["test_accuracy"]}
     if "fd" in metrics:
@@ -341,7 +383,7 @@ def _inception_metrics(report, names, weights, images, real, batch_size) -> None
         with torch.inference_mode():
             if name in ("fid", "kid"):
                 for start in range(0, len(real), batch_size):
-                    metric.update(to_inception_input(real.images[start: start + batch_size].float() / 255),
+                    metric.update(to_inception_input(to_unit_range(real.images[start: start + batch_size])),
                                   real=True)
             for start in range(0, len(images), batch_size):
                 batch = to_inception_input(images[start: start + batch_size])
@@ -362,7 +404,7 @@ def _reconstruction(report, model, real, steps_list, count, refine, batch_size, 
         raise DdpmkitError("reconstruction needs inversion_images >= 1 and at least one step count")
     for steps in steps_list:  # every step count is checked before any work is done
         model.check_steps(steps)
-    originals = real.images[:count].float() / 255
+    originals = to_unit_range(real.images[:count])
     labels = real.labels[:count] if model.is_conditional and real.labels is not None else None
     split = f"{report['real']['dataset']} {report['real']['split']} split"
     report["reconstruction"] = {"images": len(originals), "of": f"the first {len(originals)} of the {split}",

@@ -2,8 +2,10 @@
 
 The recipe (the one databases use): write a temporary file in the same folder, flush it to the disk (fsync), rename
 it over the target (atomic on POSIX and on Windows' NTFS), then flush the folder so the rename itself survives a
-power cut. A process killed with SIGKILL mid-write leaves only its temporary file, ``.NAME.XXXXXXXX.tmp``, which
-``remove_stale_temporaries`` clears the next time the same job starts.
+power cut. A process killed with SIGKILL mid-write leaves only its temporary file, ``.NAME.XXXXXXXX.tmp``: the first
+``atomic_write`` of any later process into the same folder removes it (``remove_stale_temporaries``), so every command
+clears what a killed run left in its output folder. A writer holds a lock on its temporary file until the file has
+its name, and the kernel drops a dead process's locks: that tells an abandoned file from one still being written.
 """
 from __future__ import annotations
 
@@ -16,7 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, but an open file cannot be deleted there, which protects it just as well
+    fcntl = None
+
 TEMP_SUFFIX = ".tmp"
+_CLEARED: set[Path] = set()  # folders this process has cleared: once each, or N files written into one list it N times
 
 
 def _umask() -> int:
@@ -42,7 +50,8 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
     it given explicitly (``image.save(f, format="PNG")``), since the temporary name ends in ``.tmp``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    _clear_once(path.parent)
+    fd, tmp, lock = _locked_temporary(path)
     try:
         shareable(tmp)
         with os.fdopen(fd, mode, encoding=encoding) as f:
@@ -53,7 +62,34 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)  # the lock lasts until the file has its name
     fsync_folder(path.parent)
+
+
+def _locked_temporary(path: Path) -> tuple[int, str, int | None]:
+    """A new temporary file beside ``path``: (its descriptor, its name, a second descriptor holding an exclusive lock
+    on it; None on Windows). A clearer that deleted the file between its creation and the lock leaves it with no
+    name (st_nlink 0): then a new one is made."""
+    while True:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        if fcntl is None:
+            return fd, tmp, None
+        lock = os.dup(fd)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.fstat(lock).st_nlink:
+            return fd, tmp, lock
+        os.close(lock)
+        os.close(fd)
+
+
+def _clear_once(folder: Path) -> None:
+    """Remove the abandoned temporaries in ``folder`` (not below it), the first time this process writes there."""
+    key = folder.resolve()
+    if key not in _CLEARED:
+        _CLEARED.add(key)
+        remove_stale_temporaries(folder, recursive=False)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -88,16 +124,35 @@ def is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that writers killed mid-write left under ``folder``; returns what was deleted.
-    Only for folders no other process is writing to (a run directory while its run starts)."""
+def remove_stale_temporaries(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left in ``folder`` (and below it when ``recursive``);
+    returns what was deleted. Files whose writers are still at work are left alone, so any process may call it."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.rglob(f".*{TEMP_SUFFIX}") if p.is_file() and is_temporary(p)]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
+    found = folder.rglob(f".*{TEMP_SUFFIX}") if recursive else folder.glob(f".*{TEMP_SUFFIX}")
+    return [p for p in found if p.is_file() and is_temporary(p) and _remove_if_abandoned(p)]
+
+
+def _remove_if_abandoned(path: Path) -> bool:
+    """Delete a temporary file unless a live writer holds it (its lock; on Windows, the open file refuses deletion).
+    Files that cannot be opened for writing (another user's) are left too."""
+    try:
+        if fcntl is None:
+            path.unlink()
+            return True
+        fd = os.open(path, os.O_RDWR)  # writable: network file systems lock exclusively only what is open for writing
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    else:
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def recover_folder(output: str | Path) -> None:

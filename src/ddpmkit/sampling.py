@@ -6,17 +6,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from . import distributed
 from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, sampler_options,
                     sampling_compile_mode, set_tf32, unet_from_dict)
 from .checkpoint import load_weights
 from .config import DEFAULT_SAMPLER, config_from_dict
+from .data import from_model_range, to_model_range
 from .errors import DdpmkitError
 from .formats import LoadedModel, read_diffusers, read_model
 from .guidance import guided_denoiser, parse_classes
 from .samplers import SAMPLERS, UNIPC_VARIANTS, Denoiser, ImageNoise, StepCallback, invert_ddim
+from .seeded_sampling import generate_images, seeded_noise
 
 
 class DiffusionSampler:
@@ -70,6 +71,11 @@ class DiffusionSampler:
     def image_shape(self) -> tuple[int, int, int]:
         spec = self.model.spec
         return spec.image_channels, spec.image_size, spec.image_size
+
+    @property
+    def recorded_with_samples(self) -> dict:
+        """What files of samples record of this model (viz.write_npz), so that evaluate can check its judge."""
+        return {"class_names": self.class_names, "resize_mode": self.config.data.resize_mode}
 
     @property
     def is_conditional(self) -> bool:
@@ -153,7 +159,7 @@ class DiffusionSampler:
         """DDIM inversion: float images in [0, 1] (N, C, H, W) -> the latents x_T that ``decode`` maps back to them
         (see samplers.invert_ddim). A conditional model inverts with each image's class (or the null label)."""
         self.check_steps(steps)
-        x_0 = (images if self.config.data.zero_one else images * 2 - 1).to(self.device)
+        x_0 = to_model_range(images, self.config.data.zero_one).to(self.device)
         return invert_ddim(self.denoiser(labels), self.schedule, x_0.contiguous(memory_format=self.memory_format),
                            steps=steps, prediction=self.config.diffusion.prediction, refine=refine, progress=progress)
 
@@ -171,41 +177,20 @@ class DiffusionSampler:
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Model-range tensors -> float images in [0, 1] on the CPU."""
-        x = x.float().cpu()
-        return x.clamp(0, 1) if self.config.data.zero_one else ((x + 1) / 2).clamp(0, 1)
+        return from_model_range(x.float().cpu(), self.config.data.zero_one)
 
     def noise(self, seeds: Sequence[int]) -> tuple[torch.Tensor, ImageNoise]:
         """x_T for the given per-image seeds, and the generators that go on to draw each image's step noise."""
-        noise = ImageNoise.from_seeds(seeds)
-        return noise.randn((len(seeds), *self.image_shape)), noise
+        return seeded_noise(seeds, self.image_shape)
 
     def generate(self, seeds: Sequence[int], labels: Sequence[int] | None = None, batch_size: int = 256,
                  **options) -> torch.Tensor:
-        """Images for explicit per-image seeds (and class labels), in batches; float in [0, 1] on the CPU.
-
-        Launched by torchrun, the processes share the batches out (each one exactly as a single process draws it) and
-        every process returns all the images, in order: the same tensor a single process gives."""
-        if batch_size < 1:
-            raise DdpmkitError("batch_size must be at least 1")
-        if not seeds:
-            raise DdpmkitError("nothing to sample: ask for at least one image")
-        if labels is not None and len(labels) != len(seeds):
-            raise DdpmkitError(f"{len(labels)} labels for {len(seeds)} images")
+        """Images for explicit per-image seeds (and class labels), in batches; float in [0, 1] on the CPU; ``options``
+        are ``run``'s. Under torchrun every process returns all the images, in order (see
+        seeded_sampling.generate_images)."""
         options = {**options, "progress": options.get("progress", True) and distributed.is_main()}
-        batches = range(0, len(seeds), batch_size)
-        share = distributed.my_share(len(batches))  # every batch, or, under torchrun, every world_size-th
-        chunks = []
-        # Over several batches, one bar for all images gives the remaining time of the whole job (rank 0's share).
-        overall = tqdm(total=sum(len(seeds[batches[k]: batches[k] + batch_size]) for k in share), desc="images",
-                       unit="img", disable=not options["progress"] or len(share) < 2)
-        for k in share:
-            start = batches[k]
-            x_T, noise = self.noise(seeds[start: start + batch_size])
-            y = torch.as_tensor(list(labels[start: start + batch_size])) if labels is not None else None
-            chunks.append(self.to_images(self.run(x_T, noise, labels=y, **options)))
-            overall.update(len(x_T))
-        overall.close()
-        return torch.cat(distributed.gather_in_order(chunks, len(batches)))
+        return generate_images(lambda x_T, noise, y: self.to_images(self.run(x_T, noise, labels=y, **options)),
+                        self.image_shape, seeds, labels, batch_size, options["progress"])
 
     def sample(self, num_samples: int = 16, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, eta: float = 0.0,
                seed: int = 0, batch_size: int = 256, clip: bool | None = None, labels: Sequence[int] | None = None,

@@ -18,13 +18,14 @@ from .build import noise_schedule, sampler_options, set_tf32, unet_spec
 from .checkpoint import (link_checkpoint, newest_intact, periodic_path, read_checkpoint, resume_candidates,
                          save_checkpoint, save_periodic)
 from .config import Config, config_from_dict
-from .data import BatchOrder, ImageData, batch_stream, load_images
+from .data import BatchOrder, ImageData, batch_stream, from_model_range, load_images
 from .errors import DdpmkitError
 from .files import remove_stale_temporaries, write_json
 from .global_batch import BatchSplit
 from .heldout import HeldOut, RunSplit, heldout_loss, split_for_run
 from .nonfinite import NonFiniteLoss
-from .samplers import SAMPLERS, ImageNoise
+from .samplers import SAMPLERS
+from .seeded_sampling import class_blocks, generate_images
 from .stop_signals import GracefulStop, StopRequested
 from .train_report import TrainingReport
 from .train_state import TrainingState
@@ -36,22 +37,21 @@ from .viz import save_grid
 @torch.no_grad()
 def sample_images(model: UNet, schedule, cfg: Config, device: torch.device, num_images: int, sampler: str,
                   steps: int, batch_size: int = 500) -> torch.Tensor:
-    """Samples of ``model`` with seeds 0..num_images-1, in [0, 1] on the CPU; a conditional model draws class
-    i mod K for image i, so every class is (nearly) equally represented. In a distributed run the batches are shared
-    out over the processes and every process gets all the images."""
+    """Samples of ``model`` with seeds 0..num_images-1, a conditional model's classes in blocks
+    (``seeded_sampling.class_blocks``), in [0, 1] on the CPU: the images ``DiffusionSampler.generate`` draws for
+    those seeds and labels. In a distributed run every process gets all the images."""
     spec = model.spec
-    starts = range(0, num_images, batch_size)
-    chunks = []
-    for k in distributed.my_share(len(starts)):
-        seeds = range(starts[k], min(starts[k] + batch_size, num_images))
-        noise = ImageNoise.from_seeds(seeds)
-        x_T = noise.randn((len(seeds), spec.image_channels, spec.image_size, spec.image_size)).to(device)
-        y = torch.tensor([i % spec.num_classes for i in seeds], device=device) if spec.num_classes else None
-        options = sampler_options(cfg, sampler, None if sampler == "deterministic" else steps)
-        chunks.append(SAMPLERS[sampler](lambda x, t: model(x, t, y), schedule, x_T, noise=noise, progress=False,
-                                        **options).float().cpu())
-    x0 = torch.cat(distributed.gather_in_order(chunks, len(starts)))
-    return x0.clamp(0, 1) if cfg.data.zero_one else ((x0 + 1) / 2).clamp(0, 1)
+    options = sampler_options(cfg, sampler, None if sampler == "deterministic" else steps)
+
+    def draw(x_T: torch.Tensor, noise, y: torch.Tensor | None) -> torch.Tensor:
+        y = y.to(device) if y is not None else None
+        x0 = SAMPLERS[sampler](lambda x, t: model(x, t, y), schedule, x_T.to(device), noise=noise, progress=False,
+                               **options)
+        return from_model_range(x0.float().cpu(), cfg.data.zero_one)
+
+    labels = class_blocks(num_images, spec.num_classes) if spec.num_classes else None
+    return generate_images(draw, (spec.image_channels, spec.image_size, spec.image_size), range(num_images), labels,
+                           batch_size, progress=False)
 
 
 class TrainingFD:
@@ -66,7 +66,8 @@ class TrainingFD:
 
         self.cfg, self.cache_dir = cfg, DEFAULT_CACHE if cache_dir is None else cache_dir
         self.classifier, info = load_classifier(cfg.train.fd_classifier or cfg.data.dataset)
-        check_compatible(info, class_names, image_shape[-1])
+        check_compatible(info, class_names, image_shape[-1], image_shape[0], cfg.data.resize_mode,
+                         judged="this run's images (train.fd_classifier)")
         self.image_shape = image_shape
         self.real = load_images(cfg.data, "test").images
         self.key = statistics_key(cfg.data.dataset, "test", self.real, info["sha256"])

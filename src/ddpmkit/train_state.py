@@ -22,8 +22,19 @@ def best_settings(cfg: Config) -> dict:
     t = cfg.train
     if t.best_by == "fd":
         return {"best_by": "fd", "fd_samples": t.fd_samples, "fd_sampler": t.fd_sampler, "fd_steps": t.fd_steps,
-                "fd_classifier": t.fd_classifier or cfg.data.dataset}
+                "fd_classifier": t.fd_classifier or cfg.data.dataset, "fd_classes": FD_CLASS_LAYOUT}
     return {"best_by": t.best_by, "eval_images": t.eval_images}
+
+
+# How a conditional model's in-training FD samples share out the classes (seeded_sampling.class_blocks); checkpoints
+# from before the settings were kept drew class i mod K for image i.
+FD_CLASS_LAYOUT = "blocks"
+
+
+def _legacy_best_settings(saved: Config) -> dict:
+    """The settings of a checkpoint from before they were kept: its config's, with that layout."""
+    settings = best_settings(saved)
+    return {**settings, "fd_classes": "i mod K"} if "fd_classes" in settings else settings
 
 
 class Best:
@@ -95,7 +106,7 @@ class TrainingState:
                                                "start_factor": 1.0}
         self.lr = LearningRate.from_state(lr, self.cfg.train).resumed(self.step, self.cfg.train)
         note = self.best.resume(float(checkpoint.get("best", math.inf)),
-                                checkpoint.get("best_settings") or best_settings(saved))
+                                checkpoint.get("best_settings") or _legacy_best_settings(saved))
         return [note] if note else []
 
     def checkpoint(self) -> dict:

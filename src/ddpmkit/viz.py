@@ -28,10 +28,13 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     return Path(path)
 
 
-def write_npz(images: torch.Tensor, path: str | Path, seeds: list[int], labels: list[int] | None = None) -> Path:
+def write_npz(images: torch.Tensor, path: str | Path, seeds: list[int], labels: list[int] | None = None,
+              class_names: list[str] | None = None, resize_mode: str | None = None) -> Path:
     """``arr_0`` (uint8, N x H x W x C, as the guided-diffusion / TTUR evaluation tools read it), ``seeds`` and, when
-    given, ``labels``; ``ddpmkit evaluate --samples`` reads it back."""
-    extra = {"labels": np.asarray(labels)} if labels is not None else {}
+    given, ``labels``, the model's ``class_names`` (what the labels mean) and ``resize_mode`` (how its training
+    images reached their size); ``ddpmkit evaluate --samples`` reads it back and checks its judge against them."""
+    recorded = {"labels": labels, "class_names": class_names or None, "resize_mode": resize_mode}
+    extra = {key: np.asarray(value) for key, value in recorded.items() if value is not None}
     uint8 = to_uint8(images, zero_one=True).permute(0, 2, 3, 1).cpu().numpy()
     with atomic_write(path) as f:
         np.savez_compressed(f, arr_0=uint8, seeds=np.asarray(seeds), **extra)
@@ -77,18 +80,18 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
 
 def write_samples(images: torch.Tensor, output_dir: str | Path, seeds: list[int] | None = None,
                   labels: list[int] | None = None, nrow: int | None = None,
-                  row_labels: list[str] | None = None) -> dict[str, Path]:
+                  row_labels: list[str] | None = None, **recorded) -> dict[str, Path]:
     """Write ``grid.png`` (rows labelled when ``row_labels`` is given), ``images/seed_XXXXX.png`` per image in its own
     channel count (with the class index, ``class_C_seed_XXXXX.png``, when labelled) and ``samples.npz`` (uint8,
-    N x H x W x C, key ``arr_0`` as in the guided-diffusion / TTUR evaluation tools; ``seeds`` and ``labels`` beside
-    it)."""
+    N x H x W x C, key ``arr_0`` as in the guided-diffusion / TTUR evaluation tools; ``seeds``, ``labels`` and
+    ``recorded``, write_npz's class_names and resize_mode, beside it)."""
     out = Path(output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     seeds = seeds if seeds is not None else list(range(len(images)))
     for i, (image, seed) in enumerate(zip(images, seeds)):
         prefix = f"class_{labels[i]}_" if labels is not None else ""
         save_png(image, out / "images" / f"{prefix}seed_{seed:05d}.png")
-    write_npz(images, out / "samples.npz", seeds, labels)
+    write_npz(images, out / "samples.npz", seeds, labels, **recorded)
     nrow = nrow or grid_rows(len(images))
     grid = save_labelled_grid(images, out / "grid.png", nrow, row_labels) if row_labels else \
         save_grid(images, out / "grid.png", nrow)

@@ -2,7 +2,7 @@
 
 It judges conditional samples (the fraction classified as the requested class) and, through ``features``, is the
 feature network of the offline domain metrics. It sees images exactly as the diffusion models do: padded to
-32x32 and scaled to [-1, 1], so generated samples go in unchanged.
+32x32 and scaled to [-1, 1] (``classifier_input``).
 """
 from __future__ import annotations
 
@@ -59,10 +59,15 @@ def _split(cfg: DataConfig, holdout: int):
                 f"last {holdout} training images (no test split)")
 
 
+def classifier_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images, or float ones in [0, 1] -> the classifier's range: [-1, 1], the diffusion models' own."""
+    return to_model_range(images)
+
+
 @torch.no_grad()
 def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     model.eval()
-    correct = sum(int((model(to_model_range(images[i: i + batch_size])).argmax(1) == labels[i: i + batch_size]).sum())
+    correct = sum(int((model(classifier_input(images[i: i + batch_size])).argmax(1) == labels[i: i + batch_size]).sum())
                   for i in range(0, len(images), batch_size))
     return correct / len(images)
 
@@ -81,7 +86,7 @@ def train_classifier(cfg: DataConfig, epochs: int = 2, batch_size: int = 128, lr
     for _ in range(epochs):
         model.train()
         for idx in torch.randperm(len(x_train), generator=g).split(batch_size):
-            loss = F.cross_entropy(model(to_model_range(x_train[idx])), y_train[idx])
+            loss = F.cross_entropy(model(classifier_input(x_train[idx])), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -90,7 +95,8 @@ def train_classifier(cfg: DataConfig, epochs: int = 2, batch_size: int = 128, lr
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     return {"state_dict": model.state_dict(), "hparams": model.hparams, "class_names": names,
-            "dataset": cfg.dataset, "image_size": cfg.image_size, "test_accuracy": accuracy(model, x_test, y_test),
+            "dataset": cfg.dataset, "image_size": cfg.image_size, "resize_mode": cfg.resize_mode,
+            "test_accuracy": accuracy(model, x_test, y_test),
             "test_images": len(x_test), "test_source": test_source, "train_images": len(x_train), "epochs": epochs}
 
 
@@ -120,17 +126,45 @@ def predict(classifier: SmallClassifier, images: torch.Tensor, batch_size: int =
     """Class predictions for float images in [0, 1] (as samplers return them), on the classifier's device."""
     device = next(classifier.parameters()).device
     classifier.eval()
-    return torch.cat([classifier(images[i: i + batch_size].to(device) * 2 - 1).argmax(1).cpu()
+    return torch.cat([classifier(classifier_input(images[i: i + batch_size].to(device))).argmax(1).cpu()
                       for i in range(0, len(images), batch_size)])
 
 
-def check_compatible(info: dict, class_names: list[str], image_size: int) -> None:
-    """Refuse to judge a model whose classes or image size differ from what the classifier was trained on."""
-    if list(info["class_names"]) != list(class_names) or info["image_size"] != image_size:
-        raise DdpmkitError(f"the classifier was trained on {info['dataset']} ({len(info['class_names'])} classes, "
-                           f"{info['image_size']}x{info['image_size']}); this model has {len(class_names)} classes "
-                           f"({', '.join(class_names[:3])}, ...) at {image_size}x{image_size}. Pass a matching "
-                           f"--classifier")
+# What ``classifier train`` recorded of how its images reached their size; the shipped weights predate the key and
+# were trained as that command always trained them, with DataConfig's default.
+DEFAULT_JUDGE_RESIZE_MODE = DataConfig().resize_mode
+
+
+def check_compatible(info: dict, class_names: list[str], image_size: int, channels: int | None = None,
+                     resize_mode: str | None = None, judged: str = "this model") -> None:
+    """Refuse, in one line naming each mismatch, to judge images unlike those the classifier was trained on: another
+    resolution, channel count or resizing (pad or resize) of the real images, or classes under other names or in
+    another order. None (and [] for ``class_names``) means not known, so not checked."""
+    size, names = info["image_size"], list(info["class_names"])
+    wanted = {"resolution": (f"{image_size}x{image_size}", f"{size}x{size}"),
+              "channels": (channels, info["hparams"]["channels"]),
+              "resize mode": (resize_mode, info.get("resize_mode", DEFAULT_JUDGE_RESIZE_MODE))}
+    mismatches = [f"{what} {theirs} where the classifier's is {its}" for what, (theirs, its) in wanted.items()
+                  if theirs is not None and theirs != its]
+    if class_names and list(class_names) != names:
+        mismatches.append("classes: the same classes in another order" if sorted(class_names) == sorted(names) else
+                          f"classes {_some(class_names)} where the classifier's are {_some(names)}")
+    if mismatches:
+        raise DdpmkitError(f"the judge classifier (trained on {info['dataset']}) does not fit {judged}: "
+                           f"{'; '.join(mismatches)}. Pass a matching --classifier (one 'ddpmkit classifier train' "
+                           f"made from such images), or measure with --metrics fid,kid,inception_is")
+
+
+def check_labels(info: dict, labels, judged: str = "the samples") -> None:
+    """Refuse class labels (without names) that the classifier has no class for."""
+    if labels is not None and len(labels) and int(labels.max()) >= len(info["class_names"]):
+        raise DdpmkitError(f"the judge classifier (trained on {info['dataset']}) does not fit {judged}: classes: "
+                           f"labels up to {int(labels.max())} where the classifier has {len(info['class_names'])} "
+                           f"classes. Pass a matching --classifier, or leave accuracy out of --metrics")
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def guided_accuracy(sampler, classifier: SmallClassifier, guidance: float, per_class: int,

@@ -19,10 +19,11 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from tqdm.auto import tqdm
 
+from ..data import to_unit_range
 from ..errors import DdpmkitError
 from ..files import atomic_write
 from . import LOCAL
-from .classifier import SmallClassifier
+from .classifier import SmallClassifier, classifier_input
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ddpmkit" / "statistics"
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
@@ -44,8 +45,7 @@ class ClassifierFeatures(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        x = x.to(next(self.classifier.parameters()).device) * 2 - 1
+        x = classifier_input(images.to(next(self.classifier.parameters()).device))
         return self.classifier(x) if self.logits else self.classifier.features(x)
 
 
@@ -82,7 +82,7 @@ def add_real(metric: FrechetInceptionDistance, real_uint8: torch.Tensor, cache_k
             getattr(metric, name).copy_(state[name])
         return True
     for batch in _batches(real_uint8, batch_size, "real features", progress):
-        metric.update(batch.float() / 255, real=True)
+        metric.update(to_unit_range(batch), real=True)
     if path is not None:
         with atomic_write(path) as f:
             torch.save({name: getattr(metric, name).cpu() for name in REAL_STATES}, f)
