@@ -161,7 +161,7 @@ def draw_for_metrics(model, num_samples, seed, guidance, **options) -> tuple[tor
 def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = None, *,
              num_samples: int = 1000,          # generated images (a multiple of the classes for conditional models)
              sampler: str = DEFAULT_SAMPLER,   # a name in samplers.SAMPLERS
-             steps: int | None = None,         # sampler steps; None: the sampler's default (build.DEFAULT_STEPS)
+             steps: int | None = None,         # sampler steps; None: the sampler's default (config.DEFAULT_STEPS)
              eta: float = 0.0,                 # DDIM noise scale
              guidance: float = 0.0,            # classifier-free guidance weight w (conditional models)
              spacing: str | None = None,       # timestep spacing (samplers.SPACINGS); None: trailing

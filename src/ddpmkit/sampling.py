@@ -11,7 +11,7 @@ from . import distributed
 from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, sampler_options,
                     sampling_compile_mode, set_tf32, unet_from_dict)
 from .checkpoint import load_weights
-from .config import DEFAULT_SAMPLER, config_from_dict
+from .config import DEFAULT_SAMPLER, DEFAULT_STEPS, config_from_dict
 from .data import from_model_range, to_model_range
 from .errors import DdpmkitError
 from .formats import LoadedModel, read_diffusers, read_model
@@ -154,8 +154,8 @@ class DiffusionSampler:
             raise DdpmkitError(f"eta must be a finite number >= 0, got {eta}")
         return sampler_options(self.config, sampler, steps, eta, clip is None or clip, spacing, threshold)
 
-    def invert(self, images: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 50, refine: int = 0,
-               progress: bool = True) -> torch.Tensor:
+    def invert(self, images: torch.Tensor, labels: torch.Tensor | None = None, steps: int = DEFAULT_STEPS["ddim"],
+               refine: int = 0, progress: bool = True) -> torch.Tensor:
         """DDIM inversion: float images in [0, 1] (N, C, H, W) -> the latents x_T that ``decode`` maps back to them
         (see samplers.invert_ddim). A conditional model inverts with each image's class (or the null label)."""
         self.check_steps(steps)
@@ -163,7 +163,7 @@ class DiffusionSampler:
         return invert_ddim(self.denoiser(labels), self.schedule, x_0.contiguous(memory_format=self.memory_format),
                            steps=steps, prediction=self.config.diffusion.prediction, refine=refine, progress=progress)
 
-    def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 50,
+    def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None, steps: int = DEFAULT_STEPS["ddim"],
                progress: bool = True) -> torch.Tensor:
         """Deterministic DDIM (eta = 0, no clipping: the exact counterpart of ``invert``) -> images in [0, 1]."""
         return self.to_images(self.run(latents, labels=labels, sampler="ddim", steps=steps, clip=False,
@@ -190,13 +190,14 @@ class DiffusionSampler:
         seeded_sampling.generate_images)."""
         options = {**options, "progress": options.get("progress", True) and distributed.is_main()}
         return generate_images(lambda x_T, noise, y: self.to_images(self.run(x_T, noise, labels=y, **options)),
-                        self.image_shape, seeds, labels, batch_size, options["progress"])
+                               self.image_shape, seeds, labels, batch_size, options["progress"])
 
     def sample(self, num_samples: int = 16, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, eta: float = 0.0,
                seed: int = 0, batch_size: int = 256, clip: bool | None = None, labels: Sequence[int] | None = None,
                guidance: float = 0.0, progress: bool = True, **options) -> torch.Tensor:
-        """Draw ``num_samples`` images with ``sampler`` (a name in samplers.SAMPLERS; default sde-dpm++2m at 20
-        steps, the best for 10-50 network evaluations in docs/samplers.md); float in [0, 1] on the CPU.
+        """Draw ``num_samples`` images with ``sampler`` (a name in samplers.SAMPLERS; default sde-dpm++2m at its
+        config.DEFAULT_STEPS count, the best for 10-50 network evaluations in docs/samplers.md); float in [0, 1] on
+        the CPU.
 
         ``labels`` (one class index per image) and ``guidance`` w sample a conditional model; without labels a
         conditional model samples unconditionally (the null label). Other options (spacing, threshold,
