@@ -222,8 +222,9 @@ def test_two_processes_train_exactly_as_one(two_process_run, reference_run):
 
 def test_a_checkpoint_holds_nothing_tied_to_processes_or_devices(two_process_run):
     state = read_checkpoint(two_process_run / "final.pt")
-    assert set(state) == {"model", "ema", "optimizer", "scaler", "step", "best", "config", "unet", "class_names",
-                          "sha256"}  # no generator states, no process count
+    assert set(state) == {"model", "ema", "optimizer", "scaler", "step", "best", "best_settings", "lr_schedule",
+                          "holds_out", "config", "unet", "class_names", "sha256"}  # no generator state or process count
+    assert state["lr_schedule"] == {"end": 6, "decay_start": 2, "start_factor": 1.0}  # plain numbers, any process count
     assert not any(name.startswith("module.") for name in state["model"])  # the network's names, not DDP's
 
 
