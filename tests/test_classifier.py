@@ -69,3 +69,20 @@ def test_judge_end_to_end_and_refuses_a_mismatched_classifier(tiny_idx_root, tin
         assert main(["classifier", "judge", "--checkpoint", str(tiny_conditional_checkpoint), "--classifier",
                      "mnist", "--no-progress"]) == 2
         assert "Pass a matching --classifier" in capsys.readouterr().err
+
+
+def test_classifier_train_makes_a_judge_for_other_sizes_resizing_and_channels(tiny_idx_root, tmp_path, capsys):
+    # The refusal of a judge that does not fit points to 'classifier train' with these options: they must make one
+    # that fits (here: images resized to 16x16, as RGB), and check_compatible must then accept it.
+    from ddpmkit.cli import main
+    from ddpmkit.metrics.classifier import check_compatible
+
+    out = tmp_path / "judge.pt"
+    assert main(["classifier", "train", "--dataset", "mnist", "--root", str(tiny_idx_root), "--image-size", "16",
+                 "--resize-mode", "resize", "--channels", "3", "--epochs", "1", "--output", str(out),
+                 "--no-progress"]) == 0
+    _, info = load_classifier(out)
+    assert (info["image_size"], info["resize_mode"], info["hparams"]["channels"]) == (16, "resize", 3)
+    check_compatible(info, info["class_names"], 16, 3, "resize")
+    with pytest.raises(DdpmkitError, match="resize mode pad where the classifier's is resize.*--resize-mode"):
+        check_compatible(info, info["class_names"], 16, 3, "pad")

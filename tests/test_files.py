@@ -15,7 +15,7 @@ from ddpmkit.files import atomic_write, is_temporary, remove_stale_temporaries
 def _stale(folder, name: str):
     """What ``atomic_write(folder / name)`` leaves when its process is killed mid-write."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f".{name}.k1ll3d00.tmp"
+    path = folder / f".{name}.ddpmkit-k1ll3d00.tmp"
     path.write_bytes(b"half a file")
     assert is_temporary(path)
     return path
@@ -41,6 +41,17 @@ def test_every_command_clears_what_a_killed_run_left_in_its_output_folder(tiny_c
                  "--output-dir", str(tmp_path / "gifs"), *quick]) == 0
     assert [p for p in left if p.exists()] == []
     assert not [p for p in tmp_path.rglob("*") if is_temporary(p)]
+
+
+def test_another_programs_hidden_temporaries_are_left_alone(tmp_path):
+    # Outputs often go to a folder other programs use (the current one): only ddpmkit's own temporaries are cleared.
+    theirs = [tmp_path / ".notes.txt.tmp", tmp_path / ".swap.a1b2c3d4.tmp"]
+    for path in theirs:
+        path.write_bytes(b"another program's")
+    mine = _stale(tmp_path, "grid.png")
+    with atomic_write(tmp_path / "grid.png") as f:
+        f.write(b"png")
+    assert not mine.exists() and all(p.read_bytes() == b"another program's" for p in theirs)
 
 
 def test_a_temporary_still_being_written_is_left_alone(tmp_path):

@@ -92,6 +92,7 @@ def test_best_by_fd_starts_afresh_when_the_fd_settings_change(tiny_idx_root, tmp
     best = read_checkpoint(tmp_path / "run" / "best.pt")
     assert best["step"] == 4 and best["best"] == 5.0 and best["best_settings"]["fd_samples"] == 1000
     assert "fd_samples 10 -> 1000" in capsys.readouterr().err
+    assert any("fd_samples 10 -> 1000" in r.get("note", "") for r in _records(tmp_path / "run"))  # and in the log
     # The same settings again: an ordinary comparison, a worse value leaves best.pt as it is.
     _ScriptedFD.values = [7.0]
     train(_mnist_config(tiny_idx_root, **{**fd_run, "fd_samples": 1000, "steps": 6}), tmp_path / "run",
@@ -117,3 +118,17 @@ def test_a_batch_larger_than_the_data_set_is_named_once(tiny_idx_root, tmp_path,
     train(config_from_dict(d), tmp_path / "run", progress=False)
     err = capsys.readouterr().err
     assert err.count("train.batch_size=64 is larger than the 4 training images") == 1
+
+
+def test_a_model_trained_with_l1_and_min_snr_before_the_refusal_still_samples(tiny_conditional_checkpoint, tmp_path):
+    # The combination is refused for training only: checkpoints of earlier versions still load everywhere.
+    from ddpmkit.checkpoint import save_checkpoint
+    from ddpmkit.errors import ConfigError
+    from ddpmkit.sampling import DiffusionSampler
+
+    state = read_checkpoint(tiny_conditional_checkpoint)
+    state["config"]["diffusion"].update(loss="l1", loss_weighting="min_snr")
+    old = save_checkpoint({k: v for k, v in state.items() if k != "sha256"}, tmp_path / "old.pt")
+    assert DiffusionSampler(old, device="cpu").sample(1, sampler="ddim", steps=2, progress=False).shape[0] == 1
+    with pytest.raises(ConfigError, match="or loss_weighting=none with loss=l1"):
+        train(config_from_dict(state["config"]), tmp_path / "run", progress=False)

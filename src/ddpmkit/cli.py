@@ -267,9 +267,16 @@ def _classifier_parser(sub) -> None:
 
 
 def _classifier_train_parser(csub) -> None:
+    """'classifier train': fit a judge on a dataset's training images."""
     c = csub.add_parser("train", help="train a classifier on a dataset's training set")
     c.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist"], help="which dataset")
     c.add_argument("--root", default="", help="data folder (see data.root); default: the usual places")
+    c.add_argument("--image-size", type=whole(4), default=32, metavar="N",
+                   help="side of the images it judges (default 32, the models' own; see data.image_size)")
+    c.add_argument("--resize-mode", choices=["pad", "resize"], default="pad",
+                   help="how the 28x28 images reach that size (default pad; see data.resize_mode)")
+    c.add_argument("--channels", type=whole(0, 3), choices=[0, 1, 3], default=0,
+                   help="1 or 3 to judge images converted to that many channels (default 0: the dataset's own)")
     c.add_argument("--epochs", type=COUNT, default=2, help="passes over the training set (default 2)")
     c.add_argument("--holdout", type=COUNT, default=2000,
                    help="without a test split, hold out this many training images to measure accuracy")
@@ -279,6 +286,7 @@ def _classifier_train_parser(csub) -> None:
 
 
 def _classifier_judge_parser(csub) -> None:
+    """'classifier judge': how often guided samples are classified as the class asked for."""
     c = csub.add_parser("judge", help="fraction of guided samples classified as the requested class")
     c.add_argument("--checkpoint", required=True, metavar="PATH", help="a class-conditional model: " + CHECKPOINT_HELP)
     c.add_argument("--classifier", metavar="PATH_OR_DATASET",
@@ -313,8 +321,9 @@ def _evaluate_parser(sub) -> None:
                    "prc judge mnist and fashion_mnist (or give --classifier), fid/kid/inception_is any")
     p.add_argument("--data-root", default="", help="where the real data is (see data.root; default: the model's)")
     p.add_argument("--resize-mode", choices=["pad", "resize"],
-                   help="with --samples: bring the real images to the samples' size by zero-padding or resizing "
-                   "(default pad); with --checkpoint the model's own data.resize_mode is used")
+                   help="with --samples: how the real images reach the samples' size, zero-padding or resizing "
+                   "(default: the resize_mode recorded in samples.npz, else pad; another than the recorded one is "
+                   "refused); with --checkpoint the model's own data.resize_mode is used")
     p.add_argument("--split", default="test", choices=["test", "train"], help="real split to compare with")
     p.add_argument("--num-samples", type=COUNT, default=1000, help="samples to generate (default 1000)")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES, help=SAMPLER_HELP)
@@ -398,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ddpmkit", description="Train and sample denoising diffusion models.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (_train_parser, _sample_parser, _interpolate_parser, _strip_parser, _animate_parser, _plot_schedule_parser, _classifier_parser, _evaluate_parser, _export_parser, _demo_parser, _config_parser):
+    for add_command in (_train_parser, _sample_parser, _interpolate_parser, _strip_parser, _animate_parser,
+                       _plot_schedule_parser, _classifier_parser, _evaluate_parser, _export_parser, _demo_parser,
+                       _config_parser):
         add_command(sub)
     return parser
 
@@ -498,8 +509,9 @@ def _classifier(args: argparse.Namespace) -> None:
 
     if args.classifier_command == "train":
         start = time.perf_counter()
-        state = train_classifier(DataConfig(dataset=args.dataset, root=args.root), epochs=args.epochs,
-                                 holdout=args.holdout, progress=not args.no_progress)
+        data = DataConfig(dataset=args.dataset, root=args.root, image_size=args.image_size,
+                          resize_mode=args.resize_mode, channels=args.channels)
+        state = train_classifier(data, epochs=args.epochs, holdout=args.holdout, progress=not args.no_progress)
         path = Path(args.output or f"{args.dataset}_classifier.pt")
         with atomic_write(path) as f:
             torch.save(state, f)

@@ -139,11 +139,11 @@ class TrainConfig:
     fd_every: int = 0                # steps between FD-<dataset>-classifier of the EMA model (MNIST-like data); 0 = off
     fd_samples: int = 500            # samples for the in-training FD (seeds 0..N-1, classes in blocks)
     fd_sampler: str = DEFAULT_SAMPLER  # their sampler (SAMPLER_NAMES); deterministic ones stall on young models
-    fd_steps: int = 20               # and its steps
+    fd_steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER]  # and its steps
     fd_classifier: str = ""          # judge weights for the FD; "" = the ones shipped for the dataset
     grid_images: int = 64            # images in each training sample grid
     grid_sampler: str = DEFAULT_SAMPLER  # sampler for training grids (SAMPLER_NAMES)
-    grid_steps: int = 20             # its number of steps
+    grid_steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER]  # its number of steps
 
 
 @dataclass
@@ -371,7 +371,18 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
         merge_into(cfg, load_config_file(config_file), str(config_file))
     if overrides:
         merge_into(cfg, parse_set(overrides), "--set")
-    return validate(cfg)
+    return check_trainable(validate(cfg))
+
+
+def check_trainable(cfg: Config) -> Config:
+    """Refuse settings that ``validate`` lets through for models already trained (a checkpoint of an earlier
+    version still samples, evaluates and exports) but that no new training may use."""
+    f = cfg.diffusion
+    if f.loss_weighting == "min_snr" and f.loss != "mse":
+        raise ConfigError(f"diffusion.loss_weighting: min_snr converts squared errors between predictions (an eps "
+                          f"error is sqrt(SNR) times the x_0 error, squared: SNR), so it needs diffusion.loss=mse; "
+                          f"use loss=mse, or loss_weighting=none with loss={f.loss}")
+    return cfg
 
 
 # -- validation ------------------------------------------------------------------------------------------------------
@@ -467,10 +478,6 @@ def validate(cfg: Config) -> Config:
     if f.loss == "bce" and not (f.prediction == "x0" and d.zero_one):
         raise ConfigError("diffusion.loss: bce compares probabilities, so it needs diffusion.prediction=x0 and "
                           "data.zero_one=true (images in [0, 1]); use mse or l1 otherwise")
-    if f.loss_weighting == "min_snr" and f.loss != "mse":
-        raise ConfigError(f"diffusion.loss_weighting: min_snr converts squared errors between predictions (an eps "
-                          f"error is sqrt(SNR) times the x_0 error, squared: SNR), so it needs diffusion.loss=mse; "
-                          f"use loss=mse, or loss_weighting=none with loss={f.loss}")
     if f.loss_weighting == "min_snr" and not (math.isfinite(f.min_snr_gamma) and f.min_snr_gamma > 0):
         raise ConfigError(f"diffusion.min_snr_gamma: must be > 0 (the paper's 5), got {f.min_snr_gamma}")
     if not 0 <= t.ema_decay < 1:

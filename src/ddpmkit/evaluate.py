@@ -170,7 +170,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              metrics: tuple[str, ...] = OFFLINE_METRICS,  # any of METRICS
              dataset: str | None = None,       # the real data; default: the checkpoint's
              data_root: str = "",              # where the real data is (see data.root); default: the checkpoint's
-             resize_mode: str | None = None,   # samples: how real images reach their size, pad (default) or resize
+             resize_mode: str | None = None,   # samples: real images padded or resized (None: as recorded, else pad)
              split: str = "test",              # real split compared against: test or train
              classifier: str | Path | None = None,  # judge weights; default: the shipped ones for the dataset
              seed: int = 0,                    # image i uses seed + i (classes in blocks: no noise is shared)

@@ -2,7 +2,8 @@
 
 The recipe (the one databases use): write a temporary file in the same folder, flush it to the disk (fsync), rename
 it over the target (atomic on POSIX and on Windows' NTFS), then flush the folder so the rename itself survives a
-power cut. A process killed with SIGKILL mid-write leaves only its temporary file, ``.NAME.XXXXXXXX.tmp``: the first
+power cut. A process killed with SIGKILL mid-write leaves only its temporary file, ``.NAME.ddpmkit-XXXXXXXX.tmp``
+(named so that no other program's hidden ``.tmp`` files are taken for ddpmkit's): the first
 ``atomic_write`` of any later process into the same folder removes it (``remove_stale_temporaries``), so every command
 clears what a killed run left in its output folder. A writer holds a lock on its temporary file until the file has
 its name, and the kernel drops a dead process's locks: that tells an abandoned file from one still being written.
@@ -24,6 +25,7 @@ except ImportError:  # Windows: no flock, but an open file cannot be deleted the
     fcntl = None
 
 TEMP_SUFFIX = ".tmp"
+TEMP_MARK = ".ddpmkit-"  # in every temporary file's name, between the target's name and the random part
 _CLEARED: set[Path] = set()  # folders this process has cleared: once each, or N files written into one list it N times
 
 
@@ -73,7 +75,7 @@ def _locked_temporary(path: Path) -> tuple[int, str, int | None]:
     on it; None on Windows). A clearer that deleted the file between its creation and the lock leaves it with no
     name (st_nlink 0): then a new one is made."""
     while True:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}", suffix=TEMP_SUFFIX)
         if fcntl is None:
             return fd, tmp, None
         lock = os.dup(fd)
@@ -121,7 +123,7 @@ def fsync_folder(folder: str | Path) -> None:
 
 def is_temporary(path: Path) -> bool:
     """Whether ``path`` is a temporary file of ``atomic_write``."""
-    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+    return path.name.startswith(".") and TEMP_MARK in path.name and path.name.endswith(TEMP_SUFFIX)
 
 
 def remove_stale_temporaries(folder: str | Path, recursive: bool = True) -> list[Path]:
@@ -130,7 +132,8 @@ def remove_stale_temporaries(folder: str | Path, recursive: bool = True) -> list
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = folder.rglob(f".*{TEMP_SUFFIX}") if recursive else folder.glob(f".*{TEMP_SUFFIX}")
+    pattern = f".*{TEMP_MARK}*{TEMP_SUFFIX}"
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
     return [p for p in found if p.is_file() and is_temporary(p) and _remove_if_abandoned(p)]
 
 
@@ -138,7 +141,7 @@ def _remove_if_abandoned(path: Path) -> bool:
     """Delete a temporary file unless a live writer holds it (its lock; on Windows, the open file refuses deletion).
     Files that cannot be opened for writing (another user's) are left too."""
     try:
-        if fcntl is None:
+        if fcntl is None:  # Windows: deleting a file still open for writing fails
             path.unlink()
             return True
         fd = os.open(path, os.O_RDWR)  # writable: network file systems lock exclusively only what is open for writing
@@ -146,10 +149,10 @@ def _remove_if_abandoned(path: Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)  # refused in a sticky folder (/tmp) for another user's file: then it stays
     except OSError:
         return False
     else:
-        path.unlink(missing_ok=True)
         return True
     finally:
         os.close(fd)

@@ -43,8 +43,9 @@ def split_for_run(cfg: Config, data: ImageData, checkpoint: dict | None = None) 
     n, wanted = cfg.train.eval_images, cfg.train.eval_every > 0
     holds_out = None if checkpoint is None else checkpoint.get("holds_out")
     # Checkpoints from before the decision was kept: the rule applied to the config saved inside.
-    started_with_eval = wanted if checkpoint is None else int(checkpoint["config"]["train"]["eval_every"]) > 0
-    test = _test_split(cfg, n) if wanted or (holds_out is None and started_with_eval) else None
+    started_with_eval = wanted if checkpoint is None else int(checkpoint["config"]["train"].get("eval_every", 0)) > 0
+    needs_test = wanted and not holds_out or holds_out is None and started_with_eval
+    test = _test_split(cfg, n) if needs_test else None
     if holds_out is None:
         holds_out = started_with_eval and test is None
     if holds_out:

@@ -17,7 +17,7 @@ from . import distributed
 from .build import noise_schedule, sampler_options, set_tf32, unet_spec
 from .checkpoint import (link_checkpoint, newest_intact, periodic_path, read_checkpoint, resume_candidates,
                          save_checkpoint, save_periodic)
-from .config import Config, config_from_dict
+from .config import Config, check_trainable, config_from_dict
 from .data import BatchOrder, ImageData, batch_stream, from_model_range, load_images
 from .errors import DdpmkitError
 from .files import remove_stale_temporaries, write_json
@@ -226,8 +226,11 @@ class _Checkpoints:
 
 
 def _announce(cfg: Config, state: TrainingState, data: ImageData, split: BatchSplit, device: torch.device,
-              run_dir: Path, notes: list[str]) -> None:
-    """The run's first lines (rank 0): what is trained on what, and anything the user should know."""
+              run_dir: Path, notes: list[str], report: TrainingReport) -> None:
+    """The run's first lines (rank 0): what is trained on what, and anything the user should know (also kept in
+    log.jsonl, for whoever reads the run later)."""
+    if not report.main:
+        return
     t = cfg.train
     num_params = sum(p.numel() for p in state.model.parameters())
     plural = "es" if split.world_size > 1 else ""
@@ -237,7 +240,8 @@ def _announce(cfg: Config, state: TrainingState, data: ImageData, split: BatchSp
           f"parameters, {device}, {t.precision}, batch {t.batch_size}{processes}; run dir {run_dir}"
           + (f", resuming at step {state.step}" if state.step else ""))
     for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+        report.say(f"note: {note}")
+        report.log.write({"step": state.step, "note": note})
 
 
 def _already_trained(run_dir: Path, step: int, steps: int, ckpt_path: Path, main: bool) -> Path:
@@ -260,7 +264,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     Launched by torchrun, every process runs this function: each trains on its slices of every global batch under
     DistributedDataParallel, and rank 0 alone reads and writes the run directory (docs/distributed.md).
     """
-    t = cfg.train
+    t = check_trainable(cfg).train
     if stop_at is not None and stop_at < 1:
         raise DdpmkitError(f"--stop-at must be a step >= 1, got {stop_at}")
     run_dir = Path(run_dir)
@@ -283,8 +287,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
                    if t.fd_every else None)
     if main:
         write_json(run_dir / "config.json", cfg.to_dict())
-        _announce(cfg, state, data, split, device, run_dir, notes)
     report = TrainingReport(cfg, run_dir, state.step, device, main, progress)
+    _announce(cfg, state, data, split, device, run_dir, notes, report)
     checkpoints = _Checkpoints(cfg, run_dir, report, split.world_size, ckpt_path, state.step)
     optimizer_step = OptimizerStep(cfg, state, replicated, network, schedule, split, device)
     stop = min(t.steps, stop_at if stop_at is not None else t.steps)

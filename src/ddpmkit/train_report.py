@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -43,8 +44,9 @@ class TrainingReport:
         self.interval_start, self.interval_steps = time.perf_counter(), 0
 
     def say(self, message: str) -> None:
+        """A line on stderr that leaves the progress bar whole."""
         if self.main:
-            tqdm.write(message)
+            tqdm.write(message, file=sys.stderr)
 
     def step_done(self, step: int, loss: torch.Tensor, skip: torch.Tensor, lr: float, grad_norm: torch.Tensor,
                   guard, last: bool) -> None:

@@ -21,8 +21,9 @@ def best_settings(cfg: Config) -> dict:
     """What a 'best' value is measured under: FD's bias depends on its sample count, sampler and judge."""
     t = cfg.train
     if t.best_by == "fd":
+        layout = {"fd_classes": FD_CLASS_LAYOUT} if cfg.model.class_conditional else {}
         return {"best_by": "fd", "fd_samples": t.fd_samples, "fd_sampler": t.fd_sampler, "fd_steps": t.fd_steps,
-                "fd_classifier": t.fd_classifier or cfg.data.dataset, "fd_classes": FD_CLASS_LAYOUT}
+                "fd_classifier": t.fd_classifier or cfg.data.dataset, **layout}
     return {"best_by": t.best_by, "eval_images": t.eval_images}
 
 

@@ -130,9 +130,9 @@ def predict(classifier: SmallClassifier, images: torch.Tensor, batch_size: int =
                       for i in range(0, len(images), batch_size)])
 
 
-# What ``classifier train`` recorded of how its images reached their size; the shipped weights predate the key and
-# were trained as that command always trained them, with DataConfig's default.
-DEFAULT_JUDGE_RESIZE_MODE = DataConfig().resize_mode
+# How the images of a judge that predates the resize_mode key reached their size: the shipped weights were trained on
+# 28x28 images padded to 32x32.
+DEFAULT_JUDGE_RESIZE_MODE = "pad"
 
 
 def check_compatible(info: dict, class_names: list[str], image_size: int, channels: int | None = None,
@@ -151,8 +151,9 @@ def check_compatible(info: dict, class_names: list[str], image_size: int, channe
                           f"classes {_some(class_names)} where the classifier's are {_some(names)}")
     if mismatches:
         raise DdpmkitError(f"the judge classifier (trained on {info['dataset']}) does not fit {judged}: "
-                           f"{'; '.join(mismatches)}. Pass a matching --classifier (one 'ddpmkit classifier train' "
-                           f"made from such images), or measure with --metrics fid,kid,inception_is")
+                           f"{'; '.join(mismatches)}. Pass a matching --classifier (made by 'ddpmkit classifier train' "
+                           f"with the same --image-size, --resize-mode and --channels), or measure with --metrics "
+                           f"fid,kid,inception_is")
 
 
 def check_labels(info: dict, labels, judged: str = "the samples") -> None:

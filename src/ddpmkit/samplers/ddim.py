@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..config import DEFAULT_STEPS
-from ..schedule import NoiseSchedule
+from ..schedule import NoiseSchedule, posterior
 from .common import Denoiser, ImageNoise, StepCallback, predict_x0_eps, reverse_steps
 
 
@@ -33,7 +33,7 @@ def sample_ddim(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
     x = x_T
     for t, t_prev, abar, abar_prev in reverse_steps(schedule, steps, "ddim", progress, spacing):
         x0, eps = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold, on_step)
-        sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+        sigma = eta * math.sqrt(float(posterior(abar, abar_prev).variance))  # eq. 16: eta sqrt(tilde-beta)
         x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
         if eta > 0:
             x = x + sigma * noise.randn(x.shape, x.device)
