@@ -46,12 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffusers_baseline  # noqa: E402
 
 from ddpmkit.config import resolve_config  # noqa: E402
-from ddpmkit.data import load_images  # noqa: E402
+from ddpmkit.data import from_model_range, load_images  # noqa: E402
 from ddpmkit.evaluate import evaluate, read_samples  # noqa: E402
 from ddpmkit.files import write_json  # noqa: E402
-from ddpmkit.samplers import SAMPLERS, ImageNoise  # noqa: E402
+from ddpmkit.samplers import SAMPLERS  # noqa: E402
 from ddpmkit.sampling import DiffusionSampler  # noqa: E402
 from ddpmkit.schedule import NoiseSchedule  # noqa: E402
+from ddpmkit.seeded_sampling import generate_images  # noqa: E402
 from ddpmkit.train import train  # noqa: E402
 from ddpmkit.viz import write_npz  # noqa: E402
 
@@ -138,20 +139,20 @@ class BaselineSampler:
 
     @torch.no_grad()
     def generate(self, seeds, labels, sampler, steps, batch_size, progress):
-        chunks = []
-        for start in range(0, len(seeds), batch_size):
-            part = seeds[start: start + batch_size]
-            noise = ImageNoise.from_seeds(part)  # as DiffusionSampler.noise draws x_T and the step noise
-            x_T = noise.randn((len(part), *self.image_shape))
+        """The seeds' images, drawn as DiffusionSampler.generate draws them (seeded_sampling.generate_images)."""
+        def draw(x_T, noise, y):
             x0 = SAMPLERS[sampler](lambda x, t: self.unet(x, t).sample, self.schedule, x_T, noise=noise,
                                    steps=steps, prediction="eps", clip_range=(-1.0, 1.0), progress=progress)
-            chunks.append(((x0.float() + 1) / 2).clamp(0, 1))
-        return torch.cat(chunks)
+            return from_model_range(x0.float())
+
+        return generate_images(draw, self.image_shape, seeds, labels, batch_size, progress=False)
 
 
 def score(model, samples: int, sampler: str, nfe: int, dataset: str, npz: Path) -> dict:
     """Judge ``samples`` images of ``model`` as ``ddpmkit evaluate --samples`` does (they are kept in ``npz``)."""
     seeds = list(range(samples))
+    # Image i of class i mod 10: the layout docs/race.md's numbers and grids (a row cycles through the classes) were
+    # measured with; 100 images of each class, as class_blocks would give.
     labels = [i % 10 for i in seeds] if model.is_conditional else None
     start = time.perf_counter()
     images = model.generate(seeds, labels, sampler=sampler, steps=nfe, batch_size=500, progress=False)

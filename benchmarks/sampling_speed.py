@@ -21,6 +21,7 @@ import torch
 from ddpmkit.build import resolve_device
 from ddpmkit.config import COMPILE_MODES, PRESETS, resolve_config
 from ddpmkit.sampling import DiffusionSampler
+from ddpmkit.seeded_sampling import class_blocks
 from ddpmkit.unet import UNet
 from throughput import machine_info, model_spec
 
@@ -39,8 +40,8 @@ def measure(checkpoint, args: argparse.Namespace, compile_mode: str | None) -> d
     sampler = DiffusionSampler(checkpoint, device=args.device, precision=args.precision, compile=compile_mode)
     device = sampler.device
     batches = -(-args.num_samples // args.batch_size)
-    labels = ([i % sampler.model.spec.num_classes for i in range(batches * args.batch_size)]
-              if sampler.is_conditional else None)  # a conditional model draws every class in turn
+    labels = (class_blocks(batches * args.batch_size, sampler.model.spec.num_classes)
+              if sampler.is_conditional else None)  # a conditional model draws every class
     options = {"sampler": args.sampler, "batch_size": args.batch_size, "guidance": args.guidance, "progress": False}
 
     def run(num: int, steps: int) -> float:
