@@ -1,0 +1,11 @@
+"""Training objectives with a continuous noise level, beside DDPM's discrete forward process (``schedule.py`` and
+``losses.py``): EDM's preconditioned denoiser (Karras et al. 2022) and rectified flow (Liu et al. 2022; Esser et al.
+2024). Each is a small frozen dataclass holding its paper's constants, with its forward process, its training noise
+levels (drawn from uniform numbers, so the training loop's per-image random numbers serve every objective), its loss
+and the noise levels it is sampled at. The network is ddpmkit's U-Net unchanged: it sees its input and a noise-level
+number (``network(x, level, y)``), the level scaled to the range of DDPM's timesteps, 0..1000, that its sinusoidal
+embedding is made for. The samplers are in ``samplers/continuous.py``."""
+from .edm import EDM
+from .flow import RectifiedFlow
+
+__all__ = ["EDM", "RectifiedFlow"]

@@ -1,0 +1,85 @@
+"""Euler and Heun over a continuous noise level (Karras et al. 2022, Algorithms 1 and 2), for the objectives of
+``ddpmkit.objectives``: EDM's sigma and rectified flow's t.
+
+An ODE sampler here is a list of levels, from the noisiest to 0, and the drift dx/dlevel. For EDM the drift is
+(x - D(x; sigma)) / sigma (Algorithm 1, line 7); for rectified flow it is the predicted velocity. Heun's correction
+is skipped on a last step to level 0, where EDM's drift is undefined (Algorithm 1, line 9), so S levels cost 2S - 1
+network evaluations. EDM's stochastic sampler (Algorithm 2, "churn") raises sigma before each step and adds the
+matching noise; it is defined in sigma, so only ``sample_edm`` takes it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..objectives import EDM, RectifiedFlow
+from .common import ImageNoise
+
+# dx/dlevel at (x, level); the level a float, the same for every image of the batch.
+Drift = Callable[[torch.Tensor, float], torch.Tensor]
+# Before a step from ``level``: (x, level) -> (x with added noise, the raised level); Algorithm 2, lines 4-6.
+Churn = Callable[[torch.Tensor, float], tuple[torch.Tensor, float]]
+
+
+def integrate(drift: Drift, x: torch.Tensor, levels: torch.Tensor, *, heun: bool = True, churn: Churn | None = None,
+              desc: str = "ode", progress: bool = True) -> torch.Tensor:
+    """Take x from ``levels[0]`` to ``levels[-1]`` by Euler steps (Algorithm 1, line 8) with Heun's correction
+    (lines 9-11) unless ``heun`` is False."""
+    levels = [float(v) for v in levels]
+    for level, following in tqdm(list(zip(levels[:-1], levels[1:])), desc=desc, disable=not progress, leave=False):
+        if churn is not None:
+            x, level = churn(x, level)
+        slope = drift(x, level)
+        x_next = x + (following - level) * slope
+        if heun and following != 0:  # the second-order correction (lines 9-11)
+            x_next = x + (following - level) * (slope + drift(x_next, following)) / 2
+        x = x_next
+    return x
+
+
+def _per_image(level: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((len(x),), level, dtype=torch.float32, device=x.device)
+
+
+@torch.no_grad()
+def sample_edm(objective: EDM, network, noise_images: torch.Tensor, *,
+               steps: int = 18,                                     # noise levels (2 steps - 1 evaluations with heun)
+               heun: bool = True,                                   # False: Euler, one evaluation per level
+               churn: float = 0.0,                                  # S_churn: 0 = deterministic (Algorithm 1)
+               churn_range: tuple[float, float] = (0.0, math.inf),  # S_tmin, S_tmax: the sigmas where churn acts
+               churn_noise: float = 1.0,                            # S_noise
+               noise: ImageNoise | None = None,                     # per-image generators for churn's noise
+               progress: bool = True) -> torch.Tensor:
+    """Draw images from an EDM model: x_0 = sigma_max n (n = ``noise_images``, standard normal), then Algorithm 1
+    (``churn`` 0) or 2 over ``objective.sampling_sigmas(steps)``. ``network(x, level)`` has the labels bound in."""
+    sigmas = objective.sampling_sigmas(steps)
+    gamma = min(churn / steps, math.sqrt(2) - 1)  # Algorithm 2, line 5
+    noise = noise or ImageNoise()
+
+    def drift(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return (x - objective.denoise(network, x, _per_image(sigma, x))) / sigma  # Algorithm 1, line 7
+
+    def raise_level(x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float]:
+        if not churn_range[0] <= sigma <= churn_range[1]:
+            return x, sigma
+        raised = sigma * (1 + gamma)  # Algorithm 2, lines 5-6
+        return x + math.sqrt(raised**2 - sigma**2) * churn_noise * noise.randn(x.shape, x.device), raised
+
+    return integrate(drift, noise_images * float(sigmas[0]), sigmas, heun=heun,
+                     churn=raise_level if gamma > 0 else None, desc="edm", progress=progress)
+
+
+@torch.no_grad()
+def sample_flow(objective: RectifiedFlow, network, noise_images: torch.Tensor, *,
+                steps: int = 20,     # time steps (2 steps - 1 evaluations with heun)
+                heun: bool = False,  # Heun's correction: second order
+                progress: bool = True) -> torch.Tensor:
+    """Draw images from a rectified-flow model: integrate dx/dt = v(x, t) from t = 1 (x = ``noise_images``) to 0
+    over ``objective.sampling_times(steps)``. ``network(x, level)`` has the labels bound in."""
+    def drift(x: torch.Tensor, t: float) -> torch.Tensor:
+        return objective.velocity(network, x, _per_image(t, x))
+
+    return integrate(drift, noise_images, objective.sampling_times(steps), heun=heun, desc="flow", progress=progress)
