@@ -236,7 +236,7 @@ def test_plot_schedule_refuses_a_T_too_small_for_the_linear_schedule(tmp_path, c
     ([], "the following arguments are required: COMMAND; see 'ddpmkit --help'"),
     (["smaple"], "argument COMMAND: invalid choice: 'smaple'"),
     (["sample"], "the following arguments are required: --checkpoint; see 'ddpmkit sample --help'"),
-    (["sample", *CKPT, "--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
+    (["sample", *CKPT, "--sampler", "lms"], "argument --sampler: invalid choice: 'lms'"),
     (["sample", *CKPT, "--bogus", "1"], "unrecognized arguments: --bogus 1; see 'ddpmkit sample --help'"),
     (["sample", *CKPT, "--steps"], "argument --steps: expected one argument; see 'ddpmkit sample --help'"),
     (["classifier"], "the following arguments are required: ACTION; see 'ddpmkit classifier --help'"),

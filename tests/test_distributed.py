@@ -171,7 +171,7 @@ def test_a_micro_batch_draws_only_the_blocks_it_overlaps(part, blocks):
     # A rank of a 4,096-image global batch draws numbers for its own images' blocks, not for the 4,096.
     with _RandomDraws() as drawn:
         _draw(part, image_shape=(3, 4, 4))
-    per_image = 1 + 3 * 4 * 4 + 1 + 1  # t, noise, flip, drop
+    per_image = 1 + 3 * 4 * 4 + 1 + 1 + 1  # t, noise, flip, drop, u
     assert sum(shape.numel() for shape in drawn.shapes) == blocks * BLOCK_IMAGES * per_image
 
 

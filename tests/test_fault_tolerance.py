@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-training = importlib.import_module("ddpmkit.train_step")  # the module whose diffusion_loss a step calls
+training = importlib.import_module("ddpmkit.losses")  # the module whose diffusion_loss a step's loss calls
 
 from conftest import tiny_config_dict
 from ddpmkit.checkpoint import read_checkpoint

@@ -6,9 +6,11 @@ from contextlib import nullcontext
 
 import torch
 
-from .config import COMPILE_MODES, DEFAULT_STEPS, Config, DiffusionConfig, linear_beta_scale
+from .config import COMPILE_MODES, DEFAULT_STEPS, OBJECTIVE_SAMPLERS, Config, DiffusionConfig, linear_beta_scale
 from .errors import DdpmkitError
-from .samplers import SPACINGS
+from .objectives import objective_of
+from .samplers import SAMPLERS, SPACINGS, ImageNoise
+from .samplers.continuous import sample_objective
 from .schedule import NoiseSchedule, cosine_beta_schedule, linear_beta_schedule
 from .unet import UNet, UNetSpec
 
@@ -83,6 +85,8 @@ def steps_taken(cfg: Config, sampler: str, steps: int | None) -> int:
     T = cfg.diffusion.num_timesteps
     if steps is not None:
         return steps
+    if cfg.diffusion.objective != "ddpm":
+        return OBJECTIVE_SAMPLERS[cfg.diffusion.objective][sampler]
     return min(DEFAULT_STEPS[sampler], T) if sampler in DEFAULT_STEPS else T
 
 
@@ -166,3 +170,17 @@ class CompiledDenoiser:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         torch.compiler.cudagraph_mark_step_begin()
         return self.compiled(x, t, y).clone()
+
+
+def run_sampler(cfg: Config, sampler: str, network, schedule: NoiseSchedule, x_T: torch.Tensor, *,
+                steps: int | None = None, noise: ImageNoise | None = None, progress: bool = True,
+                ddpm_options: dict | None = None, **kwargs) -> torch.Tensor:
+    """One batch from x_T through ``sampler`` for the model ``cfg`` describes: a DDPM sampler (SAMPLERS) with
+    ``ddpm_options`` (default: ``sampler_options`` for ``steps``), or, for an edm or flow model, that objective's
+    Euler or Heun (samplers.continuous). ``network(x, level)`` has the labels bound in."""
+    objective = objective_of(cfg.diffusion)
+    if objective is not None:
+        return sample_objective(cfg.diffusion.objective, objective, sampler, network, x_T, steps, noise, progress,
+                                **kwargs)
+    options = ddpm_options if ddpm_options is not None else sampler_options(cfg, sampler, steps)
+    return SAMPLERS[sampler](network, schedule, x_T, noise=noise, progress=progress, **options, **kwargs)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from . import distributed
 from .build import steps_taken
-from .config import (COMPILE_MODES, DATASETS, DEFAULT_SAMPLER, DEFAULT_STEPS, PRESETS, SAMPLER_NAMES, SPACINGS,
-                     DiffusionConfig, linear_beta_scale, resolve_config)
+from .config import (ALL_SAMPLER_NAMES, COMPILE_MODES, DATASETS, DEFAULT_SAMPLER, DEFAULT_STEPS, OBJECTIVE_SAMPLERS,
+                     PRESETS, SPACINGS, DiffusionConfig, default_sampler, linear_beta_scale, resolve_config,
+                     resolve_sampler)
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
 from .version import __version__
@@ -121,7 +122,9 @@ def _add_class_args(p: argparse.ArgumentParser, meaning: str) -> None:
 SAMPLER_HELP = ("ddpm: ancestral (DDPM Alg. 2); deterministic: DDIM eta=0 over all steps; ddim: DDIM; dpm++2m, "
                 "dpm++3m: DPM-Solver++ (multistep); sde-dpm++2m: its stochastic variant; heun: EDM's Heun (S levels = "
                 "2S - 1 network evaluations); unipc: UniPC (multistep predictor-corrector). Default: " + DEFAULT_SAMPLER
-                + ", the best or level with the best for 10-50 network evaluations (docs/samplers.md)")
+                + ", the best or level with the best for 10-50 network evaluations (docs/samplers.md). Models of "
+                "diffusion.objective=edm or flow: euler or heun over their own noise levels (default "
+                + ", ".join(f"{o} {default_sampler(o)}" for o in OBJECTIVE_SAMPLERS) + ")")
 STEPS_HELP = ("timesteps visited (default, at most T: ddpm and deterministic all T; "
               + ", ".join(f"{name} {n}{' levels' if name == 'heun' else ''}" for name, n in DEFAULT_STEPS.items())
               + ")")
@@ -179,7 +182,7 @@ def _sample_parser(sub) -> None:
                        "OUTPUT_DIR/images/seed_NNNNN.png (class_C_seed_NNNNN.png with --class) and "
                        "OUTPUT_DIR/samples.npz (arr_0: uint8, N x H x W x C; seeds; labels with --class).")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help=CHECKPOINT_HELP)
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    p.add_argument("--sampler", choices=ALL_SAMPLER_NAMES, help=SAMPLER_HELP)
     _add_solver_args(p)
     p.add_argument("--steps", type=COUNT, metavar="S", help=STEPS_HELP)
     p.add_argument("--eta", type=finite(0), default=0.0, help="DDIM noise scale: 0 deterministic, 1 DDPM-like (ddim)")
@@ -233,7 +236,7 @@ def _animate_parser(sub) -> None:
     _add_picture_args(p)
     p.add_argument("--per-class", type=COUNT, default=8, help="images in each GIF (default 8)")
     p.add_argument("--seed", type=SEED, default=0, help="first seed; image j uses seed + j")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    p.add_argument("--sampler", choices=ALL_SAMPLER_NAMES, help=SAMPLER_HELP)
     _add_solver_args(p)
     p.add_argument("--steps", type=COUNT, help=STEPS_HELP)
     p.add_argument("--frames", type=whole(2), default=40,
@@ -294,7 +297,7 @@ def _classifier_judge_parser(csub) -> None:
     c.add_argument("--guidance", type=comma_list(NUMBER), default="0,1,3",
                    help="comma-separated guidance weights w (default 0,1,3)")
     c.add_argument("--per-class", type=COUNT, default=30, help="samples per class and guidance weight (default 30)")
-    c.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    c.add_argument("--sampler", choices=ALL_SAMPLER_NAMES, help=SAMPLER_HELP)
     _add_solver_args(c)
     c.add_argument("--steps", type=COUNT, help=STEPS_HELP)
     c.add_argument("--seed", type=SEED, default=0, help="first seed")
@@ -326,7 +329,7 @@ def _evaluate_parser(sub) -> None:
                    "refused); with --checkpoint the model's own data.resize_mode is used")
     p.add_argument("--split", default="test", choices=["test", "train"], help="real split to compare with")
     p.add_argument("--num-samples", type=COUNT, default=1000, help="samples to generate (default 1000)")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES, help=SAMPLER_HELP)
+    p.add_argument("--sampler", choices=ALL_SAMPLER_NAMES, help=SAMPLER_HELP)
     _add_solver_args(p)
     p.add_argument("--steps", type=COUNT, help=STEPS_HELP)
     p.add_argument("--eta", type=finite(0), default=0.0, help="DDIM noise scale")
@@ -432,6 +435,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     sampler = DiffusionSampler(args.checkpoint, device=args.device, use_ema=not args.no_ema,
                                precision=args.precision, compile=args.compile)
+    args.sampler = resolve_sampler(sampler.objective, args.sampler)
     options = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "batch_size": args.batch_size,
                "clip": not args.no_clip, "guidance": args.guidance, "progress": not args.no_progress,
                **_solver_options(args)}
@@ -462,6 +466,8 @@ def _pictures(args: argparse.Namespace) -> None:
         print(f"wrote {plot_noise_schedules(args.output, args.num_timesteps)}")
         return
     sampler = DiffusionSampler(args.checkpoint, device=args.device, precision=args.precision, compile=args.compile)
+    if hasattr(args, "sampler"):  # animate: the model's own default when none is named
+        args.sampler = resolve_sampler(sampler.objective, args.sampler)
     common = {"guidance": args.guidance, "progress": not args.no_progress}
     if args.command == "interpolate":
         if args.between == "noise":
@@ -520,6 +526,7 @@ def _classifier(args: argparse.Namespace) -> None:
               f"{time.perf_counter() - start:.0f} s; saved {path}")
         return
     sampler = DiffusionSampler(args.checkpoint, device=args.device)
+    args.sampler = resolve_sampler(sampler.objective, args.sampler)
     if not sampler.is_conditional:
         raise DdpmkitError("classifier judge needs a class-conditional model; this one was trained without labels")
     classifier, info = load_classifier(args.classifier or sampler.config.data.dataset)

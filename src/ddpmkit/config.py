@@ -42,6 +42,13 @@ DEFAULT_SAMPLER = "sde-dpm++2m"
 # Steps a sampler takes when none are asked for, the one place these counts live: the sampler functions' defaults,
 # and DiffusionSampler's and the command line's, which cap them at T (build.steps_taken). ddpm, deterministic: all T.
 DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "dpm++3m": 20, "sde-dpm++2m": 20, "heun": 10, "unipc": 20}
+# What a model is trained to do (ddpmkit.objectives): DDPM's discrete forward process (schedule, prediction, variance
+# below), EDM's preconditioned denoiser, or rectified flow. The samplers of the continuous objectives, default first
+# (provisional, until the race of issue #25 measures them), with their default steps: EDM's 18 levels (35 network
+# evaluations with Heun, its CIFAR-10 setting), and flow's 20 Euler steps.
+OBJECTIVES = ("ddpm", "edm", "flow")
+ALL_SAMPLER_NAMES = (*SAMPLER_NAMES, "euler")  # what --sampler accepts; which fit a model: samplers_of(objective)
+OBJECTIVE_SAMPLERS = {"edm": {"heun": 18, "euler": 35}, "flow": {"euler": 20, "heun": 10}}
 # Which timesteps a sampler with fewer steps than T visits (samplers/common.py); trailing starts at t = T - 1.
 SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
 
@@ -85,6 +92,7 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
+    objective: str = "ddpm"          # ddpm, edm or flow (OBJECTIVES); the keys up to label_dropout are ddpm's
     num_timesteps: int = 1000        # T
     beta_schedule: str = "linear"    # linear (DDPM) or cosine (IDDPM)
     beta_start: float = 1e-4         # linear schedule's first beta at T = 1000 (scaled by 1000 / T, as in IDDPM)
@@ -98,6 +106,21 @@ class DiffusionConfig:
     variance: str = "posterior"      # ancestral sampling's sigma_t^2: posterior (tilde-beta_t) or beta (beta_t)
     clip_x0: bool = True             # clip predicted x_0 to the data range while sampling
     label_dropout: float = 0.1       # conditional models: probability of training on the null label instead
+
+
+def samplers_of(objective: str) -> tuple[str, ...]:
+    """The samplers a model of ``objective`` can be drawn with."""
+    return SAMPLER_NAMES if objective == "ddpm" else tuple(OBJECTIVE_SAMPLERS[objective])
+
+
+def default_sampler(objective: str) -> str:
+    """The sampler used when none is named: DEFAULT_SAMPLER for ddpm, the first of OBJECTIVE_SAMPLERS otherwise."""
+    return DEFAULT_SAMPLER if objective == "ddpm" else next(iter(OBJECTIVE_SAMPLERS[objective]))
+
+
+def resolve_sampler(objective: str, name: str | None) -> str:
+    """``name``, or the objective's default sampler when it is None or "" (the config's "its default")."""
+    return name or default_sampler(objective)
 
 
 def linear_beta_scale(num_timesteps: int) -> float:
@@ -138,11 +161,12 @@ class TrainConfig:
     best_by: str = "heldout_loss"    # what 'best' means: lowest EMA held-out loss, or lowest in-training fd
     fd_every: int = 0                # steps between FD-<dataset>-classifier of the EMA model (MNIST-like data); 0 = off
     fd_samples: int = 500            # samples for the in-training FD (seeds 0..N-1, classes in blocks)
-    fd_sampler: str = DEFAULT_SAMPLER  # their sampler (SAMPLER_NAMES); deterministic ones stall on young models
+    fd_sampler: str = ""             # their sampler; "" = the objective's default (default_sampler); deterministic
+                                     # ones stall on young models
     fd_steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER]  # and its steps
     fd_classifier: str = ""          # judge weights for the FD; "" = the ones shipped for the dataset
     grid_images: int = 64            # images in each training sample grid
-    grid_sampler: str = DEFAULT_SAMPLER  # sampler for training grids (SAMPLER_NAMES)
+    grid_sampler: str = ""           # sampler for training grids; "" = the objective's default (default_sampler)
     grid_steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER]  # its number of steps
 
 
@@ -187,6 +211,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": CPU_UNET,
         "diffusion": CPU_OBJECTIVE,
         "train": {**QUICK_TRAIN, "grid_sampler": "ddpm", "grid_steps": 100},  # the README's labelled grid
+    },
+    # The quick recipe with EDM's preconditioning, and with rectified flow (issue #25; not yet raced).
+    "quick_edm": {
+        "data": {"dataset": "fashion_mnist"},
+        "model": CPU_UNET,
+        "diffusion": {"objective": "edm"},
+        "train": QUICK_TRAIN,
+    },
+    "quick_flow": {
+        "data": {"dataset": "fashion_mnist"},
+        "model": CPU_UNET,
+        "diffusion": {"objective": "flow"},
+        "train": QUICK_TRAIN,
     },
     # The quick recipe unconditional (no labels, every step trains the one model), ~10 minutes on 2 CPU cores.
     "quick_uncond": {
@@ -413,14 +450,17 @@ def validate(cfg: Config) -> Config:
     _choice("train.precision", t.precision, PRECISIONS)
     _choice("train.best_by", t.best_by, BEST_BY)
     _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
-    _choice("train.grid_sampler", t.grid_sampler, SAMPLER_NAMES)
-    _choice("train.fd_sampler", t.fd_sampler, SAMPLER_NAMES)
+    _choice("diffusion.objective", f.objective, OBJECTIVES)
+    for key, name in (("train.grid_sampler", t.grid_sampler), ("train.fd_sampler", t.fd_sampler)):
+        if name and name not in samplers_of(f.objective):
+            raise ConfigError(f"{key}: {_show(name)} is not a sampler of {f.objective} models; choose one of "
+                              f"{', '.join(samplers_of(f.objective))}, or \"\" for its default")
     if t.fd_every and d.dataset not in ("mnist", "fashion_mnist"):
         raise ConfigError(f"train.fd_every: the in-training FD uses the judge classifiers shipped for mnist and "
                           f"fashion_mnist, not {d.dataset}; set train.fd_every=0")
     if t.fd_every and not 2 <= t.fd_samples:
         raise ConfigError(f"train.fd_samples: need at least 2 samples, got {t.fd_samples}")
-    if t.fd_every and t.fd_steps > f.num_timesteps:
+    if t.fd_every and f.objective == "ddpm" and t.fd_steps > f.num_timesteps:
         raise ConfigError(f"train.fd_steps: {t.fd_steps} is more than diffusion.num_timesteps={f.num_timesteps}")
     if t.best_by == "fd" and not t.fd_every:
         raise ConfigError("train.best_by=fd needs the in-training FD: set train.fd_every to a number of steps")
@@ -471,10 +511,15 @@ def validate(cfg: Config) -> Config:
                           f"T={f.num_timesteps}; use a larger T, a smaller beta_end, or diffusion.beta_schedule=cosine")
     if not 0 < f.cosine_s < 1:
         raise ConfigError(f"diffusion.cosine_s: must be in (0, 1), got {f.cosine_s}")
-    if t.grid_steps > f.num_timesteps:
+    if f.objective == "ddpm" and t.grid_steps > f.num_timesteps:
         raise ConfigError(f"train.grid_steps: {t.grid_steps} is more than diffusion.num_timesteps={f.num_timesteps}")
     if t.eval_every and not t.eval_images:
         raise ConfigError("train.eval_images: must be >= 1 while train.eval_every > 0 (set eval_every=0 to skip)")
+    if f.objective != "ddpm" and (f.loss, f.loss_weighting) != ("mse", "none"):
+        raise ConfigError(f"diffusion.objective={f.objective} has its own loss and weighting (EDM: eq. 2 with Table 1's "
+                          f"lambda; flow: the velocity's squared error), not loss={f.loss} with "
+                          f"loss_weighting={f.loss_weighting}; --set diffusion.loss=mse --set "
+                          f"diffusion.loss_weighting=none")
     if f.loss == "bce" and not (f.prediction == "x0" and d.zero_one):
         raise ConfigError("diffusion.loss: bce compares probabilities, so it needs diffusion.prediction=x0 and "
                           "data.zero_one=true (images in [0, 1]); use mse or l1 otherwise")

@@ -176,6 +176,9 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, dev
     try:
         stages.set_postfix_str(f"loading {checkpoint}")
         sampler = DiffusionSampler(checkpoint, device=device)
+        if sampler.objective != "ddpm":
+            raise DdpmkitError(f"the demo shows the denoising as it happens, which {sampler.objective} models cannot "
+                               f"yet (issue #25); use 'ddpmkit sample --checkpoint {checkpoint}'")
         out_root = Path(tempfile.mkdtemp(prefix="ddpmkit-demo-"))
         stages.update()
         stages.set_postfix_str("a first image")  # the first visitor does not wait for the warm-up

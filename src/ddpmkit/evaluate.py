@@ -28,7 +28,7 @@ from PIL import Image
 
 from . import distributed
 from .build import steps_taken
-from .config import DEFAULT_SAMPLER, DataConfig
+from .config import DataConfig, resolve_sampler
 from .data import ImageData, load_images, to_uint8, to_unit_range
 from .errors import DdpmkitError
 from .files import write_json
@@ -160,7 +160,7 @@ def draw_for_metrics(model, num_samples, seed, guidance, **options) -> tuple[tor
 
 def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = None, *,
              num_samples: int = 1000,          # generated images (a multiple of the classes for conditional models)
-             sampler: str = DEFAULT_SAMPLER,   # a name in samplers.SAMPLERS
+             sampler: str | None = None,       # a sampler name; None: the model's default (config.default_sampler)
              steps: int | None = None,         # sampler steps; None: the sampler's default (config.DEFAULT_STEPS)
              eta: float = 0.0,                 # DDIM noise scale
              guidance: float = 0.0,            # classifier-free guidance weight w (conditional models)
@@ -213,6 +213,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         from .sampling import DiffusionSampler
 
         model = DiffusionSampler(checkpoint, device=device, precision=precision, compile=compile)
+        sampler = resolve_sampler(model.objective, sampler)
         real_cfg = _real_config_of_model(model.config.data, dataset, data_root, resize_mode)
         judge = _judge(metrics, classifier, real_cfg.dataset)
         if judge is not None:  # before sampling: a judge that does not fit stops at once

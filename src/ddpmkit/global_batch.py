@@ -69,6 +69,7 @@ class StepRandomness:
     noise: torch.Tensor              # eps (B, C, H, W)
     flips: torch.Tensor | None       # horizontal flips (B,) bool, with data.hflip
     drops: torch.Tensor | None       # labels replaced by the null label (B,) bool, for conditional models
+    u: torch.Tensor                  # uniform in (0, 1) (B,): the noise level of a continuous objective (EDM, flow)
 
     @classmethod
     def draw(cls, generator: torch.Generator, seed: int, step: int, images: slice,
@@ -96,7 +97,9 @@ class StepRandomness:
                  if label_dropout is not None else None)
         t = torch.randint(0, num_timesteps, (n,), device=device, generator=generator)
         noise = torch.randn((n, *image_shape), device=device, generator=generator)
-        return cls(t, noise, flips, drops)
+        # Drawn last, so that DDPM's numbers above are what they were before continuous objectives came.
+        u = torch.rand(n, device=device, generator=generator).clamp(1e-6, 1 - 1e-6)
+        return cls(t, noise, flips, drops, u)
 
     def __getitem__(self, part: slice) -> "StepRandomness":
         return StepRandomness(*(None if value is None else value[part] for value in _values(self)))

@@ -18,7 +18,7 @@ from .build import autocast
 from .config import Config
 from .data import ImageData, hold_out, load_images, load_into_memory, subset, to_model_range
 from .errors import DdpmkitError
-from .losses import diffusion_loss, loss_options
+from .losses import training_loss
 
 
 @dataclass
@@ -77,7 +77,8 @@ def _test_split(cfg: Config, n: int) -> ImageData | None:
 
 @torch.no_grad()
 def heldout_loss(model, schedule, images: torch.Tensor, labels, cfg: Config, device: torch.device) -> float:
-    """Loss on fixed images at fixed timesteps (evenly spread over 0..T-1) and fixed noise: comparable across steps.
+    """Loss on fixed images at fixed timesteps (evenly spread over 0..T-1; for EDM and flow, levels at evenly spread
+    quantiles of their training distributions) and fixed noise: comparable across steps.
     Its batches of 256 are shared out over the processes of a distributed run."""
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(12345))
     starts = range(0, len(images), 256)
@@ -87,9 +88,9 @@ def heldout_loss(model, schedule, images: torch.Tensor, labels, cfg: Config, dev
         x0 = to_model_range(images[start: start + 256], cfg.data.zero_one).to(device)
         n = len(x0)
         t = (torch.arange(start, start + n) * schedule.num_timesteps // len(images)).to(device)
+        u = ((torch.arange(start, start + n) + 0.5) / len(images)).to(device)  # continuous objectives' levels
         y = labels[start: start + n].to(device) if labels is not None and model.spec.num_classes else None
         with autocast(device, cfg.train.precision):
-            loss = diffusion_loss(model, schedule, x0, t, noise[start: start + n].to(device), y,
-                                  **loss_options(cfg.diffusion))
+            loss = training_loss(cfg.diffusion)(model, schedule, x0, t, u, noise[start: start + n].to(device), y)
         total += float(loss) * n
     return distributed.sum_over_ranks([total])[0] / len(images)

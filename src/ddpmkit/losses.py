@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .objectives import objective_of
 from .schedule import NoiseSchedule
 
 LOSS_WEIGHTINGS = ("none", "min_snr")
@@ -23,6 +24,20 @@ def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Te
     if prediction == "v":
         return clipped / (snr + 1)
     raise ValueError(f"unknown prediction {prediction!r}; choose eps, x0 or v")
+
+
+def training_loss(d):
+    """The loss a ``DiffusionConfig``'s objective trains with, as one callable
+    ``(network, schedule, x0, t, u, noise, y) -> loss``: DDPM's ``diffusion_loss`` at the timesteps ``t`` with the
+    config's prediction, distance and weighting, or EDM's / rectified flow's at the levels their distributions give
+    the uniform numbers ``u`` (``objectives``)."""
+    objective = objective_of(d)
+    if objective is None:
+        options = loss_options(d)
+        return lambda network, schedule, x0, t, u, noise, y=None: diffusion_loss(network, schedule, x0, t, noise, y,
+                                                                                 **options)
+    levels = objective.training_sigmas if d.objective == "edm" else objective.training_times
+    return lambda network, schedule, x0, t, u, noise, y=None: objective.loss(network, x0, levels(u), noise, y)
 
 
 def loss_options(d) -> dict:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from .config import DEFAULT_SAMPLER, DEFAULT_STEPS
+from .config import DEFAULT_STEPS
 from .errors import DdpmkitError
 from .sampling import DiffusionSampler
 from .viz import to_pil, upscale, labelled_grid
@@ -118,7 +118,7 @@ def denoising_strip(sampler: DiffusionSampler, frames: int = 10, cls=None, seed:
 
 
 def denoising_frames(sampler: DiffusionSampler, seeds: list[int], cls=None, frames: int = 40,
-                     sampler_name: str = DEFAULT_SAMPLER,
+                     sampler_name: str | None = None,
                      steps: int | None = None, guidance: float = 0.0, show: str = "x_t",
                      progress: bool = True, **options) -> list[Image.Image]:
     """Frames of a grid of images (one per seed) being denoised: x_t (or the predicted x_0) from noise to sample;

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, sampler_options,
+from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, run_sampler, sampler_options,
                     sampling_compile_mode, set_tf32, unet_from_dict)
 from .checkpoint import load_weights
-from .config import DEFAULT_SAMPLER, DEFAULT_STEPS, config_from_dict
+from .config import DEFAULT_STEPS, config_from_dict, resolve_sampler, samplers_of
 from .data import from_model_range, to_model_range
 from .errors import DdpmkitError
 from .formats import LoadedModel, read_diffusers, read_model
@@ -57,6 +57,7 @@ class DiffusionSampler:
         mode = sampling_compile_mode(self.device, compile)
         self.network = CompiledDenoiser(self.model, mode) if mode else self.model  # what the samplers call
         self.schedule = noise_schedule(self.config.diffusion).to(self.device)
+        self.objective = self.config.diffusion.objective  # ddpm, edm or flow
         self.class_names: list[str] = list(state.get("class_names", []))
         self.step = int(state["step"])
 
@@ -108,7 +109,7 @@ class DiffusionSampler:
         return reduced_precision
 
     def run(self, x_T: torch.Tensor, noise: ImageNoise | None = None, labels: torch.Tensor | None = None,
-            guidance: float = 0.0, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, eta: float = 0.0,
+            guidance: float = 0.0, sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
             clip: bool | None = None, spacing: str | None = None, threshold: float | None = None,
             guidance_rescale: float = 0.0, on_step: StepCallback | None = None,
             progress: bool = True, **sampler_kwargs) -> torch.Tensor:
@@ -117,22 +118,45 @@ class DiffusionSampler:
         spacing: which timesteps fewer than T steps visit (samplers.SPACINGS; default trailing, from t = T - 1);
         threshold: dynamic thresholding of x_0 at this quantile (e.g. 0.995) instead of clipping;
         guidance_rescale: phi of Lin et al.'s guidance rescale (0 = off); other keywords (e.g. heun's ``churn``)
-        go to the sampler function."""
+        go to the sampler function. ``sampler`` None: the default of the model's objective (config.default_sampler);
+        edm and flow models take euler or heun, without spacing, thresholding, eta or on_step."""
         if not math.isfinite(guidance):  # NaN would turn every image into NaN without a word
             raise DdpmkitError(f"guidance must be a finite number, got {guidance}")
         if not (math.isfinite(guidance_rescale) and 0 <= guidance_rescale <= 1):
             raise DdpmkitError(f"guidance_rescale must be between 0 and 1, got {guidance_rescale}")
-        options = self._sampler_options(sampler, steps, eta, clip, spacing, threshold)
-        options.update(progress=progress, on_step=on_step, noise=noise, **sampler_kwargs)
+        sampler = resolve_sampler(self.objective, sampler)
+        if self.objective == "ddpm":
+            options = {**self._sampler_options(sampler, steps, eta, clip, spacing, threshold), "on_step": on_step}
+        else:
+            self._check_continuous_options(sampler, steps, eta, spacing, threshold, on_step)
+            options = None
         x_T = x_T.to(self.device).contiguous(memory_format=self.memory_format)
-        return SAMPLERS[sampler](self.denoiser(labels, guidance, guidance_rescale), self.schedule, x_T, **options)
+        return run_sampler(self.config, sampler, self.denoiser(labels, guidance, guidance_rescale), self.schedule, x_T,
+                           steps=steps, noise=noise, progress=progress, ddpm_options=options, **sampler_kwargs)
 
-    def count_steps(self, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, eta: float = 0.0,
+    def _check_continuous_options(self, sampler: str, steps: int | None, eta: float, spacing: str | None,
+                                  threshold: float | None, on_step: StepCallback | None) -> None:
+        """Refuse, in one line, what an edm or flow model's samplers do not take; they take no other options."""
+        if sampler not in samplers_of(self.objective):
+            raise DdpmkitError(f"{sampler!r} is not a sampler of {self.objective} models; choose one of "
+                               f"{', '.join(samplers_of(self.objective))}")
+        if steps is not None and steps < 1:
+            raise DdpmkitError(f"steps must be at least 1, got {steps}")
+        unsupported = [name for name, value in (("eta", eta), ("spacing", spacing), ("threshold", threshold),
+                                                ("on_step (denoising pictures)", on_step)) if value]
+        if unsupported:
+            raise DdpmkitError(f"{', '.join(unsupported)}: not available for {self.objective} models yet (issue #25); "
+                               f"leave it out")
+
+    def count_steps(self, sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
                     clip: bool | None = None, spacing: str | None = None, threshold: float | None = None,
                     **sampler_kwargs) -> int:
         """How many times ``run`` with these options calls ``on_step`` (once per network evaluation; heun's levels
         cost two). Found by running the sampler itself on a one-pixel image with a stand-in network that predicts
         zeros: milliseconds, and right for every sampler and option without a formula for each."""
+        if self.objective != "ddpm":
+            raise DdpmkitError(f"denoising pictures of {self.objective} models are not available yet (issue #25)")
+        sampler = resolve_sampler(self.objective, sampler)
         options = self._sampler_options(sampler, steps, eta, clip, spacing, threshold)
         calls = 0
 
@@ -158,6 +182,9 @@ class DiffusionSampler:
                refine: int = 0, progress: bool = True) -> torch.Tensor:
         """DDIM inversion: float images in [0, 1] (N, C, H, W) -> the latents x_T that ``decode`` maps back to them
         (see samplers.invert_ddim). A conditional model inverts with each image's class (or the null label)."""
+        if self.objective != "ddpm":
+            raise DdpmkitError(f"DDIM inversion is defined for ddpm models; {self.objective} models have no inversion "
+                               f"yet (issue #25)")
         self.check_steps(steps)
         x_0 = to_model_range(images, self.config.data.zero_one).to(self.device)
         return invert_ddim(self.denoiser(labels), self.schedule, x_0.contiguous(memory_format=self.memory_format),
@@ -192,12 +219,12 @@ class DiffusionSampler:
         return generate_images(lambda x_T, noise, y: self.to_images(self.run(x_T, noise, labels=y, **options)),
                                self.image_shape, seeds, labels, batch_size, options["progress"])
 
-    def sample(self, num_samples: int = 16, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, eta: float = 0.0,
+    def sample(self, num_samples: int = 16, sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
                seed: int = 0, batch_size: int = 256, clip: bool | None = None, labels: Sequence[int] | None = None,
                guidance: float = 0.0, progress: bool = True, **options) -> torch.Tensor:
         """Draw ``num_samples`` images with ``sampler`` (a name in samplers.SAMPLERS; default sde-dpm++2m at its
-        config.DEFAULT_STEPS count, the best for 10-50 network evaluations in docs/samplers.md); float in [0, 1] on
-        the CPU.
+        config.DEFAULT_STEPS count, the best for 10-50 network evaluations in docs/samplers.md; for edm and flow
+        models euler or heun, default config.default_sampler); float in [0, 1] on the CPU.
 
         ``labels`` (one class index per image) and ``guidance`` w sample a conditional model; without labels a
         conditional model samples unconditionally (the null label). Other options (spacing, threshold,

@@ -14,17 +14,16 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .build import noise_schedule, sampler_options, set_tf32, unet_spec
+from .build import noise_schedule, run_sampler, set_tf32, unet_spec
 from .checkpoint import (link_checkpoint, newest_intact, periodic_path, read_checkpoint, resume_candidates,
                          save_checkpoint, save_periodic)
-from .config import Config, check_trainable, config_from_dict
+from .config import Config, check_trainable, config_from_dict, resolve_sampler
 from .data import BatchOrder, ImageData, batch_stream, from_model_range, load_images
 from .errors import DdpmkitError
 from .files import remove_stale_temporaries, write_json
 from .global_batch import BatchSplit
 from .heldout import HeldOut, RunSplit, heldout_loss, split_for_run
 from .nonfinite import NonFiniteLoss
-from .samplers import SAMPLERS
 from .seeded_sampling import class_blocks, generate_images
 from .stop_signals import GracefulStop, StopRequested
 from .train_report import TrainingReport
@@ -40,13 +39,12 @@ def sample_images(model: UNet, schedule, cfg: Config, device: torch.device, num_
     """Samples of ``model`` with seeds 0..num_images-1, a conditional model's classes in blocks
     (``seeded_sampling.class_blocks``), in [0, 1] on the CPU: the images ``DiffusionSampler.generate`` draws for
     those seeds and labels. In a distributed run every process gets all the images."""
-    spec = model.spec
-    options = sampler_options(cfg, sampler, None if sampler == "deterministic" else steps)
+    spec, sampler = model.spec, resolve_sampler(cfg.diffusion.objective, sampler)
 
     def draw(x_T: torch.Tensor, noise, y: torch.Tensor | None) -> torch.Tensor:
         y = y.to(device) if y is not None else None
-        x0 = SAMPLERS[sampler](lambda x, t: model(x, t, y), schedule, x_T.to(device), noise=noise, progress=False,
-                               **options)
+        x0 = run_sampler(cfg, sampler, lambda x, t: model(x, t, y), schedule, x_T.to(device),
+                         steps=None if sampler == "deterministic" else steps, noise=noise, progress=False)
         return from_model_range(x0.float().cpu(), cfg.data.zero_one)
 
     labels = class_blocks(num_images, spec.num_classes) if spec.num_classes else None
@@ -169,8 +167,8 @@ def _evaluate_and_draw(cfg: Config, state: TrainingState, schedule, device: torc
         improved |= t.best_by == "heldout_loss" and state.best.offer(value)
     if training_fd is not None and (step % t.fd_every == 0 or finished):
         value = training_fd(state.ema.model, schedule, device)
-        report.evaluation(step, training_fd.name, value, fd_sampler=t.fd_sampler, fd_steps=t.fd_steps,
-                          fd_samples=t.fd_samples)
+        report.evaluation(step, training_fd.name, value, fd_sampler=resolve_sampler(cfg.diffusion.objective,
+                          t.fd_sampler), fd_steps=t.fd_steps, fd_samples=t.fd_samples)
         improved |= t.best_by == "fd" and state.best.offer(value)
     if t.sample_every and step % t.sample_every == 0 or finished:
         grid = sample_images(state.ema.model, schedule, cfg, device, t.grid_images, t.grid_sampler, t.grid_steps)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import load_weights
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, resolve_sampler
 from .ema import EMA, decay_for_halflife
 from .lr_schedule import LearningRate
 from .unet import UNet, UNetSpec
@@ -22,7 +22,8 @@ def best_settings(cfg: Config) -> dict:
     t = cfg.train
     if t.best_by == "fd":
         layout = {"fd_classes": FD_CLASS_LAYOUT} if cfg.model.class_conditional else {}
-        return {"best_by": "fd", "fd_samples": t.fd_samples, "fd_sampler": t.fd_sampler, "fd_steps": t.fd_steps,
+        return {"best_by": "fd", "fd_samples": t.fd_samples, "fd_sampler": resolve_sampler(cfg.diffusion.objective,
+                t.fd_sampler), "fd_steps": t.fd_steps,
                 "fd_classifier": t.fd_classifier or cfg.data.dataset, **layout}
     return {"best_by": t.best_by, "eval_images": t.eval_images}
 

@@ -12,7 +12,7 @@ from .config import Config
 from .data import to_model_range
 from .global_batch import BatchSplit, StepRandomness, step_seed
 from .guidance import drop_labels
-from .losses import diffusion_loss, loss_options
+from .losses import training_loss
 from .nonfinite import NonFiniteGuard, optimizer_step
 from .train_state import TrainingState
 
@@ -28,7 +28,7 @@ class OptimizerStep:
         self.image_shape = (spec.image_channels, spec.image_size, spec.image_size)
         self.label_dropout = cfg.diffusion.label_dropout if spec.num_classes else None
         self.null_label = spec.num_classes
-        self.loss_options = loss_options(cfg.diffusion)
+        self.loss = training_loss(cfg.diffusion)
         self.noise_gen = torch.Generator(device=device)  # reseeded from (seed, step, block): see global_batch.py
         self.guard = NonFiniteGuard(device, cfg.train.max_nonfinite_steps)
         self.device = device
@@ -70,6 +70,6 @@ class OptimizerStep:
         y = drop_labels(labels, mine.drops, self.null_label) if self.null_label else None
         with distributed.no_sync(self.replicated, last=last):  # the last micro-batch's backward all-reduces
             with autocast(self.device, self.cfg.train.precision):
-                loss = diffusion_loss(self.network, self.schedule, x0, mine.t, mine.noise, y, **self.loss_options)
+                loss = self.loss(self.network, self.schedule, x0, mine.t, mine.u, mine.noise, y)
             self.state.scaler.scale(loss / accum).backward()
         return loss.detach() / accum

@@ -172,6 +172,9 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
     state = model.state
     cfg = config_from_dict(state["config"], f"the config inside {model.name}")
     spec = spec_from_dict(state["unet"])
+    if cfg.diffusion.objective != "ddpm":
+        raise Unsupported(f"a diffusers export of {cfg.diffusion.objective} models is not written yet (issue #25); "
+                          f"export it with --format safetensors, which ddpmkit reads back")
     if cfg.data.zero_one:
         raise Unsupported("this model works on images in [0, 1] (data.zero_one); diffusers' pipelines take and "
                           "return images in [-1, 1], so it cannot be exported for them")

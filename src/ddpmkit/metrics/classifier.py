@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import DEFAULT_SAMPLER, DataConfig
+from ..config import DataConfig
 from ..data import load_images, to_model_range
 from ..errors import DdpmkitError
 
@@ -169,7 +169,7 @@ def _some(names: list[str]) -> str:
 
 
 def guided_accuracy(sampler, classifier: SmallClassifier, guidance: float, per_class: int,
-                    sampler_name: str = DEFAULT_SAMPLER, steps: int | None = None, seed: int = 0,
+                    sampler_name: str | None = None, steps: int | None = None, seed: int = 0,
                     batch_size: int = 500, progress: bool = True,
                     **options) -> dict:
     """Draw ``per_class`` samples of every class with guidance w and return the fraction the classifier assigns to

@@ -8,4 +8,13 @@ embedding is made for. The samplers are in ``samplers/continuous.py``."""
 from .edm import EDM
 from .flow import RectifiedFlow
 
-__all__ = ["EDM", "RectifiedFlow"]
+CONTINUOUS_OBJECTIVES = {"edm": EDM, "flow": RectifiedFlow}
+
+
+def objective_of(diffusion) -> EDM | RectifiedFlow | None:
+    """The continuous objective a ``DiffusionConfig`` names (with its papers' constants), or None for ddpm."""
+    make = CONTINUOUS_OBJECTIVES.get(diffusion.objective)
+    return make() if make else None
+
+
+__all__ = ["CONTINUOUS_OBJECTIVES", "EDM", "RectifiedFlow", "objective_of"]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..config import OBJECTIVE_SAMPLERS
 from ..objectives import EDM, RectifiedFlow
 from .common import ImageNoise
 
@@ -76,6 +77,7 @@ def sample_edm(objective: EDM, network, noise_images: torch.Tensor, *,
 def sample_flow(objective: RectifiedFlow, network, noise_images: torch.Tensor, *,
                 steps: int = 20,     # time steps (2 steps - 1 evaluations with heun)
                 heun: bool = False,  # Heun's correction: second order
+                noise: ImageNoise | None = None,  # unused: the ODE is deterministic
                 progress: bool = True) -> torch.Tensor:
     """Draw images from a rectified-flow model: integrate dx/dt = v(x, t) from t = 1 (x = ``noise_images``) to 0
     over ``objective.sampling_times(steps)``. ``network(x, level)`` has the labels bound in."""
@@ -83,3 +85,18 @@ def sample_flow(objective: RectifiedFlow, network, noise_images: torch.Tensor, *
         return objective.velocity(network, x, _per_image(t, x))
 
     return integrate(drift, noise_images, objective.sampling_times(steps), heun=heun, desc="flow", progress=progress)
+
+
+CONTINUOUS_SAMPLERS = {"edm": sample_edm, "flow": sample_flow}
+
+
+def sample_objective(name: str, objective: EDM | RectifiedFlow, sampler: str, network, noise_images: torch.Tensor,
+                     steps: int | None = None, noise: ImageNoise | None = None, progress: bool = True,
+                     **options) -> torch.Tensor:
+    """Draw from a model of the continuous objective ``name`` (edm, flow) with ``sampler``, euler or heun; ``steps``
+    None: that sampler's default for the objective (config.OBJECTIVE_SAMPLERS)."""
+    known = OBJECTIVE_SAMPLERS[name]
+    if sampler not in known:
+        raise ValueError(f"{sampler!r} is not a sampler of {name} models; choose one of {', '.join(known)}")
+    return CONTINUOUS_SAMPLERS[name](objective, network, noise_images, steps=steps or known[sampler],
+                                     heun=sampler == "heun", noise=noise, progress=progress, **options)

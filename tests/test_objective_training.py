@@ -1,0 +1,117 @@
+"""Training and sampling models of the continuous objectives (diffusion.objective = edm, flow) end to end: the loop,
+its resumption, the held-out loss, the samplers through DiffusionSampler and the command line, and what is refused."""
+import json
+
+import pytest
+import torch
+
+from ddpmkit.checkpoint import read_checkpoint
+from ddpmkit.cli import main
+from ddpmkit.config import ConfigError, config_from_dict, resolve_config
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.sampling import DiffusionSampler
+from ddpmkit.train import train
+
+from conftest import tiny_config_dict
+
+OBJECTIVES = ["edm", "flow"]
+
+
+def _config(root, objective: str, **train_changes):
+    d = tiny_config_dict(root)
+    d["diffusion"] = {"objective": objective}
+    d["model"]["class_conditional"] = True
+    d["train"].update({"steps": 24, "log_every": 8, "eval_every": 8, "checkpoint_every": 12, **train_changes})
+    return config_from_dict(d)
+
+
+@pytest.fixture(scope="module", params=OBJECTIVES)
+def trained(request, tiny_idx_root, tmp_path_factory):
+    """(objective, run directory) of a tiny conditional model trained 24 steps."""
+    run = tmp_path_factory.mktemp(f"run_{request.param}")
+    train(_config(tiny_idx_root, request.param), run, progress=False)
+    return request.param, run
+
+
+def test_the_loss_falls_and_the_held_out_loss_is_measured(trained):
+    _, run = trained
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    heldout = [r["heldout_loss"] for r in records if "heldout_loss" in r]
+    assert len(losses) == 3 and losses[-1] < losses[0]  # learning, from the first interval to the last
+    assert len(heldout) == 3 and heldout[-1] < heldout[0] and all(map(torch.isfinite, torch.tensor(heldout)))
+
+
+def test_a_resumed_run_reaches_the_same_weights(trained, tiny_idx_root, tmp_path):
+    objective, run = trained
+    train(_config(tiny_idx_root, objective), tmp_path, stop_at=12, progress=False)
+    resumed = read_checkpoint(train(_config(tiny_idx_root, objective), tmp_path, progress=False))
+    straight = read_checkpoint(run / "final.pt")
+    for name, tensor in straight["ema"]["model"].items():
+        assert torch.equal(tensor, resumed["ema"]["model"][name]), name
+
+
+def test_every_sampler_of_the_objective_draws_guided_images_deterministically(trained):
+    objective, run = trained
+    model = DiffusionSampler(run, device="cpu")
+    for sampler in ("euler", "heun", None):
+        images = model.sample(4, sampler=sampler, steps=4, labels=[0, 1, 0, 1], guidance=1.0, progress=False)
+        assert images.shape == (4, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
+        again = model.sample(4, sampler=sampler, steps=4, labels=[0, 1, 0, 1], guidance=1.0, batch_size=3,
+                             progress=False)
+        assert torch.allclose(images, again, atol=1e-5)  # per-image seeds: the batch size changes nothing but rounding
+
+
+def test_what_the_continuous_objectives_do_not_have_yet_is_refused_in_one_line(trained, tmp_path, capsys):
+    objective, run = trained
+    model = DiffusionSampler(run, device="cpu")
+    for call, message in [(lambda: model.sample(2, sampler="ddim", progress=False), "not a sampler of"),
+                          (lambda: model.sample(2, spacing="karras", progress=False), "spacing: not available"),
+                          (lambda: model.invert(torch.zeros(1, 1, 8, 8), progress=False), "no inversion yet")]:
+        with pytest.raises(DdpmkitError, match=message):
+            call()
+    assert main(["export", "--checkpoint", str(run), "--output", str(tmp_path / "out")]) == 2
+    assert "--format safetensors" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_safetensors_export_samples_as_the_checkpoint(trained, tmp_path):
+    _, run = trained
+    assert main(["export", "--checkpoint", str(run), "--format", "safetensors", "--output",
+                 str(tmp_path / "m.safetensors")]) == 0
+    options = {"steps": 3, "labels": [1, 0], "progress": False}
+    assert torch.equal(DiffusionSampler(tmp_path / "m.safetensors", device="cpu").sample(2, **options),
+                       DiffusionSampler(run, device="cpu").sample(2, **options))
+
+
+def test_the_command_line_samples_with_the_objectives_default(trained, tmp_path, capsys):
+    objective, run = trained
+    assert main(["sample", "--checkpoint", str(run), "--class", "all", "--num-samples", "2", "--steps", "3",
+                 "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    expected = {"edm": "heun", "flow": "euler"}[objective]
+    assert f"({expected})" in capsys.readouterr().out and (tmp_path / "grid.png").is_file()
+
+
+def test_objective_presets_and_refusals():
+    assert resolve_config("quick_edm").diffusion.objective == "edm"
+    assert resolve_config("quick_flow").train.grid_sampler == ""
+    with pytest.raises(ConfigError, match="has its own loss and weighting"):
+        resolve_config("quick", overrides=["diffusion.objective=flow", "train.grid_sampler="])
+    with pytest.raises(ConfigError, match="'ddpm' is not a sampler of edm models"):
+        resolve_config("quick", overrides=["diffusion.objective=edm", "diffusion.loss_weighting=none"])
+
+
+def test_evaluate_and_the_in_training_fd_and_grids_draw_with_the_objectives_sampler(trained, tiny_idx_root,
+                                                                                   tiny_judge, tmp_path):
+    from ddpmkit.evaluate import evaluate
+
+    objective, run = trained
+    report = evaluate(run, num_samples=10, steps=3, metrics=("fd", "accuracy"), classifier=tiny_judge,
+                      data_root=str(tiny_idx_root), cache_dir=None, progress=False)
+    assert report["samples"]["sampler"] == {"edm": "heun", "flow": "euler"}[objective]
+    assert all(map(torch.isfinite, torch.tensor(list(report["metrics"].values()))))
+    cfg = _config(tiny_idx_root, objective, steps=4, eval_every=0, fd_every=4, fd_samples=10, fd_steps=3,
+                  fd_classifier=str(tiny_judge), sample_every=4, grid_images=4, grid_steps=3)
+    train(cfg, tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    fd = [r for r in records if "fd_mnist_classifier" in r]
+    assert fd and fd[0]["fd_sampler"] == report["samples"]["sampler"] and (tmp_path / "samples").is_dir()
