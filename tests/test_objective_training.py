@@ -1,6 +1,7 @@
 """Training and sampling models of the continuous objectives (diffusion.objective = edm, flow) end to end: the loop,
 its resumption, the held-out loss, the samplers through DiffusionSampler and the command line, and what is refused."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,7 +68,8 @@ def test_what_the_continuous_objectives_do_not_have_yet_is_refused_in_one_line(t
     model = DiffusionSampler(run, device="cpu")
     for call, message in [(lambda: model.sample(2, sampler="ddim", progress=False), "not a sampler of"),
                           (lambda: model.sample(2, spacing="karras", progress=False), "spacing: not available"),
-                          (lambda: model.invert(torch.zeros(1, 1, 8, 8), progress=False), "no inversion yet")]:
+                          (lambda: model.invert(torch.zeros(1, 1, 8, 8), progress=False), "no inversion yet"),
+                          (lambda: model.count_steps("ddpm"), "not a sampler of")]:
         with pytest.raises(DdpmkitError, match=message):
             call()
     assert main(["export", "--checkpoint", str(run), "--output", str(tmp_path / "out")]) == 2
@@ -115,3 +117,25 @@ def test_evaluate_and_the_in_training_fd_and_grids_draw_with_the_objectives_samp
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     fd = [r for r in records if "fd_mnist_classifier" in r]
     assert fd and fd[0]["fd_sampler"] == report["samples"]["sampler"] and (tmp_path / "samples").is_dir()
+
+
+@pytest.mark.parametrize("sampler, evaluations", [("euler", 5), ("heun", 9)])
+def test_the_denoising_animation_sees_every_network_evaluation(trained, sampler, evaluations):
+    # Pictures and the demo record x_t and the predicted x_0 through on_step, once per network evaluation: S levels
+    # cost S evaluations with Euler and 2S - 1 with Heun (no correction on the last step, to the final level).
+    from ddpmkit.pictures import denoising_frames, record_denoising
+
+    model = DiffusionSampler(trained[1], device="cpu")
+    assert model.count_steps(sampler, steps=5) == evaluations
+    xs, x0s = record_denoising(model, sampler, 5, 3, [0, 1], torch.tensor([0, 1]), 1.0, progress=False)
+    assert len(xs) == len(x0s) == 3 and all(0 <= x.min() and x.max() <= 1 for x in xs + x0s)
+    assert torch.equal(xs[-1], model.sample(2, sampler=sampler, steps=5, labels=[0, 1], guidance=1.0, progress=False))
+    assert len(denoising_frames(model, [0, 1], cls=0, frames=4, sampler_name=sampler, steps=5, progress=False)) == 4
+
+
+def test_the_demo_draws_with_the_objectives_samplers(trained, tmp_path):
+    from ddpmkit.demo import draw
+
+    model = DiffusionSampler(trained[1], device="cpu")
+    drawn = draw(model, tmp_path, ["0", "1"], 2, 1.0, "heun", 3, 0)
+    assert all(Path(p).is_file() for p in (drawn.grid, drawn.animation))

@@ -24,7 +24,8 @@ import torch
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from .config import DEFAULT_SAMPLER, DEFAULT_STEPS, INT64, SAMPLER_NAMES
+from .build import steps_taken
+from .config import INT64, default_sampler, samplers_of
 from .errors import DdpmkitError
 from .pictures import record_denoising
 from .sampling import DiffusionSampler
@@ -129,10 +130,11 @@ def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
                                            visible=conditional, elem_id="classes")
                 guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="guidance weight w (classifier-free)",
                                      visible=conditional, elem_id="guidance")
-                sampler_name = gr.Dropdown(list(SAMPLER_NAMES), value=DEFAULT_SAMPLER, label="sampler",
+                default = default_sampler(sampler.objective)
+                sampler_name = gr.Dropdown(list(samplers_of(sampler.objective)), value=default, label="sampler",
                                            elem_id="sampler")
-                steps = gr.Slider(1, T, value=min(DEFAULT_STEPS[DEFAULT_SAMPLER], T), step=1, label="steps",
-                                  elem_id="steps")
+                steps = gr.Slider(1, T, value=min(steps_taken(sampler.config, default, None), T), step=1,
+                                  label="steps", elem_id="steps")
                 seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_PAGE_SEED,
                                  label="seed (image j starts from seed + j)", elem_id="seed")
                 count = gr.Slider(1, 16, value=4, step=1, label="images per class" if conditional else "images",
@@ -176,14 +178,11 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, dev
     try:
         stages.set_postfix_str(f"loading {checkpoint}")
         sampler = DiffusionSampler(checkpoint, device=device)
-        if sampler.objective != "ddpm":
-            raise DdpmkitError(f"the demo shows the denoising as it happens, which {sampler.objective} models cannot "
-                               f"yet (issue #25); use 'ddpmkit sample --checkpoint {checkpoint}'")
         out_root = Path(tempfile.mkdtemp(prefix="ddpmkit-demo-"))
         stages.update()
         stages.set_postfix_str("a first image")  # the first visitor does not wait for the warm-up
         warm_up = [sampler.class_names[0]] if sampler.is_conditional else []
-        draw(sampler, out_root / "warm_up", warm_up, 1, 0.0, "ddim", 1, 0)
+        draw(sampler, out_root / "warm_up", warm_up, 1, 0.0, default_sampler(sampler.objective), 1, 0)
         shutil.rmtree(out_root / "warm_up")
         stages.update()
         stages.set_postfix_str("building the page")

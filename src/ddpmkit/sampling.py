@@ -125,28 +125,28 @@ class DiffusionSampler:
         if not (math.isfinite(guidance_rescale) and 0 <= guidance_rescale <= 1):
             raise DdpmkitError(f"guidance_rescale must be between 0 and 1, got {guidance_rescale}")
         sampler = resolve_sampler(self.objective, sampler)
-        if self.objective == "ddpm":
-            options = {**self._sampler_options(sampler, steps, eta, clip, spacing, threshold), "on_step": on_step}
-        else:
-            self._check_continuous_options(sampler, steps, eta, spacing, threshold, on_step)
-            options = None
+        options = self._options(sampler, steps, eta, clip, spacing, threshold)
         x_T = x_T.to(self.device).contiguous(memory_format=self.memory_format)
         return run_sampler(self.config, sampler, self.denoiser(labels, guidance, guidance_rescale), self.schedule, x_T,
-                           steps=steps, noise=noise, progress=progress, ddpm_options=options, **sampler_kwargs)
+                           steps=steps, noise=noise, progress=progress, ddpm_options=options, on_step=on_step,
+                           **sampler_kwargs)
 
-    def _check_continuous_options(self, sampler: str, steps: int | None, eta: float, spacing: str | None,
-                                  threshold: float | None, on_step: StepCallback | None) -> None:
-        """Refuse, in one line, what an edm or flow model's samplers do not take; they take no other options."""
+    def _options(self, sampler: str, steps: int | None, eta: float, clip: bool | None, spacing: str | None,
+                 threshold: float | None) -> dict | None:
+        """A ddpm model's sampler options (``sampler_options``); for an edm or flow model None, after refusing in one
+        line what their samplers do not take."""
+        if self.objective == "ddpm":
+            return self._sampler_options(sampler, steps, eta, clip, spacing, threshold)
         if sampler not in samplers_of(self.objective):
             raise DdpmkitError(f"{sampler!r} is not a sampler of {self.objective} models; choose one of "
                                f"{', '.join(samplers_of(self.objective))}")
         if steps is not None and steps < 1:
             raise DdpmkitError(f"steps must be at least 1, got {steps}")
-        unsupported = [name for name, value in (("eta", eta), ("spacing", spacing), ("threshold", threshold),
-                                                ("on_step (denoising pictures)", on_step)) if value]
+        unsupported = [name for name, value in (("eta", eta), ("spacing", spacing), ("threshold", threshold)) if value]
         if unsupported:
             raise DdpmkitError(f"{', '.join(unsupported)}: not available for {self.objective} models yet (issue #25); "
                                f"leave it out")
+        return None
 
     def count_steps(self, sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
                     clip: bool | None = None, spacing: str | None = None, threshold: float | None = None,
@@ -154,10 +154,8 @@ class DiffusionSampler:
         """How many times ``run`` with these options calls ``on_step`` (once per network evaluation; heun's levels
         cost two). Found by running the sampler itself on a one-pixel image with a stand-in network that predicts
         zeros: milliseconds, and right for every sampler and option without a formula for each."""
-        if self.objective != "ddpm":
-            raise DdpmkitError(f"denoising pictures of {self.objective} models are not available yet (issue #25)")
         sampler = resolve_sampler(self.objective, sampler)
-        options = self._sampler_options(sampler, steps, eta, clip, spacing, threshold)
+        options = self._options(sampler, steps, eta, clip, spacing, threshold)
         calls = 0
 
         def count(t, x, x0):
@@ -165,8 +163,9 @@ class DiffusionSampler:
             calls += 1
 
         pixel = torch.zeros(1, 1, 1, 1, device=self.device)
-        SAMPLERS[sampler](lambda x, t: torch.zeros_like(x), self.schedule, pixel, noise=ImageNoise.from_seeds([0]),
-                          on_step=count, progress=False, **options, **sampler_kwargs)
+        run_sampler(self.config, sampler, lambda x, t: torch.zeros_like(x), self.schedule, pixel, steps=steps,
+                    noise=ImageNoise.from_seeds([0]), progress=False, ddpm_options=options, on_step=count,
+                    **sampler_kwargs)
         return calls
 
     def _sampler_options(self, sampler: str, steps: int | None, eta: float, clip: bool | None, spacing: str | None,

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..config import OBJECTIVE_SAMPLERS
 from ..objectives import EDM, RectifiedFlow
-from .common import ImageNoise
+from .common import ImageNoise, StepCallback
 
 # dx/dlevel at (x, level); the level a float, the same for every image of the batch.
 Drift = Callable[[torch.Tensor, float], torch.Tensor]
@@ -53,15 +53,21 @@ def sample_edm(objective: EDM, network, noise_images: torch.Tensor, *,
                churn_range: tuple[float, float] = (0.0, math.inf),  # S_tmin, S_tmax: the sigmas where churn acts
                churn_noise: float = 1.0,                            # S_noise
                noise: ImageNoise | None = None,                     # per-image generators for churn's noise
+               on_step: StepCallback | None = None,                 # on_step(sigma, x / sqrt(1 + sigma^2), D(x))
                progress: bool = True) -> torch.Tensor:
     """Draw images from an EDM model: x_0 = sigma_max n (n = ``noise_images``, standard normal), then Algorithm 1
-    (``churn`` 0) or 2 over ``objective.sampling_sigmas(steps)``. ``network(x, level)`` has the labels bound in."""
+    (``churn`` 0) or 2 over ``objective.sampling_sigmas(steps)``. ``network(x, level)`` has the labels bound in.
+    ``on_step`` sees every network evaluation, with x scaled as the variance-preserving x_t of the same noise level
+    (x_t = sqrt(abar) x with abar = 1 / (1 + sigma^2)), so that pictures show it in the data's range."""
     sigmas = objective.sampling_sigmas(steps)
     gamma = min(churn / steps, math.sqrt(2) - 1)  # Algorithm 2, line 5
     noise = noise or ImageNoise()
 
     def drift(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return (x - objective.denoise(network, x, _per_image(sigma, x))) / sigma  # Algorithm 1, line 7
+        denoised = objective.denoise(network, x, _per_image(sigma, x))
+        if on_step is not None:
+            on_step(sigma, x / math.sqrt(1 + sigma**2), denoised)
+        return (x - denoised) / sigma  # Algorithm 1, line 7
 
     def raise_level(x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float]:
         if not churn_range[0] <= sigma <= churn_range[1]:
@@ -78,11 +84,15 @@ def sample_flow(objective: RectifiedFlow, network, noise_images: torch.Tensor, *
                 steps: int = 20,     # time steps (2 steps - 1 evaluations with heun)
                 heun: bool = False,  # Heun's correction: second order
                 noise: ImageNoise | None = None,  # unused: the ODE is deterministic
+                on_step: StepCallback | None = None,  # on_step(t, x_t, predicted x_0 = x_t - t v)
                 progress: bool = True) -> torch.Tensor:
     """Draw images from a rectified-flow model: integrate dx/dt = v(x, t) from t = 1 (x = ``noise_images``) to 0
     over ``objective.sampling_times(steps)``. ``network(x, level)`` has the labels bound in."""
     def drift(x: torch.Tensor, t: float) -> torch.Tensor:
-        return objective.velocity(network, x, _per_image(t, x))
+        velocity = objective.velocity(network, x, _per_image(t, x))
+        if on_step is not None:
+            on_step(t, x, x - t * velocity)
+        return velocity
 
     return integrate(drift, noise_images, objective.sampling_times(steps), heun=heun, desc="flow", progress=progress)
 
