@@ -123,6 +123,11 @@ def resolve_sampler(objective: str, name: str | None) -> str:
     return name or default_sampler(objective)
 
 
+def steps_for(objective: str, sampler: str) -> int | None:
+    """The steps ``sampler`` takes by default for a model of ``objective`` (None: all T)."""
+    return DEFAULT_STEPS.get(sampler) if objective == "ddpm" else OBJECTIVE_SAMPLERS[objective][sampler]
+
+
 def linear_beta_scale(num_timesteps: int) -> float:
     """The factor by which the linear schedule over T steps multiplies diffusion.beta_start and beta_end, which are
     DDPM's betas for T = 1000: 1000 / T (IDDPM's get_named_beta_schedule), so that alpha-bar_T stays near DDPM's
@@ -516,8 +521,8 @@ def validate(cfg: Config) -> Config:
     if t.eval_every and not t.eval_images:
         raise ConfigError("train.eval_images: must be >= 1 while train.eval_every > 0 (set eval_every=0 to skip)")
     if f.objective != "ddpm" and (f.loss, f.loss_weighting) != ("mse", "none"):
-        raise ConfigError(f"diffusion.objective={f.objective} has its own loss and weighting (EDM: eq. 2 with Table 1's "
-                          f"lambda; flow: the velocity's squared error), not loss={f.loss} with "
+        raise ConfigError(f"diffusion.objective={f.objective} has its own loss and weighting (EDM: eq. 2 with "
+                          f"Table 1's lambda; flow: the velocity's squared error), not loss={f.loss} with "
                           f"loss_weighting={f.loss_weighting}; --set diffusion.loss=mse --set "
                           f"diffusion.loss_weighting=none")
     if f.loss == "bce" and not (f.prediction == "x0" and d.zero_one):

@@ -27,6 +27,9 @@ from ..files import atomic_write, recover_folder, write_folder_atomically, write
 from ..unet import UNetSpec
 from ..version import __version__
 from .diffusers_scheduler import ddpm_scheduler_config, diffusion_from_scheduler
+from .flow_scheduler import FLOW_SCHEDULER, diffusion_from_flow_scheduler, flow_scheduler_config
+
+SCHEDULER_CONFIGS = {"ddpm": ddpm_scheduler_config, "flow": flow_scheduler_config}  # by diffusion.objective
 from .diffusers_unet import (DIFFUSERS_VERSION, Unsupported, from_diffusers_weights, spec_from_unet2d_config,
                              to_diffusers_weights, unet2d_config)
 from .loaded import LoadedModel, checkpoint_state, weights_to_export
@@ -147,8 +150,9 @@ def _convert_configs(configs: dict, name: str, scheduler_name: str) -> tuple[UNe
     spec = spec_from_unet2d_config(configs["unet"], f"{name} (unet/config.json)")
     training, info = configs["training"], configs["info"]
     known = config_from_dict(training, f"{name} ({TRAINING_CONFIG})") if training is not None else None
-    diffusion = diffusion_from_scheduler(configs["scheduler"], f"{name} ({scheduler_name})",
-                                         known.diffusion if known else None)
+    read = (diffusion_from_flow_scheduler if configs["scheduler"].get("_class_name") == FLOW_SCHEDULER else
+            diffusion_from_scheduler)
+    diffusion = read(configs["scheduler"], f"{name} ({scheduler_name})", known.diffusion if known else None)
     # Another program's model: nothing says what it was trained on (evaluate asks for the real data).
     cfg = known or merge_into(Config(), {"data": {"dataset": "folder", "channels": spec.image_channels}}, name)
     merge_into(cfg, {"model": model_config_of(spec), "diffusion": diffusion,
@@ -172,14 +176,15 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
     state = model.state
     cfg = config_from_dict(state["config"], f"the config inside {model.name}")
     spec = spec_from_dict(state["unet"])
-    if cfg.diffusion.objective != "ddpm":
-        raise Unsupported(f"a diffusers export of {cfg.diffusion.objective} models is not written yet (issue #25); "
-                          f"export it with --format safetensors, which ddpmkit reads back")
+    if cfg.diffusion.objective == "edm":
+        raise Unsupported("an edm model has no diffusers folder: its preconditioning (c_in, c_skip, c_out) is not "
+                          "part of UNet2DModel and DDPMPipeline would not apply it; export it with --format "
+                          "safetensors, which ddpmkit reads back")
     if cfg.data.zero_one:
         raise Unsupported("this model works on images in [0, 1] (data.zero_one); diffusers' pipelines take and "
                           "return images in [-1, 1], so it cannot be exported for them")
     unet_config = unet2d_config(spec)
-    scheduler_config = ddpm_scheduler_config(cfg.diffusion)
+    scheduler_config = SCHEDULER_CONFIGS[cfg.diffusion.objective](cfg.diffusion)
     weights, kind = weights_to_export(model, use_ema)
     weights = to_diffusers_weights(weights, spec)
     output = Path(output)
@@ -194,7 +199,7 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
 
         write_json(folder / "model_index.json", {"_class_name": "DDPMPipeline",
                                                  "_diffusers_version": DIFFUSERS_VERSION,
-                                                 "scheduler": ["diffusers", "DDPMScheduler"],
+                                                 "scheduler": ["diffusers", scheduler_config["_class_name"]],
                                                  "unet": ["diffusers", "UNet2DModel"]})
         write_json(folder / "unet" / "config.json", unet_config)
         with atomic_write(folder / "unet" / WEIGHTS_NAME) as f:

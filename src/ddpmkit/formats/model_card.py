@@ -2,9 +2,10 @@
 then what the model is, how it was trained, how to sample it, what was measured and how to train it again."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from ..config import DEFAULT_SAMPLER, DEFAULT_STEPS, Config, linear_beta_scale
+from ..config import Config, default_sampler, linear_beta_scale, steps_for
 from ..unet import UNetSpec
 from .diffusers_scheduler import TIMESTEP_SPACINGS
 
@@ -82,10 +83,13 @@ def _model_section(cfg: Config, spec: UNetSpec, info: dict, num_params: int) -> 
     weights = _weights(cfg, info["weights"], info["exported_from"])
     variance = "posterior (beta-tilde)" if d.variance == "posterior" else "beta_t"
     clipped = "clipped to [-1, 1]" if d.clip_x0 else "not clipped"
+    process = (f"{_schedule(cfg)}; the network predicts {PREDICTS[d.prediction]}; ancestral sampling variance "
+               f"{variance}; predicted x_0 {clipped}" if d.objective == "ddpm" else
+               "rectified flow, x_t = (1 - t) x_0 + t eps (Liu et al. 2022; Esser et al. 2024), logit-normal t in "
+               "training; the network predicts the velocity eps - x_0 from x_t and 1000 t")
     lines = ["## Model", "",
              f"- Network: {_architecture(spec, num_params)}; diffusers' `UNet2DModel` (`unet/config.json`).",
-             f"- Diffusion: {_schedule(cfg)}; the network predicts {PREDICTS[d.prediction]}; ancestral sampling "
-             f"variance {variance}; predicted x_0 {clipped} (`scheduler/scheduler_config.json`).",
+             f"- Diffusion: {process} (`scheduler/scheduler_config.json`).",
              f"- Weights: {weights}.",
              f"- Images: {'greyscale' if spec.image_channels == 1 else 'RGB'}, in [-1, 1]."]
     if spec.num_classes:
@@ -104,6 +108,7 @@ def _training_section(cfg: Config, step: int, conditional: bool) -> list[str]:
     seen = (f"- {step:,} optimizer steps of {train.batch_size} images: {step * train.batch_size:,} training images "
             f"seen." if step else "- Steps: unknown.")
     weighting = f" with Min-SNR-{d.min_snr_gamma:g} weighting" if d.loss_weighting == "min_snr" else ""
+    weighting += " of the velocity" if d.objective == "flow" else ""
     dropout = f", label dropout {d.label_dropout:g}" if conditional else ""
     return ["## Training", "", f"- Data: {source}{subset}{flips}.", seen,
             f"- AdamW, learning rate {train.lr:g} (warm-up {train.warmup_steps} steps, cosine to "
@@ -111,20 +116,42 @@ def _training_section(cfg: Config, step: int, conditional: bool) -> list[str]:
             f"gradient clip {train.grad_clip:g}, {train.precision}; loss {d.loss}{weighting}{dropout}."]
 
 
+@dataclass(frozen=True)
+class DiffusersSampling:
+    """How the card's diffusers example samples a model of one diffusion.objective."""
+    pipeline_scheduler: str            # the exported scheduler, which DDPMPipeline runs (unconditional models)
+    pipeline_steps: Callable[[int], int]  # its num_inference_steps for a T-step model
+    loop_scheduler: str                # the scheduler of the guided loop (conditional models)
+    loop_steps: Callable[[int], int]
+    step_call: str                     # the loop's step on the guided output
+
+
+DIFFUSERS_SAMPLING = {
+    "ddpm": DiffusersSampling("DDPMScheduler", lambda T: T, "DDIMScheduler", lambda T: min(50, T),
+                              "scheduler.step(guided, t, x, use_clipped_model_output=True).prev_sample  # as ddpmkit's "
+                              "ddim"),
+    "flow": DiffusersSampling("FlowMatchEulerDiscreteScheduler", lambda T: steps_for("flow", "euler"),
+                              "FlowMatchEulerDiscreteScheduler", lambda T: steps_for("flow", "euler"),
+                              "scheduler.step(guided, t, x).prev_sample  # ddpmkit's euler at the scheduler's times"),
+}
+
+
 def _diffusers_example(cfg: Config, spec: UNetSpec, null_label: int | None) -> list[str]:
-    """Python that samples the folder with diffusers alone (a test runs it and compares with ddpmkit)."""
+    """Python that samples the folder with diffusers alone (tests run it and compare with ddpmkit): DDPMPipeline for
+    an unconditional model, a guided loop over the scheduler's timesteps for a conditional one."""
+    how = DIFFUSERS_SAMPLING[cfg.diffusion.objective]
     T, size = cfg.diffusion.num_timesteps, cfg.data.image_size
     if not spec.num_classes:
         return ["from diffusers import DDPMPipeline", "",
-                'pipeline = DDPMPipeline.from_pretrained("PATH_OR_HUB_ID")',
-                f"images = pipeline(batch_size=16, num_inference_steps={T}).images  # PIL images"]
+                f'pipeline = DDPMPipeline.from_pretrained("PATH_OR_HUB_ID")  # with its {how.pipeline_scheduler}',
+                f"images = pipeline(batch_size=16, num_inference_steps={how.pipeline_steps(T)}).images  # PIL images"]
     return [
         "import torch",
-        "from diffusers import DDIMScheduler, UNet2DModel",
+        f"from diffusers import {how.loop_scheduler}, UNet2DModel",
         "",
         'unet = UNet2DModel.from_pretrained("PATH_OR_HUB_ID", subfolder="unet").eval()',
-        'scheduler = DDIMScheduler.from_pretrained("PATH_OR_HUB_ID", subfolder="scheduler")',
-        f"scheduler.set_timesteps({min(50, T)})",
+        f'scheduler = {how.loop_scheduler}.from_pretrained("PATH_OR_HUB_ID", subfolder="scheduler")',
+        f"scheduler.set_timesteps({how.loop_steps(T)})",
         f"labels, w = torch.arange({spec.num_classes}), 1.0  # one image per class; guidance weight w",
         f"null = torch.full_like(labels, {null_label})  # the null label: the unconditional model",
         f"x = torch.randn(len(labels), {spec.image_channels}, {size}, {size})",
@@ -133,22 +160,27 @@ def _diffusers_example(cfg: Config, spec: UNetSpec, null_label: int | None) -> l
         "        both = unet(x.repeat(2, 1, 1, 1), t, class_labels=torch.cat([labels, null])).sample",
         "        cond, uncond = both.chunk(2)",
         "        guided = cond + w * (cond - uncond)  # Ho & Salimans 2022, eq. 6",
-        "        x = scheduler.step(guided, t, x, use_clipped_model_output=True).prev_sample  # as ddpmkit's ddim",
+        f"        x = {how.step_call}",
         "images = (x / 2 + 0.5).clamp(0, 1)",
     ]
 
 
 def _sampling_section(cfg: Config, spec: UNetSpec, null_label: int | None) -> list[str]:
     classes = " --class all --guidance 1" if spec.num_classes else ""
-    command = (f"ddpmkit sample --checkpoint PATH_OR_HUB_ID --sampler {DEFAULT_SAMPLER} "
-               f"--steps {DEFAULT_STEPS[DEFAULT_SAMPLER]}{classes} --num-samples 16")
-    spacing = TIMESTEP_SPACINGS[cfg.diffusion.variance]
+    sampler = default_sampler(cfg.diffusion.objective)
+    command = (f"ddpmkit sample --checkpoint PATH_OR_HUB_ID --sampler {sampler} "
+               f"--steps {steps_for(cfg.diffusion.objective, sampler)}{classes} --num-samples 16")
+    if cfg.diffusion.objective == "flow":
+        diffusers = ("With diffusers, whose FlowMatchEulerDiscreteScheduler takes the Euler steps of ddpmkit's "
+                     "`--sampler euler` (at its own times, 1 down to 1/1000, then 0):")
+    else:
+        spacing = TIMESTEP_SPACINGS[cfg.diffusion.variance]
+        diffusers = (f"With diffusers, whose schedulers take the timestep spacing `{spacing}` from "
+                     f"`scheduler/scheduler_config.json` (with fewer steps than T they visit the timesteps of "
+                     f"ddpmkit's `--spacing {spacing}`):")
     return ["## Sampling", "", "With ddpmkit (any of its samplers; this folder is read as it is):", "",
-            "```bash", command, "```", "",
-            f"With diffusers, whose schedulers take the timestep spacing `{spacing}` from "
-            f"`scheduler/scheduler_config.json` (with fewer steps than T they visit the timesteps of ddpmkit's "
-            f"`--spacing {spacing}`):", "",
-            "```python", *_diffusers_example(cfg, spec, null_label), "```"]
+            "```bash", command, "```", "", diffusers, "", "```python", *_diffusers_example(cfg, spec, null_label),
+            "```"]
 
 
 def model_card(cfg: Config, spec: UNetSpec, info: dict, metrics: Sequence[dict], num_params: int,
@@ -167,7 +199,8 @@ def model_card(cfg: Config, spec: UNetSpec, info: dict, metrics: Sequence[dict],
             f"is not recorded here.", "",
             *_sampling_section(cfg, spec, info["null_label"]), "",
             "## Metrics", "", *_metrics_table(metrics, info["weights"]), ""])
-    title = f"# {task} DDPM of {DATASET_NAMES.get(cfg.data.dataset, cfg.data.dataset)}, {size}, trained with ddpmkit"
+    kind = {"ddpm": "DDPM", "flow": "rectified-flow model"}[cfg.diffusion.objective]
+    title = f"# {task} {kind} of {DATASET_NAMES.get(cfg.data.dataset, cfg.data.dataset)}, {size}, trained with ddpmkit"
     lines = [*_front_matter(cfg.data.dataset, conditional), "", title, "",
              *_model_section(cfg, spec, info, num_params), "",
              *_training_section(cfg, info["step"], conditional), "",
