@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, predict_x0_eps, spaced_timesteps
+from .continuous import integrate
 
 
 @torch.no_grad()
@@ -45,22 +45,21 @@ def sample_heun(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
         x0, _ = predict_x0_eps(model, schedule, x_t, t, prediction, clip_range, threshold, on_step)
         return x0
 
+    t_of = {sigma_of(t): t for t in range(len(all_sigmas))}  # every level visited is a trained one
+
+    def drift(x_hat: torch.Tensor, sigma: float) -> torch.Tensor:
+        return (x_hat - denoise(x_hat, t_of[sigma])) / sigma  # EDM eq. 4 with s = 1
+
+    def raise_level(x_hat: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float]:
+        """EDM Algorithm 2, lines 4-6, at the trained level nearest to sigma (1 + gamma)."""
+        if not churn_range[0] <= sigma <= churn_range[1]:
+            return x_hat, sigma
+        raised = sigma_of(int((all_sigmas - sigma * (1 + gamma)).abs().argmin()))
+        added = math.sqrt(max(raised**2 - sigma**2, 0.0)) * churn_noise * noise.randn(x_hat.shape, x_hat.device)
+        return x_hat + added, raised
+
     noise = noise or ImageNoise()
     gamma = min(churn / len(timesteps), math.sqrt(2) - 1) if churn else 0.0
-    x_hat = x_T / math.sqrt(float(abar[timesteps[0]]))
-    for i, t in enumerate(tqdm(timesteps, desc="heun", disable=not progress, leave=False)):
-        sigma = sigma_of(t)
-        if gamma and churn_range[0] <= sigma <= churn_range[1]:  # EDM Alg. 2, lines 4-6, at a trained level
-            t = int((all_sigmas - sigma * (1 + gamma)).abs().argmin())
-            x_hat = x_hat + math.sqrt(max(sigma_of(t) ** 2 - sigma**2, 0.0)) * churn_noise * \
-                noise.randn(x_hat.shape, x_hat.device)
-            sigma = sigma_of(t)
-        slope = (x_hat - denoise(x_hat, t)) / sigma
-        t_next = timesteps[i + 1] if i + 1 < len(timesteps) else None
-        sigma_next = sigma_of(t_next) if t_next is not None else 0.0
-        x_next = x_hat + (sigma_next - sigma) * slope
-        if t_next is not None:  # Heun's correction (Alg. 1, lines 9-11)
-            slope_next = (x_next - denoise(x_next, t_next)) / sigma_next
-            x_next = x_hat + (sigma_next - sigma) * (slope + slope_next) / 2
-        x_hat = x_next
-    return x_hat
+    levels = [sigma_of(t) for t in timesteps] + [0.0]
+    return integrate(drift, x_T / math.sqrt(float(abar[timesteps[0]])), levels, heun=True,
+                     churn=raise_level if gamma else None, desc="heun", progress=progress)
