@@ -6,7 +6,7 @@ from contextlib import nullcontext
 
 import torch
 
-from .config import COMPILE_MODES, DEFAULT_STEPS, OBJECTIVE_SAMPLERS, Config, DiffusionConfig, linear_beta_scale
+from .config import COMPILE_MODES, DEFAULT_STEPS, Config, DiffusionConfig, linear_beta_scale, steps_for
 from .errors import DdpmkitError
 from .objectives import objective_of
 from .samplers import SAMPLERS, SPACINGS, ImageNoise
@@ -85,9 +85,10 @@ def steps_taken(cfg: Config, sampler: str, steps: int | None) -> int:
     T = cfg.diffusion.num_timesteps
     if steps is not None:
         return steps
-    if cfg.diffusion.objective != "ddpm":
-        return OBJECTIVE_SAMPLERS[cfg.diffusion.objective][sampler]
-    return min(DEFAULT_STEPS[sampler], T) if sampler in DEFAULT_STEPS else T
+    default = steps_for(cfg.diffusion.objective, sampler)
+    if cfg.diffusion.objective != "ddpm":  # continuous noise levels: no T to cap at
+        return default
+    return T if default is None else min(default, T)
 
 
 def sampler_options(cfg: Config, sampler: str, steps: int | None, eta: float = 0.0, clip: bool = True,

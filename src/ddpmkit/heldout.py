@@ -82,6 +82,7 @@ def heldout_loss(model, schedule, images: torch.Tensor, labels, cfg: Config, dev
     Its batches of 256 are shared out over the processes of a distributed run."""
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(12345))
     starts = range(0, len(images), 256)
+    loss_of = training_loss(cfg.diffusion)
     total = 0.0
     for k in distributed.my_share(len(starts)):
         start = starts[k]
@@ -91,6 +92,6 @@ def heldout_loss(model, schedule, images: torch.Tensor, labels, cfg: Config, dev
         u = ((torch.arange(start, start + n) + 0.5) / len(images)).to(device)  # continuous objectives' levels
         y = labels[start: start + n].to(device) if labels is not None and model.spec.num_classes else None
         with autocast(device, cfg.train.precision):
-            loss = training_loss(cfg.diffusion)(model, schedule, x0, t, u, noise[start: start + n].to(device), y)
+            loss = loss_of(model, schedule, x0, t, u, noise[start: start + n].to(device), y)
         total += float(loss) * n
     return distributed.sum_over_ranks([total])[0] / len(images)

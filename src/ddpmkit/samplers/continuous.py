@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..config import OBJECTIVE_SAMPLERS
+from ..config import OBJECTIVE_SAMPLERS, steps_for
 from ..objectives import EDM, RectifiedFlow
 from .common import ImageNoise, StepCallback
 
@@ -105,8 +105,8 @@ def sample_objective(name: str, objective: EDM | RectifiedFlow, sampler: str, ne
                      **options) -> torch.Tensor:
     """Draw from a model of the continuous objective ``name`` (edm, flow) with ``sampler``, euler or heun; ``steps``
     None: that sampler's default for the objective (config.OBJECTIVE_SAMPLERS)."""
-    known = OBJECTIVE_SAMPLERS[name]
-    if sampler not in known:
-        raise ValueError(f"{sampler!r} is not a sampler of {name} models; choose one of {', '.join(known)}")
-    return CONTINUOUS_SAMPLERS[name](objective, network, noise_images, steps=steps or known[sampler],
+    if sampler not in OBJECTIVE_SAMPLERS[name]:
+        raise ValueError(f"{sampler!r} is not a sampler of {name} models; choose one of "
+                         f"{', '.join(OBJECTIVE_SAMPLERS[name])}")
+    return CONTINUOUS_SAMPLERS[name](objective, network, noise_images, steps=steps or steps_for(name, sampler),
                                      heun=sampler == "heun", noise=noise, progress=progress, **options)
