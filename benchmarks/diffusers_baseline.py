@@ -19,6 +19,12 @@ train_unconditional.py``. Every choice, and why:
   are not mirror-symmetric), channels_last as ddpmkit's CPU presets use (the same memory format on both sides).
 - data: exactly the images ddpmkit trains on (data.load_images: Fashion-MNIST padded from 28 to 32 pixels), in
   [-1, 1], reshuffled every epoch from the seed.
+
+The second, stronger baseline (``same_size_settings``, issue #25) is the same loop with ddpmkit's network shape
+instead: UNet2DModel at the width, depth, normalisation and batch of a ddpmkit preset (for the CPU presets block
+widths (16, 32, 64), one layer per block, GroupNorm(8), no attention anywhere, batch 32: 619,697 parameters, exactly
+as many as ddpmkit's U-Net of that preset) and the preset's tuned learning rate and warm-up, so that what is left
+between it and ddpmkit's row is the objective and the training recipe, not the architecture.
 """
 from __future__ import annotations
 
@@ -39,31 +45,48 @@ SETTINGS = {  # the choices above, recorded in the race's JSON
 }
 
 
-def build_unet(image_channels: int, image_size: int):
+
+
+def same_size_settings(cfg) -> dict:
+    """The example's loop with the network and batch of the ddpmkit config ``cfg`` (an attention-free U-Net: the
+    CPU presets'), its learning rate and warm-up steps."""
+    m = cfg.model
+    if m.attention_resolutions or m.num_res_blocks < 1:
+        raise ValueError("same_size_settings mirrors attention-free ddpmkit U-Nets only (the CPU presets')")
+    return {**SETTINGS, "block_out_channels": tuple(m.base_channels * k for k in m.channel_mults),
+            "layers_per_block": m.num_res_blocks, "norm_num_groups": m.norm_groups,
+            "middle_attention": m.middle_attention, "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
+            "warmup_steps": cfg.train.warmup_steps}
+
+
+def build_unet(image_channels: int, image_size: int, settings: dict = SETTINGS):
     from diffusers import UNet2DModel
 
+    levels = len(settings["block_out_channels"])
     return UNet2DModel(sample_size=image_size, in_channels=image_channels, out_channels=image_channels,
-                       block_out_channels=SETTINGS["block_out_channels"], layers_per_block=SETTINGS["layers_per_block"],
-                       down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3)
+                       block_out_channels=settings["block_out_channels"], layers_per_block=settings["layers_per_block"],
+                       down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
+                       norm_num_groups=settings.get("norm_num_groups", 32),
+                       add_attention=settings.get("middle_attention", True))
 
 
 class Trainer:
     """One training run of the baseline: ``step()`` is one optimizer step of the example's loop."""
 
-    def __init__(self, images: torch.Tensor, total_steps: int, seed: int):
+    def __init__(self, images: torch.Tensor, total_steps: int, seed: int, settings: dict = SETTINGS):
         from diffusers import DDPMScheduler
         from diffusers.optimization import get_scheduler
         from diffusers.training_utils import EMAModel
 
-        s = SETTINGS
+        s = self.settings = settings
         torch.manual_seed(seed)
         self.images = images  # uint8 (N, C, H, W)
-        self.unet = build_unet(images.shape[1], images.shape[-1]).to(memory_format=torch.channels_last)
+        self.unet = build_unet(images.shape[1], images.shape[-1], s).to(memory_format=torch.channels_last)
         self.scheduler = DDPMScheduler(num_train_timesteps=s["num_train_timesteps"], beta_schedule=s["beta_schedule"],
                                        prediction_type=s["prediction_type"])
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=s["lr"], betas=s["adam_betas"],
                                            weight_decay=s["weight_decay"], eps=s["adam_eps"])
-        warmup = min(s["warmup_max"], max(1, round(s["warmup_fraction"] * total_steps)))
+        warmup = s.get("warmup_steps") or min(s["warmup_max"], max(1, round(s["warmup_fraction"] * total_steps)))
         self.lr_scheduler = get_scheduler("cosine", optimizer=self.optimizer, num_warmup_steps=warmup,
                                           num_training_steps=total_steps)
         self.ema = EMAModel(self.unet.parameters(), decay=s["ema_max_decay"], use_ema_warmup=True,
@@ -72,7 +95,7 @@ class Trainer:
         self.order, self.position, self.warmup = torch.empty(0, dtype=torch.long), 0, warmup
 
     def next_batch(self) -> torch.Tensor:
-        batch = SETTINGS["batch_size"]
+        batch = self.settings["batch_size"]
         if self.position + batch > len(self.order):  # a new epoch (the last incomplete batch dropped)
             self.order, self.position = torch.randperm(len(self.images), generator=self.generator), 0
         index = self.order[self.position: self.position + batch]
@@ -82,11 +105,11 @@ class Trainer:
     def step(self) -> float:
         clean = self.next_batch()
         noise = torch.randn(clean.shape, generator=self.generator).contiguous(memory_format=torch.channels_last)
-        timesteps = torch.randint(0, SETTINGS["num_train_timesteps"], (len(clean),), generator=self.generator)
+        timesteps = torch.randint(0, self.settings["num_train_timesteps"], (len(clean),), generator=self.generator)
         noisy = self.scheduler.add_noise(clean, noise, timesteps)
         loss = F.mse_loss(self.unet(noisy, timesteps).sample, noise)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), SETTINGS["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.settings["grad_clip"])
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -99,11 +122,12 @@ class Trainer:
         return self.unet.eval()
 
 
-def calibration(images: torch.Tensor, warmup: int = 10, timed: int = 40) -> tuple[float, float]:
+def calibration(images: torch.Tensor, settings: dict = SETTINGS, warmup: int = 10, timed: int = 40
+                ) -> tuple[float, float]:
     """Optimizer steps per second of a throw-away baseline on this machine now, and the seconds of a run that are
     not steps (building the network, optimizer and EMA); the race sizes runs with them."""
     start = time.perf_counter()
-    trainer = Trainer(images, total_steps=warmup + timed, seed=12345)
+    trainer = Trainer(images, total_steps=warmup + timed, seed=12345, settings=settings)
     overhead = time.perf_counter() - start
     for _ in range(warmup):
         trainer.step()
@@ -114,11 +138,11 @@ def calibration(images: torch.Tensor, warmup: int = 10, timed: int = 40) -> tupl
 
 
 def train(images: torch.Tensor, steps: int, seed: int, out_dir: Path, time_limit_s: float = math.inf,
-          progress: bool = True) -> dict:
+          progress: bool = True, settings: dict = SETTINGS) -> dict:
     """Train the baseline for ``steps`` steps, or until ``time_limit_s`` has passed; saves the EMA network with
     ``save_pretrained`` (safetensors) in ``out_dir/unet`` and returns what happened."""
     start = time.perf_counter()
-    trainer = Trainer(images, steps, seed)
+    trainer = Trainer(images, steps, seed, settings)
     losses = []
     for _ in tqdm(range(steps), desc="diffusers", unit="step", disable=not progress, dynamic_ncols=True):
         if time.perf_counter() - start > time_limit_s:
@@ -130,7 +154,7 @@ def train(images: torch.Tensor, steps: int, seed: int, out_dir: Path, time_limit
     unet.save_pretrained(tmp)
     tmp.replace(out_dir / "unet")
     info = {"steps": len(losses), "planned_steps": steps, "train_seconds": round(seconds, 1),
-            "images_seen": len(losses) * SETTINGS["batch_size"],
+            "images_seen": len(losses) * settings["batch_size"],
             "warmup_steps": trainer.warmup, "final_loss_100": sum(losses[-100:]) / len(losses[-100:]),
             "parameters": sum(p.numel() for p in unet.parameters())}
     (out_dir / "info.json").write_text(json.dumps(info, indent=1))
