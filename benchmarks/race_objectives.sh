@@ -5,7 +5,9 @@
 # system of both seeds trains under the same conditions: 10 minutes of one core. A lane's rows go to its own JSON
 # (docs/race_objectives/seed<N>.json) as they are measured; an interrupted race continues where it stopped.
 #
-#   bash benchmarks/race_objectives.sh            # ~2 hours on 2 cores; run nothing else meanwhile
+#   bash benchmarks/race_objectives.sh uncond     # ~1 hour on 2 cores; run nothing else meanwhile
+#   bash benchmarks/race_objectives.sh cond       # ~45 minutes
+#   bash benchmarks/race_objectives.sh diffusers  # the issue #13 baseline, ~25 minutes (it samples slowly)
 #   python benchmarks/race.py --table --json docs/race_objectives/seed0.json --json docs/race_objectives/seed1.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,22 +17,30 @@ OUT=${OUT:-docs/race_objectives}
 WORK=${WORK:-runs/race_objectives}
 mkdir -p "$OUT" "$WORK"
 
+PHASE=${1:?which part: uncond, cond or diffusers}
+
 lane() {  # lane CORE SEED: every system of one seed, one after the other, on one core
     local core=$1 seed=$2
     run() {
         taskset -c "$core" "$PYTHON" benchmarks/race.py --threads 1 --seeds "$seed" --minutes "$MINUTES" \
             --work "$WORK" --json "$OUT/seed$seed.json" "$@"
     }
-    run --preset quick_uncond --name ddpm_uncond --baselines diffusers-same-size
-    run --preset quick_edm --set model.class_conditional=false --name edm_uncond --skip-baseline
-    run --preset quick_flow --set model.class_conditional=false --name flow_uncond --skip-baseline
-    run --preset quick --name ddpm_cond --skip-baseline
-    run --preset quick_edm --name edm_cond --skip-baseline
-    run --preset quick_flow --name flow_cond --skip-baseline
-    run --preset quick_uncond --name ddpm_uncond --baselines diffusers  # the issue #13 baseline, last: it samples slowly
+    case $PHASE in
+    uncond)
+        run --preset quick_uncond --name ddpm_uncond --baselines diffusers-same-size
+        run --preset quick_edm --set model.class_conditional=false --name edm_uncond --skip-baseline
+        run --preset quick_flow --set model.class_conditional=false --name flow_uncond --skip-baseline ;;
+    cond)
+        run --preset quick --name ddpm_cond --skip-baseline
+        run --preset quick_edm --name edm_cond --skip-baseline
+        run --preset quick_flow --name flow_cond --skip-baseline ;;
+    diffusers)
+        run --preset quick_uncond --name ddpm_uncond --baselines diffusers ;;
+    *) echo "unknown part $PHASE: uncond, cond or diffusers" >&2; exit 2 ;;
+    esac
 }
 
-lane 0 0 > "$WORK/lane0.log" 2>&1 &
-lane 1 1 > "$WORK/lane1.log" 2>&1 &
+lane 0 0 > "$WORK/lane0-$PHASE.log" 2>&1 &
+lane 1 1 > "$WORK/lane1-$PHASE.log" 2>&1 &
 wait
 "$PYTHON" benchmarks/race.py --table --json "$OUT/seed0.json" --json "$OUT/seed1.json"

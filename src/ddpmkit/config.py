@@ -45,10 +45,13 @@ DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "dpm++3m": 20, "sde-dpm++2m": 20, "h
 # What a model is trained to do (ddpmkit.objectives): DDPM's discrete forward process (schedule, prediction, variance
 # below), EDM's preconditioned denoiser, or rectified flow. The samplers of the continuous objectives, default first
 # (provisional, until the race of issue #25 measures them), with their default steps: EDM's 18 levels (35 network
-# evaluations with Heun, its CIFAR-10 setting), and flow's 20 Euler steps.
+# evaluations with Heun, its CIFAR-10 setting), and flow's 20 Euler steps; DPM-Solver++ and UniPC run on both
+# objectives' paths by a change of variables (samplers/objective_solvers.py), at DDPM's step counts.
 OBJECTIVES = ("ddpm", "edm", "flow")
 ALL_SAMPLER_NAMES = (*SAMPLER_NAMES, "euler")  # what --sampler accepts; which fit a model: samplers_of(objective)
-OBJECTIVE_SAMPLERS = {"edm": {"heun": 18, "euler": 35}, "flow": {"euler": 20, "heun": 10}}
+_PATH_SOLVER_STEPS = {name: DEFAULT_STEPS[name] for name in ("dpm++2m", "dpm++3m", "sde-dpm++2m", "unipc")}
+OBJECTIVE_SAMPLERS = {"edm": {"heun": 18, "euler": 35, **_PATH_SOLVER_STEPS},
+                      "flow": {"euler": 20, "heun": 10, **_PATH_SOLVER_STEPS}}
 # Which timesteps a sampler with fewer steps than T visits (samplers/common.py); trailing starts at t = T - 1.
 SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..config import OBJECTIVE_SAMPLERS, steps_for
 from ..objectives import EDM, RectifiedFlow
 from .common import ImageNoise, StepCallback
+from .objective_solvers import PATH_SOLVERS, sample_edm_with_solver, sample_flow_with_solver
 
 # dx/dlevel at (x, level); the level a float, the same for every image of the batch.
 Drift = Callable[[torch.Tensor, float], torch.Tensor]
@@ -98,15 +99,21 @@ def sample_flow(objective: RectifiedFlow, network, noise_images: torch.Tensor, *
 
 
 CONTINUOUS_SAMPLERS = {"edm": sample_edm, "flow": sample_flow}
+SOLVER_SAMPLERS = {"edm": sample_edm_with_solver, "flow": sample_flow_with_solver}
 
 
 def sample_objective(name: str, objective: EDM | RectifiedFlow, sampler: str, network, noise_images: torch.Tensor,
                      steps: int | None = None, noise: ImageNoise | None = None, progress: bool = True,
                      **options) -> torch.Tensor:
-    """Draw from a model of the continuous objective ``name`` (edm, flow) with ``sampler``, euler or heun; ``steps``
-    None: that sampler's default for the objective (config.OBJECTIVE_SAMPLERS)."""
+    """Draw from a model of the continuous objective ``name`` (edm, flow) with ``sampler``: euler or heun (this
+    file), or DPM-Solver++ / UniPC on the objective's path (objective_solvers.py); ``steps`` None: that sampler's
+    default for the objective (config.OBJECTIVE_SAMPLERS)."""
     if sampler not in OBJECTIVE_SAMPLERS[name]:
         raise ValueError(f"{sampler!r} is not a sampler of {name} models; choose one of "
                          f"{', '.join(OBJECTIVE_SAMPLERS[name])}")
-    return CONTINUOUS_SAMPLERS[name](objective, network, noise_images, steps=steps or steps_for(name, sampler),
-                                     heun=sampler == "heun", noise=noise, progress=progress, **options)
+    steps = steps or steps_for(name, sampler)
+    if sampler in PATH_SOLVERS:
+        return SOLVER_SAMPLERS[name](sampler, objective, network, noise_images, steps=steps, noise=noise,
+                                     progress=progress, **options)
+    return CONTINUOUS_SAMPLERS[name](objective, network, noise_images, steps=steps, heun=sampler == "heun",
+                                     noise=noise, progress=progress, **options)

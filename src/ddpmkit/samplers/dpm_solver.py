@@ -7,10 +7,18 @@ x_0(lambda) dlambda (eq. 9). The solver approximates x_0(lambda) by a polynomial
 predictions (eq. 10 and Algorithm 2; the third order as in the authors' and diffusers' code) and integrates it
 exactly. The first steps use the orders available; the last step, to sigma = 0, is first order (it returns the
 predicted x_0), and with fewer than 15 steps 3M's second-to-last step is second order, as in the reference code.
+
+Nothing in eq. 9 needs alpha^2 + sigma^2 = 1: it holds for any path x_t = alpha_t x_0 + sigma_t eps, so the solvers
+here (``solve_dpm_multistep``, ``solve_sde_dpm``) take the path as lists of alpha, sigma and lambda at the points
+visited and a function predicting x_0 at each. ``sample_dpm_solver`` gives them a DDPM schedule's; samplers/
+objective_solvers.py gives them rectified flow's (alpha = 1 - t, sigma = t) and EDM's (alpha = 1). A path may start
+where alpha = 0 (flow's t = 1, lambda = -inf): the first step then has h = inf, e^{-h} = 0, and the next step's
+difference to that point has weight 1 / r = 0, the limits of the finite formulas, which float arithmetic gives.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +26,9 @@ from tqdm.auto import tqdm
 from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, log_snr_steps, predict_x0_eps
+
+# (index of the point on the path, x there) -> the predicted x_0, the solvers' one call of the network.
+X0Prediction = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
@@ -32,13 +43,26 @@ def sample_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tenso
                       on_step: StepCallback | None = None,               # called as on_step(t, x_t, predicted x_0)
                       progress: bool = True) -> torch.Tensor:
     """Solve the probability-flow ODE from x_T (pure noise at the first timestep) to x_0."""
+    timesteps, alpha, sigma, lam = log_snr_steps(schedule, steps, spacing)
+
+    def predict(i: int, x: torch.Tensor) -> torch.Tensor:
+        return predict_x0_eps(model, schedule, x, timesteps[i], prediction, clip_range, threshold, on_step)[0]
+
+    return solve_dpm_multistep(predict, x_T, alpha, sigma, lam, order=order, desc=f"dpm-solver++({order}m)",
+                               progress=progress)
+
+
+def solve_dpm_multistep(predict_x0: X0Prediction, x: torch.Tensor, alpha: list[float], sigma: list[float],
+                        lam: list[float], *, order: int = 2, desc: str = "dpm-solver++",
+                        progress: bool = True) -> torch.Tensor:
+    """DPM-Solver++(``order``M) from x at the first point of the path to x_0, through every point given; the last
+    step lands on the last point's predicted x_0 (sigma = 0 after it)."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
-    timesteps, alpha, sigma, lam = log_snr_steps(schedule, steps, spacing)
-    x, history = x_T, []  # history: (lambda, predicted x_0), newest last
-    n = len(timesteps)
-    for i, t in enumerate(tqdm(timesteps, desc=f"dpm-solver++({order}m)", disable=not progress, leave=False)):
-        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold, on_step)
+    history = []  # (lambda, predicted x_0), newest last
+    n = len(lam)
+    for i in tqdm(range(n), desc=desc, disable=not progress, leave=False):
+        x0 = predict_x0(i, x)
         history = [*history[-2:], (lam[i], x0)]
         if i == n - 1:  # to sigma = 0: the first-order step lands on the predicted x_0
             return x0
@@ -87,12 +111,25 @@ def sample_sde_dpm_solver(model: Denoiser, schedule: NoiseSchedule, x_T: torch.T
 
     with D1 the multistep correction (0 at the first step). The noise it adds at every step corrects errors of an
     imperfect model, as ancestral DDPM does, at the solver's cost in evaluations."""
-    noise = noise or ImageNoise()
     timesteps, alpha, sigma, lam = log_snr_steps(schedule, steps, spacing)
-    x, previous = x_T, None  # previous: (lambda, predicted x_0) of the last step
-    for i, t in enumerate(tqdm(timesteps, desc="sde-dpm-solver++(2m)", disable=not progress, leave=False)):
-        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold, on_step)
-        if i == len(timesteps) - 1:  # to sigma = 0: the predicted x_0, no noise
+
+    def predict(i: int, x: torch.Tensor) -> torch.Tensor:
+        return predict_x0_eps(model, schedule, x, timesteps[i], prediction, clip_range, threshold, on_step)[0]
+
+    return solve_sde_dpm(predict, x_T, alpha, sigma, lam, noise=noise, progress=progress)
+
+
+def solve_sde_dpm(predict_x0: X0Prediction, x: torch.Tensor, alpha: list[float], sigma: list[float],
+                  lam: list[float], *, noise: ImageNoise | None = None, desc: str = "sde-dpm-solver++(2m)",
+                  progress: bool = True) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) along the path from x at its first point to x_0 (see ``sample_sde_dpm_solver``). The
+    step keeps the marginals of any path alpha_t x_0 + sigma_t eps, variance-preserving or not: the x_0 coefficient
+    is alpha_t (e^{-2h} + 1 - e^{-2h}) and the variance sigma_t^2 (e^{-2h} + 1 - e^{-2h})."""
+    noise = noise or ImageNoise()
+    previous = None  # (lambda, predicted x_0) of the last step
+    for i in tqdm(range(len(lam)), desc=desc, disable=not progress, leave=False):
+        x0 = predict_x0(i, x)
+        if i == len(lam) - 1:  # to sigma = 0: the predicted x_0, no noise
             return x0
         h = lam[i + 1] - lam[i]
         weight = -math.expm1(-2 * h)  # 1 - e^{-2h}

@@ -14,6 +14,10 @@ g_k = k! h phi_{k+1}(h) (the paper's phi functions in -h, data prediction); with
 authors' code. B(h) is the paper's choice B1(h) = h ("bh1") or B2(h) = e^h - 1 ("bh2", the default: the authors
 recommend it for guided sampling). As in the reference code the first steps use the orders available and the final
 steps lower orders (the last step, to sigma = 0, returns the predicted x_0).
+
+As DPM-Solver++ (dpm_solver.py), ``solve_unipc`` takes any path alpha_t x_0 + sigma_t eps as lists; a first point
+with alpha = 0 (lambda = -inf) is the limit of the formulas: the corrector's new point has r = 1 whatever h, and an
+earlier point at lambda = -inf has weight 0 in the predictor, so it is left out of the differences.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from tqdm.auto import tqdm
 from ..config import DEFAULT_STEPS
 from ..schedule import NoiseSchedule
 from .common import Denoiser, ImageNoise, StepCallback, log_snr_steps, predict_x0_eps
-from .dpm_solver import first_order_step
+from .dpm_solver import X0Prediction, first_order_step
 
 VARIANTS = ("bh1", "bh2")
 
@@ -44,16 +48,30 @@ def sample_unipc(model: Denoiser, schedule: NoiseSchedule, x_T: torch.Tensor, *,
                  on_step: StepCallback | None = None,               # called as on_step(t, x_t, predicted x_0)
                  progress: bool = True) -> torch.Tensor:
     """Solve the probability-flow ODE from x_T (pure noise at the first timestep) to x_0 with UniPC."""
+    timesteps, alpha, sigma, lam = log_snr_steps(schedule, steps, spacing)
+
+    def predict(i: int, x: torch.Tensor) -> torch.Tensor:
+        return predict_x0_eps(model, schedule, x, timesteps[i], prediction, clip_range, threshold, on_step)[0]
+
+    return solve_unipc(predict, x_T, alpha, sigma, lam, order=order, variant=variant, progress=progress)
+
+
+def solve_unipc(predict_x0: X0Prediction, x: torch.Tensor, alpha: list[float], sigma: list[float], lam: list[float],
+                *, order: int = 2, variant: str = "bh2", desc: str | None = None,
+                progress: bool = True) -> torch.Tensor:
+    """UniPC from x at the first point of the path to x_0, through every point given; the last step lands on the
+    last point's predicted x_0."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    timesteps, alpha, sigma, lam = log_snr_steps(schedule, steps, spacing)
-    n = len(timesteps)
-    x, history = x_T, []      # history: (lambda, predicted x_0) of the last `order` points, newest last
+    if variant == "bh1" and not math.isfinite(lam[0]):
+        raise ValueError("UniPC's bh1 (B(h) = h) has no limit for a first step from alpha = 0 (h = inf): use bh2")
+    n = len(lam)
+    history = []              # history: (lambda, predicted x_0) of the last `order` points, newest last
     x_before, used = x, 0     # x at the newest point of history, and the order of the step that left it
-    for i, t in enumerate(tqdm(timesteps, desc=f"unipc-{variant}({order})", disable=not progress, leave=False)):
-        x0, _ = predict_x0_eps(model, schedule, x, t, prediction, clip_range, threshold, on_step)
+    for i in tqdm(range(n), desc=desc or f"unipc-{variant}({order})", disable=not progress, leave=False):
+        x0 = predict_x0(i, x)
         if i == n - 1:  # to sigma = 0: the first-order step lands on the predicted x_0
             return x0
         if i > 0:       # UniC: the same step again, now through the new point as well
@@ -72,13 +90,14 @@ def _update(x_s: torch.Tensor, newest: tuple[float, torch.Tensor], points: list[
             lam_t: float, alpha_t: float, sigma_t: float, sigma_s: float, variant: str) -> torch.Tensor:
     """One UniPC step from s (``newest``: lambda_s, x0_s) to lambda_t, with the differences to ``points``."""
     lam_s, x0_s = newest
+    points = [(lam, x0) for lam, x0 in points if math.isfinite(lam)]  # a point at lambda = -inf weighs 0
     h = lam_t - lam_s
     hh = -h                                      # data prediction integrates in -h
     h_phi_1 = math.expm1(hh)                     # e^{-h} - 1
     x_t = first_order_step(x_s, x0_s, sigma_s, sigma_t, alpha_t, h)
     if not points:
         return x_t
-    ratios = [(lam - lam_s) / h for lam, _ in points]
+    ratios = [1.0 if lam == lam_t else (lam - lam_s) / h for lam, _ in points]  # r = 1 at t, even for h = inf
     B = hh if variant == "bh1" else h_phi_1
     rhos = [0.5] if len(points) == 1 else np.linalg.solve(np.vander(ratios, increasing=True).T,
                                                           _g(hh, len(points)) / B)
