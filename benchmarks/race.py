@@ -261,6 +261,26 @@ def race(a: argparse.Namespace) -> None:
     print(table(done["rows"]))
 
 
+def grids_of(names: list[str], rows: list[dict], work: Path, grid_dir: Path, title: str) -> list[Path]:
+    """Per seed, one side-by-side PNG of the first 64 samples of each system in ``names`` at its largest NFE (the
+    samples kept in the work folder), from the rows already measured."""
+    written = []
+    for seed in sorted({r["seed"] for r in rows if r["system"] in names}):
+        tiles = []
+        for name in names:
+            mine = [r for r in rows if r["system"] == name and r["seed"] == seed]
+            if not mine:
+                raise SystemExit(f"--grid-of: no rows of {name} with seed {seed} in the JSON")
+            best = max(mine, key=lambda r: (r["nfe"], -r["fd"]))
+            run_dir = work / f"{name}_{best['minutes']:g}min_seed{seed}"
+            tiles.append(labelled_grid(read_samples(run_dir / f"{best['sampler']}{best['nfe']}.npz")[0],
+                                       f"{name}, {best['sampler']}, {best['nfe']} NFE, seed {seed}"))
+        path = grid_dir / f"race_{title}_seed{seed}.png"
+        save_side_by_side(tiles, path)
+        written.append(path)
+    return written
+
+
 def row_key(row: dict) -> tuple:
     return row["system"], row["seed"], row["minutes"], row["sampler"], row["nfe"]
 
@@ -309,9 +329,17 @@ def main() -> None:
     p.add_argument("--json", required=True, action="append",
                    help="results, row by row; an existing file is continued (--table: several files are merged)")
     p.add_argument("--table", action="store_true", help="only print the tables of the rows in --json")
+    p.add_argument("--grid-of", metavar="NAMES", help="only write, per seed, a side-by-side grid of these systems "
+                   "(comma-separated) at their largest NFE, from the rows in --json and the samples in --work; "
+                   "named --name")
     a = p.parse_args()
-    if a.table:
-        print(table([row for path in a.json for row in json.loads(Path(path).read_text())["rows"]]))
+    if a.table or a.grid_of:
+        rows = [row for path in a.json for row in json.loads(Path(path).read_text())["rows"]]
+        if a.grid_of:
+            for path in grids_of(a.grid_of.split(","), rows, Path(a.work), Path(a.grid_dir), a.name or "grid"):
+                print(f"wrote {path}")
+        else:
+            print(table(rows))
         return
     if len(a.json) > 1:
         p.error("--json: a race writes one file (several only with --table)")

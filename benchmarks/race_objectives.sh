@@ -7,7 +7,12 @@
 #
 #   bash benchmarks/race_objectives.sh uncond     # ~1 hour on 2 cores; run nothing else meanwhile
 #   bash benchmarks/race_objectives.sh cond       # ~45 minutes
+#   bash benchmarks/race_objectives.sh samplers-uncond  # the trained networks with other samplers (no training)
+#   bash benchmarks/race_objectives.sh samplers-cond
 #   bash benchmarks/race_objectives.sh diffusers  # the issue #13 baseline, ~25 minutes (it samples slowly)
+#
+# Each objective is sampled with its default sampler and with DPM-Solver++(2M) and its SDE variant (ddpm's default
+# is the SDE variant): the tables take each one's best at each NFE.
 #   python benchmarks/race.py --table --json docs/race_objectives/seed0.json --json docs/race_objectives/seed1.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +22,7 @@ OUT=${OUT:-docs/race_objectives}
 WORK=${WORK:-runs/race_objectives}
 mkdir -p "$OUT" "$WORK"
 
-PHASE=${1:?which part: uncond, cond or diffusers}
+PHASE=${1:?which part: uncond, cond, samplers-uncond, samplers-cond or diffusers}
 
 lane() {  # lane CORE SEED: every system of one seed, one after the other, on one core
     local core=$1 seed=$2
@@ -34,9 +39,17 @@ lane() {  # lane CORE SEED: every system of one seed, one after the other, on on
         run --preset quick --name ddpm_cond --skip-baseline
         run --preset quick_edm --name edm_cond --skip-baseline
         run --preset quick_flow --name flow_cond --skip-baseline ;;
+    samplers-uncond | samplers-cond)
+        local kind=${PHASE#samplers-} ddpm=quick_uncond uncond=(--set model.class_conditional=false)
+        [ "$kind" = cond ] && ddpm=quick && uncond=()
+        run --preset "$ddpm" --name "ddpm_$kind" --skip-baseline --sampler dpm++2m
+        for sampler in dpm++2m sde-dpm++2m; do
+            run --preset quick_edm "${uncond[@]}" --name "edm_$kind" --skip-baseline --sampler "$sampler"
+            run --preset quick_flow "${uncond[@]}" --name "flow_$kind" --skip-baseline --sampler "$sampler"
+        done ;;
     diffusers)
         run --preset quick_uncond --name ddpm_uncond --baselines diffusers ;;
-    *) echo "unknown part $PHASE: uncond, cond or diffusers" >&2; exit 2 ;;
+    *) echo "unknown part $PHASE: uncond, cond, samplers-uncond, samplers-cond or diffusers" >&2; exit 2 ;;
     esac
 }
 

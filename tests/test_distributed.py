@@ -220,6 +220,16 @@ def test_two_processes_train_exactly_as_one(two_process_run, reference_run):
     assert sorted(p.name for p in two_process_run.iterdir()) == sorted(p.name for p in reference_run.iterdir())
 
 
+@pytest.mark.parametrize("objective", ["edm", "flow"])
+def test_two_processes_train_an_edm_or_flow_model_exactly_as_one(objective, tiny_idx_root, tmp_path):
+    # The continuous objectives draw their noise levels from the same per-image numbers (u) as DDPM's timesteps.
+    d = {**_config(tiny_idx_root, steps=4), "diffusion": {"objective": objective}}
+    train(config_from_dict(d), tmp_path / "one", progress=False)
+    _ok(_torchrun(["train", "--config", str(_write(d, tmp_path / "config.json")), "--run-dir", str(tmp_path / "two"),
+                   "--no-progress"]))
+    _assert_same_training(tmp_path / "two", tmp_path / "one")
+
+
 def test_a_checkpoint_holds_nothing_tied_to_processes_or_devices(two_process_run):
     state = read_checkpoint(two_process_run / "final.pt")
     assert set(state) == {"model", "ema", "optimizer", "scaler", "step", "best", "best_settings", "lr_schedule",

@@ -55,7 +55,7 @@ def test_a_resumed_run_reaches_the_same_weights(trained, tiny_idx_root, tmp_path
 def test_every_sampler_of_the_objective_draws_guided_images_deterministically(trained):
     objective, run = trained
     model = DiffusionSampler(run, device="cpu")
-    for sampler in ("euler", "heun", None):
+    for sampler in ("euler", "heun", "dpm++2m", "dpm++3m", "sde-dpm++2m", "unipc", None):
         images = model.sample(4, sampler=sampler, steps=4, labels=[0, 1, 0, 1], guidance=1.0, progress=False)
         assert images.shape == (4, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
         again = model.sample(4, sampler=sampler, steps=4, labels=[0, 1, 0, 1], guidance=1.0, batch_size=3,
@@ -63,12 +63,13 @@ def test_every_sampler_of_the_objective_draws_guided_images_deterministically(tr
         assert torch.allclose(images, again, atol=1e-5)  # per-image seeds: the batch size changes nothing but rounding
 
 
-def test_what_the_continuous_objectives_do_not_have_yet_is_refused_in_one_line(trained, tmp_path, capsys):
+def test_what_the_continuous_objectives_do_not_take_is_refused_in_one_line(trained, tmp_path, capsys):
     objective, run = trained
     model = DiffusionSampler(run, device="cpu")
+    other_levels = {"edm": "shift", "flow": "rho"}[objective]
     for call, message in [(lambda: model.sample(2, sampler="ddim", progress=False), "not a sampler of"),
-                          (lambda: model.sample(2, spacing="karras", progress=False), "spacing: not available"),
-                          (lambda: model.invert(torch.zeros(1, 1, 8, 8), progress=False), "no inversion yet"),
+                          (lambda: model.sample(2, spacing="karras", progress=False), "spacing: options of ddpm"),
+                          (lambda: model.sample(2, **{other_levels: 2.0}, progress=False), "does not apply"),
                           (lambda: model.count_steps("ddpm"), "not a sampler of")]:
         with pytest.raises(DdpmkitError, match=message):
             call()
@@ -189,3 +190,55 @@ def test_an_unconditional_flow_models_folder_runs_in_ddpm_pipeline(tiny_idx_root
     scope: dict = {}
     exec(python_snippet((tmp_path / "hub" / "README.md").read_text(), tmp_path / "hub"), scope)
     assert len(scope["images"]) == 16 and scope["images"][0].size == (8, 8)
+
+
+def test_the_levels_move_with_shift_or_rho_and_the_command_line_takes_them(trained, tmp_path):
+    objective, run = trained
+    model = DiffusionSampler(run, device="cpu")
+    option = {"edm": "rho", "flow": "shift"}[objective]
+    levels = []
+    plain = model.sample(2, sampler="euler", steps=4, progress=False,
+                         on_step=lambda level, x, x0: levels.append(level))
+    moved_levels = []
+    moved = model.sample(2, sampler="euler", steps=4, progress=False, **{option: 3.0},
+                         on_step=lambda level, x, x0: moved_levels.append(level))
+    # the ends stay (t = 1 or sigma_max; sigma_min), the levels between them move
+    assert moved_levels[0] == pytest.approx(levels[0]) and all(a != b for a, b in zip(moved_levels[1:-1], levels[1:-1]))
+    assert not torch.equal(plain, moved)
+    with pytest.raises(DdpmkitError, match=f"{option} must be a finite number > 0"):
+        model.sample(2, steps=4, progress=False, **{option: -1.0})
+    assert main(["sample", "--checkpoint", str(run), "--num-samples", "2", "--steps", "3", f"--{option}", "3",
+                 "--output-dir", str(tmp_path), "--no-progress"]) == 0
+
+
+def test_a_ddpm_model_refuses_shift_and_rho(tiny_conditional_checkpoint):
+    model = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+    with pytest.raises(DdpmkitError, match="options of edm .rho. and flow .shift. models"):
+        model.sample(2, steps=3, shift=3.0, progress=False)
+
+
+def test_inversion_decodes_back_to_the_image(trained, tiny_idx_root):
+    # Euler towards noise, refined to the exact inverse of the decoder's Euler steps: decode(invert(x)) = x.
+    objective, run = trained
+    model = DiffusionSampler(run, device="cpu")
+    model.precision = "fp32"
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    labels = torch.tensor([0, 1, 0])
+    # The fixed-point iteration contracts when a step times the drift's Lipschitz constant is below 1: at 32 steps
+    # here (at 8 or 16 it has not converged after 20 iterations).
+    latents = model.invert(images, labels, steps=32, refine=20, progress=False)
+    assert latents.shape == images.shape and torch.isfinite(latents).all()
+    back = model.decode(latents, labels, steps=32, progress=False)
+    assert (back - images).abs().max() < 1e-3
+    plain = model.decode(model.invert(images, labels, steps=32, progress=False), labels, steps=32, progress=False)
+    assert (plain - images).abs().max() > (back - images).abs().max()  # unrefined: exact only as steps shrink
+
+
+def test_the_reconstruction_metric_runs_for_the_objective(trained, tiny_idx_root):
+    from ddpmkit.evaluate import evaluate
+
+    _, run = trained
+    report = evaluate(run, metrics=("reconstruction",), inversion_steps=(4,), inversion_images=4, device="cpu",
+                      progress=False)
+    row = report["reconstruction"]["per_steps"]["4"]
+    assert report["reconstruction"]["images"] == 4 and row["psnr"] > 5 and "Euler" in report["reconstruction"]["decoder"]

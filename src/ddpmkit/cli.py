@@ -123,8 +123,8 @@ SAMPLER_HELP = ("ddpm: ancestral (DDPM Alg. 2); deterministic: DDIM eta=0 over a
                 "dpm++3m: DPM-Solver++ (multistep); sde-dpm++2m: its stochastic variant; heun: EDM's Heun (S levels = "
                 "2S - 1 network evaluations); unipc: UniPC (multistep predictor-corrector). Default: " + DEFAULT_SAMPLER
                 + ", the best or level with the best for 10-50 network evaluations (docs/samplers.md). Models of "
-                "diffusion.objective=edm or flow: euler or heun over their own noise levels (default "
-                + ", ".join(f"{o} {default_sampler(o)}" for o in OBJECTIVE_SAMPLERS) + ")")
+                "diffusion.objective=edm or flow: euler, heun, dpm++2m, dpm++3m, sde-dpm++2m or unipc over their own "
+                "noise levels (default " + ", ".join(f"{o} {default_sampler(o)}" for o in OBJECTIVE_SAMPLERS) + ")")
 STEPS_HELP = ("timesteps visited (default, at most T: ddpm and deterministic all T; "
               + ", ".join(f"{name} {n}{' levels' if name == 'heun' else ''}" for name, n in DEFAULT_STEPS.items())
               + ")")
@@ -140,10 +140,16 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-rescale", type=finite(0), default=0.0, metavar="PHI",
                    help="rescale the guided prediction to the conditional one's std, mixed in with weight PHI in "
                    "[0, 1] (Lin et al. 2024; 0 = off, 0.7 is their choice)")
+    p.add_argument("--shift", type=finite(0, above=True), metavar="S",
+                   help="flow models: shifted times t -> S t / (1 + (S - 1) t) (SD3 eq. 23; default 1, uniform); "
+                   "S > 1 spends more steps near noise")
+    p.add_argument("--rho", type=finite(0, above=True), metavar="R",
+                   help="edm models: levels uniform in sigma^(1/R) (EDM eq. 5; default 7)")
 
 
 def _solver_options(args: argparse.Namespace) -> dict:
-    return {"spacing": args.spacing, "threshold": args.threshold, "guidance_rescale": args.guidance_rescale}
+    levels = {name: getattr(args, name) for name in ("shift", "rho") if getattr(args, name) is not None}
+    return {"spacing": args.spacing, "threshold": args.threshold, "guidance_rescale": args.guidance_rescale, **levels}
 
 
 def _add_precision_arg(p: argparse.ArgumentParser) -> None:

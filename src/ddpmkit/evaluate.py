@@ -167,6 +167,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
              spacing: str | None = None,       # timestep spacing (samplers.SPACINGS); None: trailing
              threshold: float | None = None,   # dynamic thresholding quantile of predicted x_0; None: clipping
              guidance_rescale: float = 0.0,    # Lin et al.'s guidance rescale phi; 0: off
+             shift: float | None = None,       # flow models: the sampling times' shift (SD3 eq. 23); None: its own
+             rho: float | None = None,         # edm models: the sampling levels' rho (EDM eq. 5); None: its own
              metrics: tuple[str, ...] = OFFLINE_METRICS,  # any of METRICS
              dataset: str | None = None,       # the real data; default: the checkpoint's
              data_root: str = "",              # where the real data is (see data.root); default: the checkpoint's
@@ -228,7 +230,8 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         if "diversity" in metrics and per_class < 2:  # say so before sampling, not after
             raise DdpmkitError(_TOO_FEW_FOR_DIVERSITY)
         if set(metrics) - {"reconstruction"}:
-            solver = {"spacing": spacing, "threshold": threshold, "guidance_rescale": guidance_rescale}
+            solver = {"spacing": spacing, "threshold": threshold, "guidance_rescale": guidance_rescale,
+                      **{k: v for k, v in (("shift", shift), ("rho", rho)) if v is not None}}
             images, labels, seeds = draw_for_metrics(model, num_samples, seed, guidance, sampler=sampler, steps=steps,
                                               eta=eta, batch_size=batch_size, progress=progress, **solver)
             report["samples"].update(sampler=sampler, steps=steps_taken(model.config, sampler, steps), eta=eta,
@@ -400,7 +403,8 @@ def _inception_metrics(report, names, weights, images, real, batch_size) -> None
 
 
 def _reconstruction(report, model, real, steps_list, count, refine, batch_size, lpips, progress) -> None:
-    """PSNR / SSIM / LPIPS of DDIM inversion and decoding of the first ``count`` real images, per step count."""
+    """PSNR / SSIM / LPIPS of inversion (DDIM's, or an edm or flow model's ODE run towards noise) and decoding of
+    the first ``count`` real images, per step count."""
     if count < 1 or not steps_list:
         raise DdpmkitError("reconstruction needs inversion_images >= 1 and at least one step count")
     for steps in steps_list:  # every step count is checked before any work is done
@@ -410,7 +414,8 @@ def _reconstruction(report, model, real, steps_list, count, refine, batch_size, 
     split = f"{report['real']['dataset']} {report['real']['split']} split"
     report["reconstruction"] = {"images": len(originals), "of": f"the first {len(originals)} of the {split}",
                                 "refine": refine, "labels": "true classes" if labels is not None else "none (null)",
-                                "decoder": "DDIM eta=0, no clipping", "per_steps": {}}
+                                "decoder": ("DDIM eta=0, no clipping" if model.objective == "ddpm" else
+                                            f"Euler over the {model.objective} model's levels"), "per_steps": {}}
     for steps in steps_list:
         row = reconstruction_metrics(model, originals, labels, steps, refine=refine, batch_size=batch_size,
                                      lpips=lpips, progress=progress)

@@ -16,7 +16,9 @@ from .data import from_model_range, to_model_range
 from .errors import DdpmkitError
 from .formats import LoadedModel, read_diffusers, read_model
 from .guidance import guided_denoiser, parse_classes
+from .objectives import objective_of
 from .samplers import SAMPLERS, UNIPC_VARIANTS, Denoiser, ImageNoise, StepCallback, invert_ddim
+from .samplers.continuous import LEVEL_OPTIONS, invert_objective, with_levels
 from .seeded_sampling import generate_images, seeded_noise
 
 
@@ -126,6 +128,7 @@ class DiffusionSampler:
             raise DdpmkitError(f"guidance_rescale must be between 0 and 1, got {guidance_rescale}")
         sampler = resolve_sampler(self.objective, sampler)
         options = self._options(sampler, steps, eta, clip, spacing, threshold)
+        self._check_level_options(sampler_kwargs)
         x_T = x_T.to(self.device).contiguous(memory_format=self.memory_format)
         return run_sampler(self.config, sampler, self.denoiser(labels, guidance, guidance_rescale), self.schedule, x_T,
                            steps=steps, noise=noise, progress=progress, ddpm_options=options, on_step=on_step,
@@ -144,9 +147,20 @@ class DiffusionSampler:
             raise DdpmkitError(f"steps must be at least 1, got {steps}")
         unsupported = [name for name, value in (("eta", eta), ("spacing", spacing), ("threshold", threshold)) if value]
         if unsupported:
-            raise DdpmkitError(f"{', '.join(unsupported)}: not available for {self.objective} models yet (issue #25); "
-                               f"leave it out")
+            raise DdpmkitError(f"{', '.join(unsupported)}: options of ddpm models' samplers; {self.objective} models "
+                               f"sample at their own noise levels (move them with {LEVEL_OPTIONS[self.objective]})")
         return None
+
+    def _check_level_options(self, options: dict) -> None:
+        """Refuse in one line an edm model's shift, a flow model's rho, either for a ddpm model, or a value <= 0."""
+        given = [name for name in ("rho", "shift") if options.get(name) is not None]
+        if given and self.objective == "ddpm":
+            raise DdpmkitError(f"{', '.join(given)}: options of edm (rho) and flow (shift) models; a ddpm model's "
+                               f"timesteps are set with spacing")
+        try:
+            with_levels(self.objective, objective_of(self.config.diffusion), **{k: options[k] for k in given})
+        except ValueError as error:
+            raise DdpmkitError(str(error)) from None
 
     def count_steps(self, sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
                     clip: bool | None = None, spacing: str | None = None, threshold: float | None = None,
@@ -179,19 +193,25 @@ class DiffusionSampler:
 
     def invert(self, images: torch.Tensor, labels: torch.Tensor | None = None, steps: int = DEFAULT_STEPS["ddim"],
                refine: int = 0, progress: bool = True) -> torch.Tensor:
-        """DDIM inversion: float images in [0, 1] (N, C, H, W) -> the latents x_T that ``decode`` maps back to them
-        (see samplers.invert_ddim). A conditional model inverts with each image's class (or the null label)."""
-        if self.objective != "ddpm":
-            raise DdpmkitError(f"DDIM inversion is defined for ddpm models; {self.objective} models have no inversion "
-                               f"yet (issue #25)")
+        """Inversion: float images in [0, 1] (N, C, H, W) -> the latents x_T that ``decode`` maps back to them. For
+        ddpm models DDIM inversion (samplers.invert_ddim); for edm and flow models the same idea on their ODE, Euler
+        towards noise (samplers.continuous.invert_objective), the latents scaled as the standard-normal noise their
+        samplers start from. A conditional model inverts with each image's class (or the null label)."""
         self.check_steps(steps)
         x_0 = to_model_range(images, self.config.data.zero_one).to(self.device)
-        return invert_ddim(self.denoiser(labels), self.schedule, x_0.contiguous(memory_format=self.memory_format),
-                           steps=steps, prediction=self.config.diffusion.prediction, refine=refine, progress=progress)
+        x_0 = x_0.contiguous(memory_format=self.memory_format)
+        if self.objective != "ddpm":
+            return invert_objective(self.objective, objective_of(self.config.diffusion), self.denoiser(labels), x_0,
+                                    steps=steps, refine=refine, progress=progress)
+        return invert_ddim(self.denoiser(labels), self.schedule, x_0, steps=steps,
+                           prediction=self.config.diffusion.prediction, refine=refine, progress=progress)
 
     def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None, steps: int = DEFAULT_STEPS["ddim"],
                progress: bool = True) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0, no clipping: the exact counterpart of ``invert``) -> images in [0, 1]."""
+        """The exact counterpart of ``invert`` -> images in [0, 1]: deterministic DDIM (eta = 0, no clipping) for
+        ddpm models, Euler for edm and flow models."""
+        if self.objective != "ddpm":
+            return self.to_images(self.run(latents, labels=labels, sampler="euler", steps=steps, progress=progress))
         return self.to_images(self.run(latents, labels=labels, sampler="ddim", steps=steps, clip=False,
                                        progress=progress))
 

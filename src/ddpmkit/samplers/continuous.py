@@ -9,6 +9,7 @@ matching noise; it is defined in sigma, so only ``sample_edm`` takes it.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -98,16 +99,70 @@ def sample_flow(objective: RectifiedFlow, network, noise_images: torch.Tensor, *
     return integrate(drift, noise_images, objective.sampling_times(steps), heun=heun, desc="flow", progress=progress)
 
 
+def invert_euler(drift: Drift, x: torch.Tensor, levels: torch.Tensor, *, refine: int = 0,
+                 desc: str = "ode inversion", progress: bool = True) -> torch.Tensor:
+    """The inverse of ``integrate(drift, ., levels, heun=False)``: x at ``levels[-1]`` = 0 (an image) to x at
+    ``levels[0]``, the ODE run towards noise as DDIM inversion runs DDPM's (Song et al. 2020, §4.3).
+
+    Each step is Euler's from level L to the next, higher L', with the drift at the current point, at L' when L = 0
+    (where EDM's drift (x - D) / sigma is undefined; DDIM inversion's first step also takes the next timestep's
+    label). The decoder steps back from x' with the drift at x' instead, so the plain inversion is exact only as
+    the steps shrink; ``refine`` > 0 iterates x' = x + (L' - L) drift(x', L') that many times, which, converged, is
+    exactly the x' whose decoder step lands on x."""
+    if refine < 0:
+        raise ValueError(f"refine must be >= 0, got {refine}")
+    up = [float(v) for v in levels][::-1]
+    for level, following in tqdm(list(zip(up[:-1], up[1:])), desc=desc, disable=not progress, leave=False):
+        x_next = x + (following - level) * drift(x, following if level == 0 else level)
+        for _ in range(refine):
+            x_next = x + (following - level) * drift(x_next, following)
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def invert_objective(name: str, objective: EDM | RectifiedFlow, network, images: torch.Tensor, *, steps: int = 50,
+                     refine: int = 0, progress: bool = True) -> torch.Tensor:
+    """Images (model range) -> the standard-normal ``noise_images`` from which Euler with ``steps`` levels
+    (``sample_objective(name, ..., "euler", steps=steps)``) draws them back: for flow x at t = 1, for EDM x at
+    sigma_max divided by sigma_max. ``network(x, level)`` has the labels bound in."""
+    if name == "flow":
+        return invert_euler(lambda x, t: objective.velocity(network, x, _per_image(t, x)), images,
+                            objective.sampling_times(steps), refine=refine, desc="flow inversion", progress=progress)
+    sigmas = objective.sampling_sigmas(steps)
+    drift = lambda x, sigma: (x - objective.denoise(network, x, _per_image(sigma, x))) / sigma  # noqa: E731
+    return invert_euler(drift, images, sigmas, refine=refine, desc="edm inversion", progress=progress) / float(sigmas[0])
+
+
 CONTINUOUS_SAMPLERS = {"edm": sample_edm, "flow": sample_flow}
 SOLVER_SAMPLERS = {"edm": sample_edm_with_solver, "flow": sample_flow_with_solver}
 
 
+# The options that move each objective's sampling levels: EDM's rho (eq. 5) and flow's shift (SD3 eq. 23).
+LEVEL_OPTIONS = {"edm": "rho", "flow": "shift"}
+
+
+def with_levels(name: str, objective: EDM | RectifiedFlow, **levels: float | None) -> EDM | RectifiedFlow:
+    """The objective with its sampling levels moved: ``rho`` for edm, ``shift`` for flow (None: its own); both > 0."""
+    for option, value in levels.items():
+        if value is None:
+            continue
+        if option != LEVEL_OPTIONS[name]:
+            raise ValueError(f"{option} does not apply to {name} models; they take {LEVEL_OPTIONS[name]}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{option} must be a finite number > 0, got {value}")
+        objective = dataclasses.replace(objective, **{option: value})
+    return objective
+
+
 def sample_objective(name: str, objective: EDM | RectifiedFlow, sampler: str, network, noise_images: torch.Tensor,
                      steps: int | None = None, noise: ImageNoise | None = None, progress: bool = True,
-                     **options) -> torch.Tensor:
+                     rho: float | None = None, shift: float | None = None, **options) -> torch.Tensor:
     """Draw from a model of the continuous objective ``name`` (edm, flow) with ``sampler``: euler or heun (this
     file), or DPM-Solver++ / UniPC on the objective's path (objective_solvers.py); ``steps`` None: that sampler's
-    default for the objective (config.OBJECTIVE_SAMPLERS)."""
+    default for the objective (config.OBJECTIVE_SAMPLERS). ``rho`` (edm) or ``shift`` (flow) moves the levels
+    (``with_levels``)."""
+    objective = with_levels(name, objective, rho=rho, shift=shift)
     if sampler not in OBJECTIVE_SAMPLERS[name]:
         raise ValueError(f"{sampler!r} is not a sampler of {name} models; choose one of "
                          f"{', '.join(OBJECTIVE_SAMPLERS[name])}")
