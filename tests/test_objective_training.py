@@ -91,7 +91,7 @@ def test_the_command_line_samples_with_the_objectives_default(trained, tmp_path,
     objective, run = trained
     assert main(["sample", "--checkpoint", str(run), "--class", "all", "--num-samples", "2", "--steps", "3",
                  "--output-dir", str(tmp_path), "--no-progress"]) == 0
-    expected = {"edm": "heun", "flow": "euler"}[objective]
+    expected = "sde-dpm++2m"  # both objectives' default, from the race (docs/race.md)
     assert f"({expected})" in capsys.readouterr().out and (tmp_path / "grid.png").is_file()
 
 
@@ -111,7 +111,7 @@ def test_evaluate_and_the_in_training_fd_and_grids_draw_with_the_objectives_samp
     objective, run = trained
     report = evaluate(run, num_samples=10, steps=3, metrics=("fd", "accuracy"), classifier=tiny_judge,
                       data_root=str(tiny_idx_root), cache_dir=None, progress=False)
-    assert report["samples"]["sampler"] == {"edm": "heun", "flow": "euler"}[objective]
+    assert report["samples"]["sampler"] == "sde-dpm++2m"
     assert all(map(torch.isfinite, torch.tensor(list(report["metrics"].values()))))
     cfg = _config(tiny_idx_root, objective, steps=4, eval_every=0, fd_every=4, fd_samples=10, fd_steps=3,
                   fd_classifier=str(tiny_judge), sample_every=4, grid_images=4, grid_steps=3)

@@ -243,7 +243,7 @@ class DiffusionSampler:
                guidance: float = 0.0, progress: bool = True, **options) -> torch.Tensor:
         """Draw ``num_samples`` images with ``sampler`` (a name in samplers.SAMPLERS; default sde-dpm++2m at its
         config.DEFAULT_STEPS count, the best for 10-50 network evaluations in docs/samplers.md; for edm and flow
-        models euler or heun, default config.default_sampler); float in [0, 1] on the CPU.
+        models euler, heun or the DPM-Solver++/UniPC family, default config.default_sampler); float in [0, 1] on the CPU.
 
         ``labels`` (one class index per image) and ``guidance`` w sample a conditional model; without labels a
         conditional model samples unconditionally (the null label). Other options (spacing, threshold,
