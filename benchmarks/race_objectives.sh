@@ -18,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 MINUTES=${MINUTES:-10}
+NFE=${NFE:-20,50}  # network evaluations per sample to score at
 OUT=${OUT:-docs/race_objectives}
 WORK=${WORK:-runs/race_objectives}
 mkdir -p "$OUT" "$WORK"
@@ -27,7 +28,7 @@ PHASE=${1:?which part: uncond, cond, samplers-uncond, samplers-cond or diffusers
 lane() {  # lane CORE SEED: every system of one seed, one after the other, on one core
     local core=$1 seed=$2
     run() {
-        taskset -c "$core" "$PYTHON" benchmarks/race.py --threads 1 --seeds "$seed" --minutes "$MINUTES" \
+        taskset -c "$core" "$PYTHON" benchmarks/race.py --threads 1 --seeds "$seed" --minutes "$MINUTES" --nfe "$NFE" \
             --work "$WORK" --json "$OUT/seed$seed.json" "$@"
     }
     case $PHASE in
