@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..config import OBJECTIVE_SAMPLERS, steps_for
 from ..objectives import EDM, RectifiedFlow
 from .common import ImageNoise, StepCallback
-from .objective_solvers import PATH_SOLVERS, sample_edm_with_solver, sample_flow_with_solver
+from .objective_solvers import PATH_SOLVERS, _per_image, sample_edm_with_solver, sample_flow_with_solver
 
 # dx/dlevel at (x, level); the level a float, the same for every image of the batch.
 Drift = Callable[[torch.Tensor, float], torch.Tensor]
@@ -41,10 +41,6 @@ def integrate(drift: Drift, x: torch.Tensor, levels: torch.Tensor, *, heun: bool
             x_next = x + (following - level) * (slope + drift(x_next, following)) / 2
         x = x_next
     return x
-
-
-def _per_image(level: float, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((len(x),), level, dtype=torch.float32, device=x.device)
 
 
 @torch.no_grad()

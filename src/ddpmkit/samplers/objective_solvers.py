@@ -40,6 +40,7 @@ def half_log_snr(alpha: float, sigma: float) -> float:
 
 
 def _per_image(level: float, x: torch.Tensor) -> torch.Tensor:
+    """The level as the (B,) float tensor the objectives take (also samplers/continuous.py's)."""
     return torch.full((len(x),), level, dtype=torch.float32, device=x.device)
 
 
