@@ -1,7 +1,7 @@
 """Does bf16 training reach the same loss as fp32? Trains one preset in each precision (and several seeds, to see
 how far fp32 runs differ among themselves), then scores every run's EMA weights in fp32 on the whole test split.
 
-Run by hand:  python benchmarks/precision_parity.py --preset quick --precisions fp32,bf16 --seeds 0,1 \
+Run by hand:  python benchmarks/precision_parity.py --preset quick_ddpm --precisions fp32,bf16 --seeds 0,1 \
                   --json docs/precision_parity_quick_cpu.json
 Prints a table and writes JSON (the numbers in docs/performance.md). Each run trains the preset's full schedule;
 on a CPU without bf16 arithmetic the bf16 runs are slower than fp32 (emulated), which does not change the losses.

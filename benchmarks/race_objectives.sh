@@ -23,6 +23,9 @@ OUT=${OUT:-docs/race_objectives}
 WORK=${WORK:-runs/race_objectives}
 mkdir -p "$OUT" "$WORK"
 
+# The ddpm recipe unconditional: quick_uncond as it was when raced (quick_ddpm without labels, default grids).
+ddpm_uncond=(--set model.class_conditional=false --set train.grid_sampler= --set train.grid_steps=20)
+
 PHASE=${1:?which part: uncond, cond, samplers-uncond, samplers-cond or diffusers}
 
 lane() {  # lane CORE SEED: every system of one seed, one after the other, on one core
@@ -33,23 +36,23 @@ lane() {  # lane CORE SEED: every system of one seed, one after the other, on on
     }
     case $PHASE in
     uncond)
-        run --preset quick_uncond --name ddpm_uncond --baselines diffusers-same-size
+        run --preset quick_ddpm "${ddpm_uncond[@]}" --name ddpm_uncond --baselines diffusers-same-size
         run --preset quick_edm --set model.class_conditional=false --name edm_uncond --skip-baseline
         run --preset quick_flow --set model.class_conditional=false --name flow_uncond --skip-baseline ;;
     cond)
-        run --preset quick --name ddpm_cond --skip-baseline
+        run --preset quick_ddpm --name ddpm_cond --skip-baseline
         run --preset quick_edm --name edm_cond --skip-baseline
         run --preset quick_flow --name flow_cond --skip-baseline ;;
     samplers-uncond | samplers-cond)
-        local kind=${PHASE#samplers-} ddpm=quick_uncond uncond=(--set model.class_conditional=false)
-        [ "$kind" = cond ] && ddpm=quick && uncond=()
-        run --preset "$ddpm" --name "ddpm_$kind" --skip-baseline --sampler dpm++2m
+        local kind=${PHASE#samplers-} ddpm=("${ddpm_uncond[@]}") uncond=(--set model.class_conditional=false)
+        [ "$kind" = cond ] && ddpm=() && uncond=()
+        run --preset quick_ddpm "${ddpm[@]}" --name "ddpm_$kind" --skip-baseline --sampler dpm++2m
         for sampler in dpm++2m sde-dpm++2m; do
             run --preset quick_edm "${uncond[@]}" --name "edm_$kind" --skip-baseline --sampler "$sampler"
             run --preset quick_flow "${uncond[@]}" --name "flow_$kind" --skip-baseline --sampler "$sampler"
         done ;;
     diffusers)
-        run --preset quick_uncond --name ddpm_uncond --baselines diffusers ;;
+        run --preset quick_ddpm "${ddpm_uncond[@]}" --name ddpm_uncond --baselines diffusers ;;
     *) echo "unknown part $PHASE: uncond, cond, samplers-uncond, samplers-cond or diffusers" >&2; exit 2 ;;
     esac
 }

@@ -66,7 +66,8 @@ def measure(checkpoint, args: argparse.Namespace, compile_mode: str | None) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="quick", choices=list(PRESETS), help="the network's shape")
+    parser.add_argument("--preset", default="quick_ddpm", choices=list(PRESETS),
+                        help="the network's shape (a DDPM model: the samplers below are DDPM's)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="preset overrides")
     parser.add_argument("--checkpoint", help="sample this model instead of an untrained one of the preset's shape")
     parser.add_argument("--device", default="auto")

@@ -90,7 +90,7 @@ def test_step_defaults_in_the_help_are_the_table():
     text = " ".join(commands["sample"].format_help().split())
     for name, count in DEFAULT_STEPS.items():
         assert f"{name} {count}" in text, name
-    assert commands["interpolate"].get_default("steps") == commands["strip"].get_default("ddim_steps") == \
+    assert commands["interpolate"].get_default("steps") == commands["strip"].get_default("deterministic_steps") == \
         DEFAULT_STEPS["ddim"]
 
 
@@ -156,8 +156,9 @@ CKPT = ["--checkpoint", "/nonexistent/model.pt"]
     (["interpolate", *CKPT, "--guidance", "-inf"], "--guidance", "expected one argument"),  # argparse: an option
     (["interpolate", *CKPT, "--guidance=-inf"], "--guidance", "must be a finite number"),
     (["strip", *CKPT, "--frames", "1"], "--frames", "must be a whole number >= 2"),
-    (["strip", *CKPT, "--ddpm-steps", "0"], "--ddpm-steps", "must be a whole number >= 1"),
-    (["strip", *CKPT, "--ddim-steps", "0"], "--ddim-steps", "must be a whole number >= 1"),
+    (["strip", *CKPT, "--ddpm-steps", "0"], "--stochastic-steps/--ddpm-steps", "must be a whole number >= 1"),
+    (["strip", *CKPT, "--ddim-steps", "0"], "--deterministic-steps/--ddim-steps", "must be a whole number >= 1"),
+    (["strip", *CKPT, "--deterministic-steps", "0"], "--deterministic-steps/--ddim-steps", "must be a whole number >= 1"),
     (["strip", *CKPT, "--seed", "1.5"], "--seed", "expected a whole number, got '1.5'"),
     (["animate", *CKPT, "--per-class", "0"], "--per-class", "must be a whole number >= 1"),
     (["animate", *CKPT, "--frames", "0"], "--frames", "must be a whole number >= 2"),

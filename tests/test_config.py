@@ -27,7 +27,7 @@ def test_ddpm_cifar10_is_the_papers_network():
     assert (d.num_timesteps, d.beta_schedule, d.beta_start, d.beta_end) == (1000, "linear", 1e-4, 0.02)
 
 
-@pytest.mark.parametrize("name", ["quick", "quick_uncond", "mnist_cpu"])
+@pytest.mark.parametrize("name", ["quick", "quick_ddpm", "quick_uncond", "mnist_cpu"])
 def test_cpu_presets_are_unet_mini(name):
     # UNet-mini, the MNIST design: a deep convolutional network without attention layers, middle block included.
     cfg = resolve_config(name)
@@ -83,13 +83,13 @@ def test_json_file_and_round_trip(tmp_path):
 ])
 def test_bad_values_name_the_key_and_the_fix(assignment, message):
     with pytest.raises(ConfigError, match=None) as err:
-        resolve_config("quick", overrides=assignment.split(";"))
+        resolve_config("quick_ddpm", overrides=assignment.split(";"))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_bce_is_allowed_with_x0_in_unit_range():
-    cfg = resolve_config("quick", overrides=["diffusion.loss=bce", "diffusion.prediction=x0", "data.zero_one=true",
+    cfg = resolve_config("quick_ddpm", overrides=["diffusion.loss=bce", "diffusion.prediction=x0", "data.zero_one=true",
                                             "diffusion.loss_weighting=none"])
     assert cfg.diffusion.loss == "bce"
 

@@ -252,7 +252,7 @@ def test_without_a_sampler_named_python_and_the_command_line_use_the_default(tin
     from ddpmkit.config import DEFAULT_SAMPLER, resolve_config
     from ddpmkit.sampling import DiffusionSampler
 
-    cfg = resolve_config("quick")  # T = 1000: the default's 20 steps, not all T
+    cfg = resolve_config("quick_ddpm")  # T = 1000: the default's 20 steps, not all T
     assert sampler_options(cfg, DEFAULT_SAMPLER, None)["steps"] == steps_taken(cfg, DEFAULT_SAMPLER, None) == 20
     assert steps_taken(cfg, "ddpm", None) == 1000 and steps_taken(cfg, "ddim", 7) == 7
     model = DiffusionSampler(tiny_conditional_checkpoint)

@@ -97,11 +97,12 @@ def test_the_command_line_samples_with_the_objectives_default(trained, tmp_path,
 
 def test_objective_presets_and_refusals():
     assert resolve_config("quick_edm").diffusion.objective == "edm"
-    assert resolve_config("quick_flow").train.grid_sampler == ""
+    assert resolve_config("quick").diffusion.objective == "flow" and resolve_config("quick").train.grid_sampler == ""
+    assert resolve_config("quick_ddpm").diffusion.prediction == "v"
     with pytest.raises(ConfigError, match="has its own loss and weighting"):
-        resolve_config("quick", overrides=["diffusion.objective=flow", "train.grid_sampler="])
+        resolve_config("quick_ddpm", overrides=["diffusion.objective=flow", "train.grid_sampler="])
     with pytest.raises(ConfigError, match="'ddpm' is not a sampler of edm models"):
-        resolve_config("quick", overrides=["diffusion.objective=edm", "diffusion.loss_weighting=none"])
+        resolve_config("quick_ddpm", overrides=["diffusion.objective=edm", "diffusion.loss_weighting=none"])
 
 
 def test_evaluate_and_the_in_training_fd_and_grids_draw_with_the_objectives_sampler(trained, tiny_idx_root,
@@ -133,6 +134,24 @@ def test_the_denoising_animation_sees_every_network_evaluation(trained, sampler,
     assert len(xs) == len(x0s) == 3 and all(0 <= x.min() and x.max() <= 1 for x in xs + x0s)
     assert torch.equal(xs[-1], model.sample(2, sampler=sampler, steps=5, labels=[0, 1], guidance=1.0, progress=False))
     assert len(denoising_frames(model, [0, 1], cls=0, frames=4, sampler_name=sampler, steps=5, progress=False)) == 4
+
+
+def test_interpolations_and_strips_use_the_objectives_own_samplers(trained, tmp_path):
+    from ddpmkit.pictures import denoising_strip, interpolate_noise
+
+    _, run = trained
+    model = DiffusionSampler(run, device="cpu")
+    row = interpolate_noise(model, 3, 5, points=3, cls=1, steps=4, progress=False)
+    ends = model.sample(2, seed=3, labels=[1, 1], sampler="dpm++2m", steps=4, progress=False)  # seeds 3 and 4
+    torch.testing.assert_close(row[0], ends[0], atol=1e-5, rtol=0)  # the first end is seed 3's deterministic sample
+    strip = denoising_strip(model, frames=3, cls=0, stochastic_steps=3, deterministic_steps=3, progress=False)
+    assert strip.size[0] > 0
+    for command in (["strip", "--frames", "3", "--deterministic-steps", "3", "--stochastic-steps", "3"],
+                    ["interpolate", "--between", "classes", "--class", "0", "--to-class", "1", "--steps", "3",
+                     "--points", "3"]):
+        out = tmp_path / f"{command[0]}.png"
+        assert main([*command, "--checkpoint", str(run), "--output", str(out), "--no-progress"]) == 0
+        assert out.is_file()
 
 
 def test_the_demo_draws_with_the_objectives_samplers(trained, tmp_path):

@@ -209,28 +209,33 @@ def _interpolate_parser(sub) -> None:
     """The 'interpolate' command's arguments."""
     p = sub.add_parser("interpolate", help="interpolate between two noises, or between two classes",
                        description="Decode points between two starting noises (spherical interpolation) or between "
-                       "two classes at one fixed noise (the label embedding moved linearly) with deterministic DDIM, "
-                       "and save them as one row.")
+                       "two classes at one fixed noise (the label embedding moved linearly) with the model's "
+                       "deterministic sampler (DDIM for DDPM models, DPM-Solver++(2M) for edm and flow), and save "
+                       "them as one row.")
     _add_picture_args(p)
     p.add_argument("--between", choices=["noise", "classes"], default="noise", help="what to interpolate")
     p.add_argument("--seed", type=SEED, default=0, help="the starting noise (the first end, for --between noise)")
     p.add_argument("--to-seed", type=SEED, default=1, help="the other end's noise (--between noise)")
     p.add_argument("--to-class", metavar="CLASS", help="the other end's class (--between classes)")
     p.add_argument("--points", type=whole(2), default=10, help="images in the row, both ends included (default 10)")
-    p.add_argument("--steps", type=COUNT, default=DEFAULT_STEPS["ddim"], help="DDIM steps (default %(default)s)")
+    p.add_argument("--steps", type=COUNT, default=DEFAULT_STEPS["ddim"], help="sampler steps (default %(default)s)")
     p.add_argument("--output", default="interpolation.png", help="PNG to write")
 
 
 def _strip_parser(sub) -> None:
     """The 'strip' command's arguments."""
-    p = sub.add_parser("strip", help="denoising strips: x_t and predicted x_0 from T to 0, DDPM and DDIM",
-                       description="For one starting noise, show x_t and the predicted x_0 at evenly spaced steps "
-                       "from T to 0, for DDPM (ancestral) and DDIM (eta = 0) side by side, as one PNG.")
+    p = sub.add_parser("strip", help="denoising strips: x_t and predicted x_0 from noise to sample, stochastic "
+                       "and deterministic", description="For one starting noise, show x_t and the predicted x_0 at "
+                       "evenly spaced steps from noise to sample, for the model's stochastic and deterministic "
+                       "samplers side by side (DDPM and DDIM with eta = 0; sde-dpm++2m and dpm++2m for edm and flow "
+                       "models), as one PNG.")
     _add_picture_args(p)
     p.add_argument("--seed", type=SEED, default=0, help="the starting noise")
     p.add_argument("--frames", type=whole(2), default=10, help="columns, the final sample included (default 10)")
-    p.add_argument("--ddpm-steps", type=COUNT, help="DDPM steps (default: all T)")
-    p.add_argument("--ddim-steps", type=COUNT, default=DEFAULT_STEPS["ddim"], help="DDIM steps (default %(default)s)")
+    p.add_argument("--stochastic-steps", "--ddpm-steps", type=COUNT, dest="stochastic_steps",
+                   help="steps of the stochastic row (default: DDPM all T; sde-dpm++2m 20 for edm and flow)")
+    p.add_argument("--deterministic-steps", "--ddim-steps", type=COUNT, dest="deterministic_steps",
+                   default=DEFAULT_STEPS["ddim"], help="steps of the deterministic row (default %(default)s)")
     p.add_argument("--output", default="strip.png", help="PNG to write")
 
 
@@ -490,7 +495,8 @@ def _pictures(args: argparse.Namespace) -> None:
         print(f"wrote {save_labelled_grid(images, args.output, nrow=args.points, row_labels=[title])}")
     elif args.command == "strip":
         image = pictures.denoising_strip(sampler, args.frames, args.classes, args.seed,
-                                         ddpm_steps=args.ddpm_steps, ddim_steps=args.ddim_steps, **common)
+                                         stochastic_steps=args.stochastic_steps,
+                                         deterministic_steps=args.deterministic_steps, **common)
         print(f"wrote {save_pil(image, args.output)}")
     elif args.command == "animate":
         out = Path(args.output_dir)

@@ -13,6 +13,17 @@ from .errors import DdpmkitError
 from .sampling import DiffusionSampler
 from .viz import to_pil, upscale, labelled_grid
 
+# The samplers the pictures use, per objective: (stochastic, deterministic). A DDPM model shows ancestral DDPM and
+# DDIM (eta = 0, DDIM §5.3's interpolation); edm and flow models, which have neither, their default SDE-DPM-Solver++
+# and its deterministic twin DPM-Solver++(2M) (samplers/objective_solvers.py).
+PICTURE_SAMPLERS = {"ddpm": ("ddpm", "ddim"), "edm": ("sde-dpm++2m", "dpm++2m"), "flow": ("sde-dpm++2m", "dpm++2m")}
+PICTURE_STEPS = DEFAULT_STEPS["ddim"]  # deterministic steps of interpolations and strips
+
+
+def deterministic_sampler(sampler: DiffusionSampler) -> str:
+    """The model's deterministic sampler for pictures: the image is a smooth function of its starting noise."""
+    return PICTURE_SAMPLERS[sampler.objective][1]
+
 
 def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     """Spherical interpolation between two noise tensors (Shoemake 1985), as used for DDIM latents (DDIM §5.3):
@@ -36,24 +47,25 @@ def _labels(sampler: DiffusionSampler, cls, n: int) -> torch.Tensor | None:
 
 
 def interpolate_noise(sampler: DiffusionSampler, seed_a: int, seed_b: int, points: int = 8, cls=None,
-                      guidance: float = 0.0, steps: int = DEFAULT_STEPS["ddim"], progress: bool = True) -> torch.Tensor:
+                      guidance: float = 0.0, steps: int = PICTURE_STEPS, progress: bool = True) -> torch.Tensor:
     """Images along the great circle between the starting noises of ``seed_a`` and ``seed_b``, each decoded with
-    deterministic DDIM (eta = 0), so the path in noise space becomes a smooth path in image space."""
+    the model's deterministic sampler (DDIM with eta = 0 for DDPM models), so the path in noise space becomes a
+    smooth path in image space."""
     if points < 2:
         raise DdpmkitError("interpolation needs at least 2 points")
     x_a, _ = sampler.noise([seed_a])
     x_b, _ = sampler.noise([seed_b])
     x_T = torch.cat([slerp(x_a, x_b, i / (points - 1)) for i in range(points)])
-    x0 = sampler.run(x_T, labels=_labels(sampler, cls, points), guidance=guidance, sampler="ddim", steps=steps,
-                     progress=progress)
+    x0 = sampler.run(x_T, labels=_labels(sampler, cls, points), guidance=guidance,
+                     sampler=deterministic_sampler(sampler), steps=steps, progress=progress)
     return sampler.to_images(x0)
 
 
 def interpolate_classes(sampler: DiffusionSampler, cls_a, cls_b, points: int = 8, seed: int = 0,
-                        guidance: float = 0.0, steps: int = DEFAULT_STEPS["ddim"],
+                        guidance: float = 0.0, steps: int = PICTURE_STEPS,
                         progress: bool = True) -> torch.Tensor:
     """Images from one fixed noise with the label embedding moved linearly from class a to class b, decoded with
-    deterministic DDIM."""
+    the model's deterministic sampler."""
     if points < 2:
         raise DdpmkitError("interpolation needs at least 2 points")
     a, b = sampler.class_indices(cls_a)[0], sampler.class_indices(cls_b)[0]
@@ -62,8 +74,8 @@ def interpolate_classes(sampler: DiffusionSampler, cls_a, cls_b, points: int = 8
     weights = (1 - alphas) * torch.nn.functional.one_hot(torch.tensor(a), k) + \
         alphas * torch.nn.functional.one_hot(torch.tensor(b), k)
     x_T, _ = sampler.noise([seed])
-    x0 = sampler.run(x_T.expand(points, -1, -1, -1), labels=weights.float(), guidance=guidance, sampler="ddim",
-                     steps=steps, progress=progress)
+    x0 = sampler.run(x_T.expand(points, -1, -1, -1), labels=weights.float(), guidance=guidance,
+                     sampler=deterministic_sampler(sampler), steps=steps, progress=progress)
     return sampler.to_images(x0)
 
 
@@ -100,19 +112,20 @@ def record_denoising(sampler: DiffusionSampler, sampler_name: str, steps: int | 
 
 
 def denoising_strip(sampler: DiffusionSampler, frames: int = 10, cls=None, seed: int = 0, guidance: float = 0.0,
-                    ddpm_steps: int | None = None, ddim_steps: int = DEFAULT_STEPS["ddim"],
+                    stochastic_steps: int | None = None, deterministic_steps: int = PICTURE_STEPS,
                     progress: bool = True) -> Image.Image:
-    """Four rows for one starting noise: x_t and the predicted x_0 at ``frames`` evenly spaced steps from T to 0,
-    for DDPM (ancestral, all T steps by default) and DDIM (eta = 0). The last column is the final sample."""
+    """Four rows for one starting noise: x_t and the predicted x_0 at ``frames`` evenly spaced steps from the noise
+    to the sample, for the model's stochastic and deterministic samplers (PICTURE_SAMPLERS: DDPM, all T steps by
+    default, and DDIM for a DDPM model). The last column is the final sample."""
     if frames < 2:
         raise DdpmkitError("a strip needs at least 2 frames")
     rows, labels = [], []
-    for name, steps in (("DDPM", ddpm_steps), ("DDIM", ddim_steps)):
-        xs, x0s = record_denoising(sampler, name.lower(), steps, frames, [seed], _labels(sampler, cls, 1), guidance,
+    for name, steps in zip(PICTURE_SAMPLERS[sampler.objective], (stochastic_steps, deterministic_steps)):
+        xs, x0s = record_denoising(sampler, name, steps, frames, [seed], _labels(sampler, cls, 1), guidance,
                                    progress)
         rows += [torch.cat(xs), torch.cat(x0s)]
-        labels += [f"{name} x_t", f"{name} pred. x_0"]
-    # DDPM and DDIM take different numbers of steps; the column labels give the fraction of each run completed.
+        labels += [f"{name.upper()} x_t", f"{name.upper()} pred. x_0"]
+    # The two take different numbers of steps; the column labels give the fraction of each run completed.
     columns = [f"{round(100 * i / (frames - 1))}%" for i in range(frames)]
     return labelled_grid(torch.cat(rows), nrow=frames, row_labels=labels, col_labels=columns)
 
