@@ -6,7 +6,10 @@ from contextlib import nullcontext
 
 import torch
 
-from .config import COMPILE_MODES, DEFAULT_STEPS, Config, DiffusionConfig, linear_beta_scale, steps_for
+from .config import (COMPILE_MODES, DEFAULT_STEPS, Config, DiffusionConfig, linear_beta_scale, sampler_family,
+                     steps_for)
+from .distill.paths import path_of
+from .distill.sampling import sample_distilled
 from .errors import DdpmkitError
 from .objectives import objective_of
 from .samplers import SAMPLERS, SPACINGS, ImageNoise
@@ -85,6 +88,8 @@ def steps_taken(cfg: Config, sampler: str, steps: int | None) -> int:
     T = cfg.diffusion.num_timesteps
     if steps is not None:
         return steps
+    if cfg.distill.method:  # a student: the steps it was distilled for
+        return cfg.distill.student_steps
     default = steps_for(cfg.diffusion.objective, sampler)
     if cfg.diffusion.objective != "ddpm":  # continuous noise levels: no T to cap at
         return default
@@ -178,7 +183,11 @@ def run_sampler(cfg: Config, sampler: str, network, schedule: NoiseSchedule, x_T
                 ddpm_options: dict | None = None, **kwargs) -> torch.Tensor:
     """One batch from x_T through ``sampler`` for the model ``cfg`` describes: a DDPM sampler (SAMPLERS) with
     ``ddpm_options`` (default: ``sampler_options`` for ``steps``), or, for an edm or flow model, that objective's
-    Euler or Heun (samplers.continuous). ``network(x, level)`` has the labels bound in."""
+    Euler or Heun (samplers.continuous), or a distilled student's own (distill.sampling). ``network(x, level)`` has
+    the labels bound in."""
+    if sampler_family(cfg) == "student":
+        return sample_distilled(path_of(cfg, schedule), network, x_T, steps=steps or cfg.distill.student_steps,
+                                clip_range=clip_range(cfg), progress=progress, **kwargs)
     objective = objective_of(cfg.diffusion)
     if objective is not None:
         return sample_objective(cfg.diffusion.objective, objective, sampler, network, x_T, steps, noise, progress,

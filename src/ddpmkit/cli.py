@@ -12,9 +12,9 @@ from pathlib import Path
 
 from . import distributed
 from .build import steps_taken
-from .config import (ALL_SAMPLER_NAMES, COMPILE_MODES, DATASETS, DEFAULT_SAMPLER, DEFAULT_STEPS, OBJECTIVE_SAMPLERS,
-                     PRESETS, SPACINGS, DiffusionConfig, default_sampler, linear_beta_scale, resolve_config,
-                     resolve_sampler)
+from .config import (ALL_SAMPLER_NAMES, COMPILE_MODES, DATASETS, DEFAULT_SAMPLER, DEFAULT_STEPS, DISTILL_METHODS,
+                     DISTILL_ROUND_STEPS, DISTILL_TEACHER_STEPS, OBJECTIVE_SAMPLERS, PRESETS, SPACINGS,
+                     DiffusionConfig, default_sampler, linear_beta_scale, resolve_config, resolve_sampler)
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
 from .version import __version__
@@ -179,6 +179,39 @@ def _train_parser(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="start from scratch; refuses a run dir that has checkpoints")
     p.add_argument("--stop-at", type=COUNT, metavar="STEP", help="stop after STEP (resumable), e.g. to time-box a job")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines still go to log.jsonl)")
+
+
+def _distill_parser(sub) -> None:
+    """The 'distill' command's arguments."""
+    p = sub.add_parser("distill", help="distil a trained model into a few-step student",
+                       description="Train a student that samples in --steps network evaluations from a trained "
+                       "teacher, by progressive distillation (Salimans & Ho 2022): rounds that halve the teacher's "
+                       "DDIM steps, each a training run in RUN_DIR/roundR_Nsteps, the last linked as RUN_DIR/final.pt. "
+                       "Re-running the same command resumes. The student samples with --sampler distilled.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="the teacher: " + CHECKPOINT_HELP)
+    p.add_argument("--method", default="progressive", choices=DISTILL_METHODS, help="(default progressive)")
+    p.add_argument("--steps", type=COUNT, default=4, metavar="K", help="the student's steps, a power of two (default 4)")
+    p.add_argument("--teacher-steps", type=COUNT, metavar="N",
+                   help=f"the teacher's DDIM steps that round 1 halves (default {DISTILL_TEACHER_STEPS})")
+    p.add_argument("--round-steps", type=COUNT, default=DISTILL_ROUND_STEPS, metavar="S",
+                   help=f"optimizer steps per round (default {DISTILL_ROUND_STEPS})")
+    p.add_argument("--guidance", type=finite(0), default=0.0, metavar="W",
+                   help="a conditional teacher's guidance weight in its targets (default 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="change each round's config, e.g. --set train.lr=1e-4 --set train.batch_size=64")
+    p.add_argument("--run-dir", required=True, metavar="DIR", help="where the rounds go")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _distill(args: argparse.Namespace) -> None:
+    from .distill.rounds import distill
+
+    start = time.perf_counter()
+    path = distill(args.checkpoint, args.run_dir, method=args.method, steps=args.steps,
+                   teacher_steps=args.teacher_steps, round_steps=args.round_steps, guidance=args.guidance,
+                   overrides=args.overrides, progress=not args.no_progress)
+    if distributed.is_main():
+        print(f"done in {time.perf_counter() - start:.0f} s: {path}")
 
 
 def _sample_parser(sub) -> None:
@@ -421,9 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ddpmkit", description="Train and sample denoising diffusion models.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (_train_parser, _sample_parser, _interpolate_parser, _strip_parser, _animate_parser,
-                       _plot_schedule_parser, _classifier_parser, _evaluate_parser, _export_parser, _demo_parser,
-                       _config_parser):
+    for add_command in (_train_parser, _distill_parser, _sample_parser, _interpolate_parser, _strip_parser,
+                        _animate_parser, _plot_schedule_parser, _classifier_parser, _evaluate_parser, _export_parser,
+                        _demo_parser, _config_parser):
         add_command(sub)
     return parser
 
@@ -446,7 +479,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     sampler = DiffusionSampler(args.checkpoint, device=args.device, use_ema=not args.no_ema,
                                precision=args.precision, compile=args.compile)
-    args.sampler = resolve_sampler(sampler.objective, args.sampler)
+    args.sampler = resolve_sampler(sampler.family, args.sampler)
     options = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "batch_size": args.batch_size,
                "clip": not args.no_clip, "guidance": args.guidance, "progress": not args.no_progress,
                **_solver_options(args)}
@@ -478,7 +511,7 @@ def _pictures(args: argparse.Namespace) -> None:
         return
     sampler = DiffusionSampler(args.checkpoint, device=args.device, precision=args.precision, compile=args.compile)
     if hasattr(args, "sampler"):  # animate: the model's own default when none is named
-        args.sampler = resolve_sampler(sampler.objective, args.sampler)
+        args.sampler = resolve_sampler(sampler.family, args.sampler)
     common = {"guidance": args.guidance, "progress": not args.no_progress}
     if args.command == "interpolate":
         if args.between == "noise":
@@ -538,7 +571,7 @@ def _classifier(args: argparse.Namespace) -> None:
               f"{time.perf_counter() - start:.0f} s; saved {path}")
         return
     sampler = DiffusionSampler(args.checkpoint, device=args.device)
-    args.sampler = resolve_sampler(sampler.objective, args.sampler)
+    args.sampler = resolve_sampler(sampler.family, args.sampler)
     if not sampler.is_conditional:
         raise DdpmkitError("classifier judge needs a class-conditional model; this one was trained without labels")
     classifier, info = load_classifier(args.classifier or sampler.config.data.dataset)
@@ -627,7 +660,7 @@ def _error(message: str) -> int:
 
 
 # What each command does under torchrun; the rest run as one process.
-DISTRIBUTED_COMMANDS = ("train", "sample", "evaluate", "classifier judge")
+DISTRIBUTED_COMMANDS = ("train", "distill", "sample", "evaluate", "classifier judge")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -645,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "sample":
             _sample(args)
+        elif args.command == "distill":
+            _distill(args)
         elif args.command in ("interpolate", "strip", "animate", "plot-schedule"):
             _pictures(args)
         elif args.command == "evaluate":

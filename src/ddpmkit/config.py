@@ -50,7 +50,14 @@ DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "dpm++3m": 20, "sde-dpm++2m": 20, "h
 # for ddpm: in the objectives' race (docs/race.md, 2 seeds, 10 minutes) it gave both the lowest FD at 20 and at 50
 # evaluations (flow 4.32 against euler's 5.40 at 20; edm 8.16 against heun's 10.16).
 OBJECTIVES = ("ddpm", "edm", "flow")
-ALL_SAMPLER_NAMES = (*SAMPLER_NAMES, "euler")  # what --sampler accepts; which fit a model: samplers_of(objective)
+# A student distilled from a teacher (ddpmkit.distill, `ddpmkit distill`) samples with its own sampler only, in the
+# steps it was distilled for: "distilled".
+STUDENT_SAMPLER = "distilled"
+DISTILL_METHODS = ("progressive",)
+DISTILL_ROUND_STEPS = 200    # optimizer steps per round of progressive distillation (distill/rounds.py)
+DISTILL_TEACHER_STEPS = 32   # the teacher's DDIM steps that its first round halves
+ALL_SAMPLER_NAMES = (*SAMPLER_NAMES, "euler", STUDENT_SAMPLER)  # what --sampler accepts; which fit a model:
+                                                               # samplers_of(sampler_family(cfg))
 _PATH_SOLVER_STEPS = {name: DEFAULT_STEPS[name] for name in ("sde-dpm++2m", "dpm++2m", "dpm++3m", "unipc")}
 OBJECTIVE_SAMPLERS = {"edm": {**_PATH_SOLVER_STEPS, "heun": 18, "euler": 35},
                       "flow": {**_PATH_SOLVER_STEPS, "euler": 20, "heun": 10}}
@@ -113,24 +120,38 @@ class DiffusionConfig:
     label_dropout: float = 0.1       # conditional models: probability of training on the null label instead
 
 
-def samplers_of(objective: str) -> tuple[str, ...]:
-    """The samplers a model of ``objective`` can be drawn with."""
-    return SAMPLER_NAMES if objective == "ddpm" else tuple(OBJECTIVE_SAMPLERS[objective])
+def sampler_family(cfg: "Config") -> str:
+    """Which samplers draw a model: those of its objective (ddpm, edm, flow), or "student" for a distilled student
+    (distill.method set), which has only its own."""
+    return "student" if cfg.distill.method else cfg.diffusion.objective
 
 
-def default_sampler(objective: str) -> str:
-    """The sampler used when none is named: DEFAULT_SAMPLER for ddpm, the first of OBJECTIVE_SAMPLERS otherwise."""
-    return DEFAULT_SAMPLER if objective == "ddpm" else next(iter(OBJECTIVE_SAMPLERS[objective]))
+def samplers_of(family: str) -> tuple[str, ...]:
+    """The samplers a model of ``family`` (an objective, or "student": ``sampler_family``) can be drawn with."""
+    if family == "student":
+        return (STUDENT_SAMPLER,)
+    return SAMPLER_NAMES if family == "ddpm" else tuple(OBJECTIVE_SAMPLERS[family])
 
 
-def resolve_sampler(objective: str, name: str | None) -> str:
-    """``name``, or the objective's default sampler when it is None or "" (the config's "its default")."""
-    return name or default_sampler(objective)
+def default_sampler(family: str) -> str:
+    """The sampler used when none is named: DEFAULT_SAMPLER for ddpm, the first of OBJECTIVE_SAMPLERS for edm and
+    flow, a student's own."""
+    if family == "student":
+        return STUDENT_SAMPLER
+    return DEFAULT_SAMPLER if family == "ddpm" else next(iter(OBJECTIVE_SAMPLERS[family]))
 
 
-def steps_for(objective: str, sampler: str) -> int | None:
-    """The steps ``sampler`` takes by default for a model of ``objective`` (None: all T)."""
-    return DEFAULT_STEPS.get(sampler) if objective == "ddpm" else OBJECTIVE_SAMPLERS[objective][sampler]
+def resolve_sampler(family: str, name: str | None) -> str:
+    """``name``, or the family's default sampler when it is None or "" (the config's "its default")."""
+    return name or default_sampler(family)
+
+
+def steps_for(family: str, sampler: str) -> int | None:
+    """The steps ``sampler`` takes by default for a model of ``family`` (None: all T; for a student, the steps it
+    was distilled for, which its config holds: build.steps_taken)."""
+    if family == "student":
+        return None
+    return DEFAULT_STEPS.get(sampler) if family == "ddpm" else OBJECTIVE_SAMPLERS[family][sampler]
 
 
 def linear_beta_scale(num_timesteps: int) -> float:
@@ -181,11 +202,23 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """A student distilled from a teacher (``ddpmkit distill``); method "" (the default) is a model trained on data.
+    Each round of progressive distillation is one run: its student learns in ``student_steps`` what its teacher
+    does in ``2 student_steps`` DDIM steps."""
+    method: str = ""                 # "" (not a student) or progressive (DISTILL_METHODS)
+    teacher: str = ""                # the teacher's checkpoint (what --checkpoint reads); the student starts from it
+    student_steps: int = 0           # K: the steps the student samples in, with the "distilled" sampler
+    teacher_guidance: float = 0.0    # conditional teachers: the guidance w of their predictions
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -446,6 +479,22 @@ def check_trainable(cfg: Config) -> Config:
 
 # -- validation ------------------------------------------------------------------------------------------------------
 
+def _check_distill(cfg: Config) -> None:
+    s = cfg.distill
+    if not s.method:
+        if s.teacher or s.student_steps:
+            raise ConfigError("distill.teacher and distill.student_steps describe a student: set distill.method too "
+                              "(`ddpmkit distill` does), or leave them empty")
+        return
+    _choice("distill.method", s.method, DISTILL_METHODS)
+    if s.student_steps < 1:
+        raise ConfigError(f"distill.student_steps: a student takes at least 1 step, got {s.student_steps}")
+    if not s.teacher:
+        raise ConfigError("distill.teacher: a student needs its teacher's checkpoint")
+    if not (math.isfinite(s.teacher_guidance) and s.teacher_guidance >= 0):
+        raise ConfigError(f"distill.teacher_guidance: must be a finite number >= 0, got {s.teacher_guidance}")
+
+
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: {_show(value)} is not allowed; choose one of {', '.join(allowed)}")
@@ -473,10 +522,13 @@ def validate(cfg: Config) -> Config:
     _choice("train.best_by", t.best_by, BEST_BY)
     _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
     _choice("diffusion.objective", f.objective, OBJECTIVES)
+    _check_distill(cfg)
+    family = sampler_family(cfg)
     for key, name in (("train.grid_sampler", t.grid_sampler), ("train.fd_sampler", t.fd_sampler)):
-        if name and name not in samplers_of(f.objective):
-            raise ConfigError(f"{key}: {_show(name)} is not a sampler of {f.objective} models; choose one of "
-                              f"{', '.join(samplers_of(f.objective))}, or \"\" for its default")
+        if name and name not in samplers_of(family):
+            what = "a distilled student" if family == "student" else f"{f.objective} models"
+            raise ConfigError(f"{key}: {_show(name)} is not a sampler of {what}; choose one of "
+                              f"{', '.join(samplers_of(family))}, or \"\" for its default")
     if t.fd_every and d.dataset not in ("mnist", "fashion_mnist"):
         raise ConfigError(f"train.fd_every: the in-training FD uses the judge classifiers shipped for mnist and "
                           f"fashion_mnist, not {d.dataset}; set train.fd_every=0")
@@ -533,7 +585,7 @@ def validate(cfg: Config) -> Config:
                           f"T={f.num_timesteps}; use a larger T, a smaller beta_end, or diffusion.beta_schedule=cosine")
     if not 0 < f.cosine_s < 1:
         raise ConfigError(f"diffusion.cosine_s: must be in (0, 1), got {f.cosine_s}")
-    if f.objective == "ddpm" and t.grid_steps > f.num_timesteps:
+    if f.objective == "ddpm" and family != "student" and t.grid_steps > f.num_timesteps:
         raise ConfigError(f"train.grid_steps: {t.grid_steps} is more than diffusion.num_timesteps={f.num_timesteps}")
     if t.eval_every and not t.eval_images:
         raise ConfigError("train.eval_images: must be >= 1 while train.eval_every > 0 (set eval_every=0 to skip)")

@@ -130,11 +130,13 @@ def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
                                            visible=conditional, elem_id="classes")
                 guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="guidance weight w (classifier-free)",
                                      visible=conditional, elem_id="guidance")
-                default = default_sampler(sampler.objective)
-                sampler_name = gr.Dropdown(list(samplers_of(sampler.objective)), value=default, label="sampler",
+                default = default_sampler(sampler.family)
+                sampler_name = gr.Dropdown(list(samplers_of(sampler.family)), value=default, label="sampler",
                                            elem_id="sampler")
+                student = sampler.family == "student"  # a distilled student takes its own steps only
                 steps = gr.Slider(1, T, value=min(steps_taken(sampler.config, default, None), T), step=1,
-                                  label="steps", elem_id="steps")
+                                  label="steps (the student's own)" if student else "steps", elem_id="steps",
+                                  interactive=not student)
                 seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_PAGE_SEED,
                                  label="seed (image j starts from seed + j)", elem_id="seed")
                 count = gr.Slider(1, 16, value=4, step=1, label="images per class" if conditional else "images",
@@ -182,7 +184,7 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, dev
         stages.update()
         stages.set_postfix_str("a first image")  # the first visitor does not wait for the warm-up
         warm_up = [sampler.class_names[0]] if sampler.is_conditional else []
-        draw(sampler, out_root / "warm_up", warm_up, 1, 0.0, default_sampler(sampler.objective), 1, 0)
+        draw(sampler, out_root / "warm_up", warm_up, 1, 0.0, default_sampler(sampler.family), 1, 0)
         shutil.rmtree(out_root / "warm_up")
         stages.update()
         stages.set_postfix_str("building the page")

@@ -215,7 +215,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
         from .sampling import DiffusionSampler
 
         model = DiffusionSampler(checkpoint, device=device, precision=precision, compile=compile)
-        sampler = resolve_sampler(model.objective, sampler)
+        sampler = resolve_sampler(model.family, sampler)
         real_cfg = _real_config_of_model(model.config.data, dataset, data_root, resize_mode)
         judge = _judge(metrics, classifier, real_cfg.dataset)
         if judge is not None:  # before sampling: a judge that does not fit stops at once

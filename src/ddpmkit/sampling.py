@@ -11,7 +11,7 @@ from . import distributed
 from .build import (CompiledDenoiser, autocast, inference_precision, noise_schedule, run_sampler, sampler_options,
                     sampling_compile_mode, set_tf32, unet_from_dict)
 from .checkpoint import load_weights
-from .config import DEFAULT_STEPS, config_from_dict, resolve_sampler, samplers_of
+from .config import DEFAULT_STEPS, config_from_dict, resolve_sampler, sampler_family, samplers_of
 from .data import from_model_range, to_model_range
 from .errors import DdpmkitError
 from .formats import LoadedModel, read_diffusers, read_model
@@ -60,6 +60,7 @@ class DiffusionSampler:
         self.network = CompiledDenoiser(self.model, mode) if mode else self.model  # what the samplers call
         self.schedule = noise_schedule(self.config.diffusion).to(self.device)
         self.objective = self.config.diffusion.objective  # ddpm, edm or flow
+        self.family = sampler_family(self.config)  # its objective, or "student" for a distilled student
         self.class_names: list[str] = list(state.get("class_names", []))
         self.step = int(state["step"])
 
@@ -126,7 +127,7 @@ class DiffusionSampler:
             raise DdpmkitError(f"guidance must be a finite number, got {guidance}")
         if not (math.isfinite(guidance_rescale) and 0 <= guidance_rescale <= 1):
             raise DdpmkitError(f"guidance_rescale must be between 0 and 1, got {guidance_rescale}")
-        sampler = resolve_sampler(self.objective, sampler)
+        sampler = resolve_sampler(self.family, sampler)
         options = self._options(sampler, steps, eta, clip, spacing, threshold)
         self._check_level_options(sampler_kwargs)
         x_T = x_T.to(self.device).contiguous(memory_format=self.memory_format)
@@ -138,6 +139,8 @@ class DiffusionSampler:
                  threshold: float | None) -> dict | None:
         """A ddpm model's sampler options (``sampler_options``); for an edm or flow model None, after refusing in one
         line what their samplers do not take."""
+        if self.family == "student":
+            return self._student_options(sampler, steps, eta, spacing, threshold)
         if self.objective == "ddpm":
             return self._sampler_options(sampler, steps, eta, clip, spacing, threshold)
         if sampler not in samplers_of(self.objective):
@@ -151,9 +154,27 @@ class DiffusionSampler:
                                f"sample at their own noise levels (move them with {LEVEL_OPTIONS[self.objective]})")
         return None
 
+    def _student_options(self, sampler: str, steps: int | None, eta: float, spacing: str | None,
+                         threshold: float | None) -> None:
+        """Refuse in one line what a distilled student cannot do: other samplers, other steps, other options."""
+        d = self.config.distill
+        what = f"this model is a {d.student_steps}-step student ({d.method} distillation)"
+        if sampler not in samplers_of("student"):
+            raise DdpmkitError(f"{what}: it samples with its own sampler, --sampler {samplers_of('student')[0]}, "
+                               f"not {sampler}; its teacher ({d.teacher}) takes the others")
+        if steps is not None and steps != d.student_steps:
+            raise DdpmkitError(f"{what}: it was trained for exactly {d.student_steps} steps, not {steps}; leave "
+                               f"--steps out, or sample its teacher ({d.teacher}) for more")
+        unsupported = [name for name, value in (("eta", eta), ("spacing", spacing), ("threshold", threshold)) if value]
+        if unsupported:
+            raise DdpmkitError(f"{', '.join(unsupported)}: {what}, which steps over the levels it was distilled at")
+
     def _check_level_options(self, options: dict) -> None:
-        """Refuse in one line an edm model's shift, a flow model's rho, either for a ddpm model, or a value <= 0."""
+        """Refuse in one line an edm model's shift, a flow model's rho, either for a ddpm model or a student, or a
+        value <= 0."""
         given = [name for name in ("rho", "shift") if options.get(name) is not None]
+        if given and self.family == "student":
+            raise DdpmkitError(f"{', '.join(given)}: a distilled student samples at the levels it was distilled at")
         if given and self.objective == "ddpm":
             raise DdpmkitError(f"{', '.join(given)}: options of edm (rho) and flow (shift) models; a ddpm model's "
                                f"timesteps are set with spacing")
@@ -168,7 +189,7 @@ class DiffusionSampler:
         """How many times ``run`` with these options calls ``on_step`` (once per network evaluation; heun's levels
         cost two). Found by running the sampler itself on a one-pixel image with a stand-in network that predicts
         zeros: milliseconds, and right for every sampler and option without a formula for each."""
-        sampler = resolve_sampler(self.objective, sampler)
+        sampler = resolve_sampler(self.family, sampler)
         options = self._options(sampler, steps, eta, clip, spacing, threshold)
         calls = 0
 
@@ -197,6 +218,7 @@ class DiffusionSampler:
         ddpm models DDIM inversion (samplers.invert_ddim); for edm and flow models the same idea on their ODE, Euler
         towards noise (samplers.continuous.invert_objective), the latents scaled as the standard-normal noise their
         samplers start from. A conditional model inverts with each image's class (or the null label)."""
+        self._refuse_student("inversion")
         self.check_steps(steps)
         x_0 = to_model_range(images, self.config.data.zero_one).to(self.device)
         x_0 = x_0.contiguous(memory_format=self.memory_format)
@@ -210,10 +232,16 @@ class DiffusionSampler:
                progress: bool = True) -> torch.Tensor:
         """The exact counterpart of ``invert`` -> images in [0, 1]: deterministic DDIM (eta = 0, no clipping) for
         ddpm models, Euler for edm and flow models."""
+        self._refuse_student("decoding inverted latents")
         if self.objective != "ddpm":
             return self.to_images(self.run(latents, labels=labels, sampler="euler", steps=steps, progress=progress))
         return self.to_images(self.run(latents, labels=labels, sampler="ddim", steps=steps, clip=False,
                                        progress=progress))
+
+    def _refuse_student(self, what: str) -> None:
+        if self.family == "student":
+            raise DdpmkitError(f"{what} runs the model's ODE over many steps, which a distilled student does not "
+                               f"learn; use its teacher ({self.config.distill.teacher})")
 
     def check_steps(self, steps: int | None) -> None:
         """Refuse a step count outside 1..T with a one-line error."""

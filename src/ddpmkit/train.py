@@ -17,8 +17,9 @@ from . import distributed
 from .build import noise_schedule, run_sampler, set_tf32, unet_spec
 from .checkpoint import (link_checkpoint, newest_intact, periodic_path, read_checkpoint, resume_candidates,
                          save_checkpoint, save_periodic)
-from .config import Config, check_trainable, config_from_dict, resolve_sampler
+from .config import Config, check_trainable, config_from_dict, resolve_sampler, sampler_family
 from .data import BatchOrder, ImageData, batch_stream, from_model_range, load_images
+from .distill.teacher import Teacher, distillation_loss, load_teacher
 from .errors import DdpmkitError
 from .files import remove_stale_temporaries, write_json
 from .global_batch import BatchSplit
@@ -39,7 +40,7 @@ def sample_images(model: UNet, schedule, cfg: Config, device: torch.device, num_
     """Samples of ``model`` with seeds 0..num_images-1, a conditional model's classes in blocks
     (``seeded_sampling.class_blocks``), in [0, 1] on the CPU: the images ``DiffusionSampler.generate`` draws for
     those seeds and labels. In a distributed run every process gets all the images."""
-    spec, sampler = model.spec, resolve_sampler(cfg.diffusion.objective, sampler)
+    spec, sampler = model.spec, resolve_sampler(sampler_family(cfg), sampler)
 
     def draw(x_T: torch.Tensor, noise, y: torch.Tensor | None) -> torch.Tensor:
         y = y.to(device) if y is not None else None
@@ -97,7 +98,7 @@ RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every", "
 
 def _check_resumable(saved: Config, cfg: Config) -> None:
     diffs = []
-    for section in ("data", "model", "diffusion", "train"):
+    for section in ("data", "model", "diffusion", "train", "distill"):
         old, new = vars(getattr(saved, section)), vars(getattr(cfg, section))
         diffs += [f"{section}.{k}: {v!r} -> {new[k]!r}" for k, v in old.items()
                   if new[k] != v and k not in RESUMABLE_CHANGES]
@@ -137,18 +138,20 @@ def _prepare_run_dir(run_dir: Path, resume: str | Path | bool, cfg: Config) -> t
     return state, ckpt_path
 
 
-def _training_state(cfg: Config, device: torch.device, checkpoint: dict | None,
-                    ckpt_path: Path | None) -> tuple[RunSplit, TrainingState, list[str]]:
-    """The run's images, split between training and evaluation, and its state: new, or continued from
-    ``checkpoint``; with what the user should be told about them."""
+def _training_state(cfg: Config, device: torch.device, checkpoint: dict | None, ckpt_path: Path | None,
+                    teacher: Teacher | None) -> tuple[RunSplit, TrainingState, list[str]]:
+    """The run's images, split between training and evaluation, and its state: new (a student: the teacher's
+    network and weights), or continued from ``checkpoint``; with what the user should be told about them."""
     with distributed.local_rank_zero_first():  # one download or decoding pass per machine at a time
         run_split = split_for_run(cfg, load_images(cfg.data, "train"), checkpoint)
     data = run_split.train
-    state = TrainingState.new(cfg, unet_spec(cfg, data.channels, data.num_classes), device, run_split.holds_out,
-                              data.class_names)
+    spec = teacher.model.spec if teacher is not None else unet_spec(cfg, data.channels, data.num_classes)
+    state = TrainingState.new(cfg, spec, device, run_split.holds_out, data.class_names)
     notes = [run_split.note] if run_split.note else []
     if checkpoint is not None:
         notes += state.load(checkpoint, str(ckpt_path))
+    elif teacher is not None:
+        state.start_from(teacher.model)
     if cfg.train.batch_size > len(data):
         notes.append(f"train.batch_size={cfg.train.batch_size} is larger than the {len(data)} training images, so "
                      f"every batch holds each image about {cfg.train.batch_size / len(data):.0f} times; lower "
@@ -167,7 +170,7 @@ def _evaluate_and_draw(cfg: Config, state: TrainingState, schedule, device: torc
         improved |= t.best_by == "heldout_loss" and state.best.offer(value)
     if training_fd is not None and (step % t.fd_every == 0 or finished):
         value = training_fd(state.ema.model, schedule, device)
-        report.evaluation(step, training_fd.name, value, fd_sampler=resolve_sampler(cfg.diffusion.objective,
+        report.evaluation(step, training_fd.name, value, fd_sampler=resolve_sampler(sampler_family(cfg),
                           t.fd_sampler), fd_steps=t.fd_steps, fd_samples=t.fd_samples)
         improved |= t.best_by == "fd" and state.best.offer(value)
     if t.sample_every and step % t.sample_every == 0 or finished:
@@ -275,7 +278,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     if checkpoint is not None and int(checkpoint["step"]) >= t.steps:
         return _already_trained(run_dir, int(checkpoint["step"]), t.steps, ckpt_path, main)
 
-    run_split, state, notes = _training_state(cfg, device, checkpoint, ckpt_path)
+    teacher = load_teacher(cfg.distill.teacher, device) if cfg.distill.method else None
+    run_split, state, notes = _training_state(cfg, device, checkpoint, ckpt_path, teacher)
     del checkpoint  # its tensors are now in the model, the EMA and the optimizer
     data, spec = run_split.train, state.model.spec
     replicated = distributed.wrap(state.model, device)  # DDP under torchrun: gradients averaged over the processes
@@ -288,7 +292,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | Path | bool = True, st
     report = TrainingReport(cfg, run_dir, state.step, device, main, progress)
     _announce(cfg, state, data, split, device, run_dir, notes, report)
     checkpoints = _Checkpoints(cfg, run_dir, report, split.world_size, ckpt_path, state.step)
-    optimizer_step = OptimizerStep(cfg, state, replicated, network, schedule, split, device)
+    loss = distillation_loss(cfg, teacher, device) if teacher is not None else None
+    optimizer_step = OptimizerStep(cfg, state, replicated, network, schedule, split, device, loss)
     stop = min(t.steps, stop_at if stop_at is not None else t.steps)
     batches = batch_stream(data, BatchOrder(len(data), t.batch_size, t.seed), split, distributed.rank(), state.step,
                            stop, device, cfg.data.num_workers, t.seed)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import load_weights
-from .config import Config, config_from_dict, resolve_sampler
+from .config import Config, config_from_dict, resolve_sampler, sampler_family
 from .ema import EMA, decay_for_halflife
 from .lr_schedule import LearningRate
 from .unet import UNet, UNetSpec
@@ -22,7 +22,7 @@ def best_settings(cfg: Config) -> dict:
     t = cfg.train
     if t.best_by == "fd":
         layout = {"fd_classes": FD_CLASS_LAYOUT} if cfg.model.class_conditional else {}
-        return {"best_by": "fd", "fd_samples": t.fd_samples, "fd_sampler": resolve_sampler(cfg.diffusion.objective,
+        return {"best_by": "fd", "fd_samples": t.fd_samples, "fd_sampler": resolve_sampler(sampler_family(cfg),
                 t.fd_sampler), "fd_steps": t.fd_steps,
                 "fd_classifier": t.fd_classifier or cfg.data.dataset, **layout}
     return {"best_by": t.best_by, "eval_images": t.eval_images}
@@ -110,6 +110,12 @@ class TrainingState:
         note = self.best.resume(float(checkpoint.get("best", math.inf)),
                                 checkpoint.get("best_settings") or _legacy_best_settings(saved))
         return [note] if note else []
+
+    def start_from(self, teacher: UNet) -> None:
+        """A student's start (distillation): the teacher's weights in the model and its EMA."""
+        weights = teacher.state_dict()
+        load_weights(self.model, weights, "the teacher")
+        load_weights(self.ema.model, weights, "the teacher")
 
     def checkpoint(self) -> dict:
         """The plain dict a checkpoint holds (nanoGPT-style): state_dicts, config, step and run-level decisions."""

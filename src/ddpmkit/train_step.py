@@ -19,8 +19,10 @@ from .train_state import TrainingState
 
 class OptimizerStep:
     def __init__(self, cfg: Config, state: TrainingState, replicated, network, schedule, split: BatchSplit,
-                 device: torch.device):
-        """``replicated``: the model under DDP (or the model itself); ``network``: what runs it (compiled or not)."""
+                 device: torch.device, loss=None):
+        """``replicated``: the model under DDP (or the model itself); ``network``: what runs it (compiled or not);
+        ``loss``: ``(network, schedule, x0, t, u, noise, y) -> loss``, default the config's objective's
+        (``losses.training_loss``; a distillation run passes its teacher's)."""
         self.cfg, self.state, self.schedule, self.split = cfg, state, schedule, split
         self.replicated, self.network = replicated, network
         self.rank = distributed.rank()
@@ -28,7 +30,7 @@ class OptimizerStep:
         self.image_shape = (spec.image_channels, spec.image_size, spec.image_size)
         self.label_dropout = cfg.diffusion.label_dropout if spec.num_classes else None
         self.null_label = spec.num_classes
-        self.loss = training_loss(cfg.diffusion)
+        self.loss = loss or training_loss(cfg.diffusion)
         self.noise_gen = torch.Generator(device=device)  # reseeded from (seed, step, block): see global_batch.py
         self.guard = NonFiniteGuard(device, cfg.train.max_nonfinite_steps)
         self.device = device

@@ -1,0 +1,218 @@
+"""Progressive distillation (ddpmkit.distill): the paper's target against its defining property, the student's grid
+and DDIM step against ddpmkit's own DDIM and Euler samplers, a student distilled from the exact Gaussian denoiser
+against the teacher's ODE solution, and `ddpmkit distill` end to end: rounds, resumption, sampling defaults,
+guidance in the targets, and what is refused."""
+import json
+
+import pytest
+import torch
+
+from ddpmkit.build import noise_schedule, run_sampler, sampler_options
+from ddpmkit.checkpoint import read_checkpoint
+from ddpmkit.cli import main
+from ddpmkit.config import config_from_dict
+from ddpmkit.distill.paths import DDPMPath, EDMPath, FlowPath, ddim_step
+from ddpmkit.distill.progressive import ProgressiveLoss, two_step_target
+from ddpmkit.distill.rounds import plan_rounds
+from ddpmkit.distill.sampling import sample_distilled
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.objectives import EDM, RectifiedFlow
+from ddpmkit.sampling import DiffusionSampler
+from ddpmkit.train import train
+
+from conftest import tiny_config_dict
+
+
+def _paths():
+    schedule = noise_schedule(config_from_dict({"diffusion": {"num_timesteps": 1000}}).diffusion)
+    return {"ddpm": DDPMPath(schedule, "v"), "flow": FlowPath(RectifiedFlow(shift=3.0)), "edm": EDMPath(EDM())}
+
+
+def _smooth_network(x, level, y=None):
+    """A fixed, nonlinear stand-in network (any output kind works for these identities)."""
+    level = level.float().reshape(-1, 1, 1, 1) / 1000
+    return torch.tanh(0.7 * x + level) - 0.3 * x.roll(1, dims=-1)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "flow", "edm"])
+def test_one_ddim_step_with_the_target_lands_on_the_teachers_two(name):
+    # Eq. 8's defining property: the student's single DDIM step from z_t, with x~ as its x_0, ends where the teacher's
+    # two DDIM steps end, at every step i of an N-step student.
+    path, n = _paths()[name], 4
+    for i in range(n):
+        u = torch.full((3,), i / n, dtype=torch.float64)
+        here, mid, end = path.alpha_sigma(u), path.alpha_sigma(u + 0.5 / n), path.alpha_sigma(u + 1 / n)
+        z_t = path.start(torch.randn(3, 1, 4, 4, dtype=torch.float64)) if i == 0 else torch.randn(3, 1, 4, 4)
+        z_t = z_t.double()
+        z_mid = ddim_step(z_t, path.predict_x0(_smooth_network, z_t, u).double(), here, mid)
+        z_end = ddim_step(z_mid, path.predict_x0(_smooth_network, z_mid, u + 0.5 / n).double(), mid, end)
+        target = two_step_target(z_t, z_end, here, end)
+        torch.testing.assert_close(ddim_step(z_t, target, here, end), z_end, atol=1e-9, rtol=1e-9)
+
+
+def test_the_students_grid_and_step_are_ddpmkits_ddim_and_euler():
+    # N distilled steps over the path's grid visit what ddpmkit's DDIM (trailing) and flow Euler visit with N steps,
+    # and take their steps: the same images from the same noise.
+    torch.manual_seed(1)
+    x_T = torch.randn(2, 1, 4, 4)
+    cfg = config_from_dict({"diffusion": {"prediction": "v", "clip_x0": False}})
+    schedule = noise_schedule(cfg.diffusion)
+    for steps in (1, 2, 8):
+        ddim = run_sampler(cfg, "ddim", _smooth_network, schedule, x_T, steps=steps, progress=False,
+                           ddpm_options=sampler_options(cfg, "ddim", steps, clip=False))
+        distilled = sample_distilled(DDPMPath(schedule, "v"), _smooth_network, x_T, steps=steps, progress=False)
+        torch.testing.assert_close(distilled, ddim, atol=2e-5, rtol=2e-5)
+    flow_cfg = config_from_dict({"diffusion": {"objective": "flow"}})
+    for steps in (1, 4):
+        euler = run_sampler(flow_cfg, "euler", _smooth_network, schedule, x_T, steps=steps, progress=False)
+        distilled = sample_distilled(FlowPath(RectifiedFlow()), _smooth_network, x_T, steps=steps, progress=False)
+        torch.testing.assert_close(distilled, euler, atol=1e-5, rtol=1e-5)
+
+
+class GaussianVelocity(torch.nn.Module):
+    """A flow model whose velocity is exact for data N(mean, diag(std^2)): x_0 = E[x_0 | x_t] in closed form."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x, level, y=None):
+        t = (level.double() / 1000).reshape(-1, 1, 1, 1)
+        a, s = 1 - t, t
+        x0 = self.mean + a * self.std**2 / (a**2 * self.std**2 + s**2) * (x - a * self.mean)
+        return ((x - a * x0) / s - x0).float()  # v = eps - x_0
+
+
+class AffineStudent(torch.nn.Module):
+    """v = A_i x + c_i per pixel at grid point i: it can represent a DDIM map of Gaussian data exactly."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps
+        self.scale = torch.nn.Parameter(torch.zeros(steps, 1, 1, 1, 4))
+        self.shift = torch.nn.Parameter(torch.zeros(steps, 1, 1, 1, 4))
+
+    def forward(self, x, level, y=None):
+        u = 1 - level.double() / 1000  # flow with shift 1: t = 1 - u
+        i = torch.round(u * self.steps).long().clamp(0, self.steps - 1)
+        return self.scale[i].squeeze(1) * x + self.shift[i].squeeze(1)
+
+
+def test_a_student_distilled_from_the_exact_gaussian_denoiser_takes_its_ode_solution_in_one_step():
+    torch.manual_seed(0)
+    mean, std = torch.tensor([0.5, -0.3, 0.1, 0.8]), torch.tensor([0.2, 0.6, 0.4, 0.1])
+    path, teacher = FlowPath(RectifiedFlow()), GaussianVelocity(mean, std)
+    network = teacher
+    for student_steps in (8, 4, 2, 1):  # rounds, each student starting fresh (affine: the optimum is unique)
+        student = AffineStudent(student_steps)
+        loss = ProgressiveLoss(path, lambda z, u, y, net=network: path.predict_x0(net, z, u), student_steps)
+        optimizer = torch.optim.Adam(student.parameters(), lr=0.05)
+        for _ in range(400):
+            x0 = mean + std * torch.randn(256, 1, 1, 4)
+            value = loss(student, None, x0, None, torch.rand(256), torch.randn(256, 1, 1, 4))
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+        network = student.requires_grad_(False)
+    noise = torch.randn(64, 1, 1, 4)
+    with torch.no_grad():
+        ode = sample_distilled(path, teacher, noise, steps=16, progress=False)
+        one_step = sample_distilled(path, network, noise, steps=1, progress=False)
+    assert (one_step - ode).abs().max() < 0.02 * ode.abs().max()
+    # Against the exact ODE map (for independent Gaussian dimensions the monotone one, x_0 = mean + std * noise) the
+    # student is as close as the teacher's 16 Euler steps are, no closer: it learned the teacher, not the data.
+    exact = mean + std * noise
+    assert (one_step - exact).abs().max() > 0.5 * (ode - exact).abs().max()
+
+
+def test_rounds_halve_to_a_power_of_two_and_refuse_other_counts():
+    assert plan_rounds(32, 4) == [16, 8, 4] and plan_rounds(2, 1) == [1]
+    with pytest.raises(DdpmkitError, match="power of two"):
+        plan_rounds(32, 3)
+    with pytest.raises(DdpmkitError, match="--teacher-steps 24"):
+        plan_rounds(24, 4)
+
+
+@pytest.fixture(scope="module")
+def flow_teacher(tiny_idx_root, tmp_path_factory):
+    d = tiny_config_dict(tiny_idx_root)
+    d["diffusion"] = {"objective": "flow"}
+    d["model"]["class_conditional"] = True
+    d["train"].update(steps=6, eval_every=0)
+    return train(config_from_dict(d), tmp_path_factory.mktemp("flow_teacher"), progress=False)
+
+
+def test_distill_trains_rounds_and_the_student_samples_in_its_steps(flow_teacher, tmp_path, capsys):
+    run = tmp_path / "student"
+    assert main(["distill", "--checkpoint", str(flow_teacher), "--steps", "2", "--teacher-steps", "8",
+                 "--round-steps", "4", "--guidance", "1", "--run-dir", str(run), "--no-progress"]) == 0
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["round1_4steps", "round2_2steps"]
+    student = DiffusionSampler(run / "final.pt", device="cpu")
+    d = student.config.distill
+    assert (d.method, d.student_steps, d.teacher_guidance) == ("progressive", 2, 1.0)
+    assert d.teacher.endswith("round1_4steps/final.pt")
+    assert student.count_steps() == 2  # the sampler and steps default to the student's own
+    images = student.sample(3, labels=[0, 1, 0], progress=False)
+    assert images.shape == (3, 1, 8, 8) and torch.isfinite(images).all()
+    for call, message in [(lambda: student.sample(2, steps=5, progress=False), "2-step student"),
+                          (lambda: student.sample(2, sampler="euler", progress=False), "--sampler distilled"),
+                          (lambda: student.invert(images[:1], progress=False), "use its teacher")]:
+        with pytest.raises(DdpmkitError, match=message):
+            call()
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(run), "--class", "all", "--num-samples", "1", "--no-progress",
+                 "--output-dir", str(tmp_path / "s")]) == 0
+    assert "(distilled)" in capsys.readouterr().out
+    record = json.loads((run / "distill.json").read_text())
+    assert [r["student_steps"] for r in record["calls"][0]] == [4, 2]
+    # Running it again finds every round trained and changes nothing.
+    before = (run / "final.pt").stat().st_mtime_ns
+    assert main(["distill", "--checkpoint", str(flow_teacher), "--steps", "2", "--teacher-steps", "8",
+                 "--round-steps", "4", "--guidance", "1", "--run-dir", str(run), "--no-progress"]) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert torch.equal(DiffusionSampler(run / "final.pt", device="cpu").sample(2, progress=False),
+                       student.sample(2, progress=False))
+    assert (run / "final.pt").stat().st_mtime_ns >= before
+    # A student continues its chain from its own steps; other starting steps are refused.
+    assert main(["distill", "--checkpoint", str(run), "--steps", "1", "--round-steps", "2", "--run-dir",
+                 str(tmp_path / "one"), "--no-progress"]) == 0
+    assert DiffusionSampler(tmp_path / "one", device="cpu").config.distill.student_steps == 1
+    assert main(["distill", "--checkpoint", str(run), "--steps", "1", "--teacher-steps", "8", "--run-dir",
+                 str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "2-step student" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_the_first_round_starts_from_the_teachers_weights_and_targets_its_guided_steps(flow_teacher, tmp_path):
+    from ddpmkit.distill.rounds import round_config, teacher_config
+    from ddpmkit.distill.teacher import distillation_loss, load_teacher
+    from ddpmkit.guidance import guided_denoiser
+
+    cfg = round_config(teacher_config(flow_teacher), str(flow_teacher), 2, 3, 1.5, [])
+    teacher = load_teacher(str(flow_teacher), torch.device("cpu"))
+    loss = distillation_loss(cfg, teacher, torch.device("cpu"))
+    z, y = torch.randn(2, 1, 8, 8), torch.tensor([0, 1])
+    step = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    guided = guided_denoiser(teacher.model, y, 1.5, teacher.model.spec.num_classes)
+    path = loss.path
+    points = [path.alpha_sigma((step + k / 2) / 2) for k in range(3)]
+    z_mid = ddim_step(z, path.predict_x0(guided, z, step / 2), points[0], points[1])
+    z_end = ddim_step(z_mid, path.predict_x0(guided, z_mid, (step + 0.5) / 2), points[1], points[2])
+    torch.testing.assert_close(loss.target(z, step, y), two_step_target(z, z_end, points[0], points[2]))
+    run = tmp_path / "r"
+    train(config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "steps": 1}}), run, stop_at=1,
+          progress=False)
+    state = read_checkpoint(run / "latest.pt")
+    assert state["step"] == 1  # trained from the teacher's weights: one small step away from them
+    first = next(iter(teacher.model.state_dict()))
+    assert torch.allclose(state["model"][first], teacher.model.state_dict()[first], atol=1e-2)
+
+
+def test_bad_distillation_input_gets_one_line(flow_teacher, tiny_conditional_checkpoint, tmp_path, capsys):
+    for argv, message in [(["--steps", "3"], "power of two"),
+                          (["--steps", "4", "--teacher-steps", "4"], "--teacher-steps 4"),
+                          (["--guidance", "-1"], "--guidance")]:
+        assert main(["distill", "--checkpoint", str(flow_teacher), *argv, "--run-dir", str(tmp_path / "x"),
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
