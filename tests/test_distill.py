@@ -163,6 +163,10 @@ def test_distill_trains_rounds_and_the_student_samples_in_its_steps(flow_teacher
     assert main(["sample", "--checkpoint", str(run), "--class", "all", "--num-samples", "1", "--no-progress",
                  "--output-dir", str(tmp_path / "s")]) == 0
     assert "(distilled)" in capsys.readouterr().out
+    for command in (["strip", "--frames", "3", "--class", "1"], ["interpolate", "--points", "3"],
+                    ["animate", "--per-class", "1", "--class", "0", "--frames", "3", "--output-dir", str(tmp_path / "g")]):
+        output = [] if command[0] == "animate" else ["--output", str(tmp_path / f"{command[0]}.png")]
+        assert main([*command, "--checkpoint", str(run), *output, "--no-progress"]) == 0, command
     record = json.loads((run / "distill.json").read_text())
     assert [r["student_steps"] for r in record["calls"][0]] == [4, 2]
     # Running it again finds every round trained and changes nothing.
@@ -205,6 +209,22 @@ def test_the_first_round_starts_from_the_teachers_weights_and_targets_its_guided
     assert state["step"] == 1  # trained from the teacher's weights: one small step away from them
     first = next(iter(teacher.model.state_dict()))
     assert torch.allclose(state["model"][first], teacher.model.state_dict()[first], atol=1e-2)
+
+
+def test_a_student_exports_to_safetensors_and_samples_the_same_but_has_no_diffusers_folder(flow_teacher, tmp_path,
+                                                                                           capsys):
+    run = tmp_path / "student"
+    assert main(["distill", "--checkpoint", str(flow_teacher), "--steps", "1", "--teacher-steps", "2",
+                 "--round-steps", "2", "--run-dir", str(run), "--no-progress"]) == 0
+    assert main(["export", "--checkpoint", str(run), "--format", "safetensors", "--output",
+                 str(tmp_path / "s.safetensors")]) == 0
+    exported = DiffusionSampler(tmp_path / "s.safetensors", device="cpu")
+    assert exported.family == "student" and exported.config.distill.student_steps == 1
+    assert torch.equal(exported.sample(2, labels=[1, 0], progress=False),
+                       DiffusionSampler(run, device="cpu").sample(2, labels=[1, 0], progress=False))
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(run), "--output", str(tmp_path / "folder")]) == 2
+    assert "--format safetensors" in capsys.readouterr().err and not (tmp_path / "folder").exists()
 
 
 def test_bad_distillation_input_gets_one_line(flow_teacher, tiny_conditional_checkpoint, tmp_path, capsys):

@@ -251,7 +251,8 @@ def _interpolate_parser(sub) -> None:
     p.add_argument("--to-seed", type=SEED, default=1, help="the other end's noise (--between noise)")
     p.add_argument("--to-class", metavar="CLASS", help="the other end's class (--between classes)")
     p.add_argument("--points", type=whole(2), default=10, help="images in the row, both ends included (default 10)")
-    p.add_argument("--steps", type=COUNT, default=DEFAULT_STEPS["ddim"], help="sampler steps (default %(default)s)")
+    p.add_argument("--steps", type=COUNT, help=f"sampler steps (default {DEFAULT_STEPS['ddim']}; a distilled "
+                   f"student: its own)")
     p.add_argument("--output", default="interpolation.png", help="PNG to write")
 
 
@@ -268,7 +269,8 @@ def _strip_parser(sub) -> None:
     p.add_argument("--stochastic-steps", "--ddpm-steps", type=COUNT, dest="stochastic_steps",
                    help="steps of the stochastic row (default: DDPM all T; sde-dpm++2m 20 for edm and flow)")
     p.add_argument("--deterministic-steps", "--ddim-steps", type=COUNT, dest="deterministic_steps",
-                   default=DEFAULT_STEPS["ddim"], help="steps of the deterministic row (default %(default)s)")
+                   help=f"steps of the deterministic row (default {DEFAULT_STEPS['ddim']}; a distilled student: "
+                   f"its own)")
     p.add_argument("--output", default="strip.png", help="PNG to write")
 
 

@@ -16,13 +16,20 @@ from .viz import to_pil, upscale, labelled_grid
 # The samplers the pictures use, per objective: (stochastic, deterministic). A DDPM model shows ancestral DDPM and
 # DDIM (eta = 0, DDIM §5.3's interpolation); edm and flow models, which have neither, their default SDE-DPM-Solver++
 # and its deterministic twin DPM-Solver++(2M) (samplers/objective_solvers.py).
-PICTURE_SAMPLERS = {"ddpm": ("ddpm", "ddim"), "edm": ("sde-dpm++2m", "dpm++2m"), "flow": ("sde-dpm++2m", "dpm++2m")}
-PICTURE_STEPS = DEFAULT_STEPS["ddim"]  # deterministic steps of interpolations and strips
+# A distilled student has one sampler, deterministic, in the steps it was distilled for.
+PICTURE_SAMPLERS = {"ddpm": ("ddpm", "ddim"), "edm": ("sde-dpm++2m", "dpm++2m"), "flow": ("sde-dpm++2m", "dpm++2m"),
+                    "student": ("distilled",)}
+PICTURE_STEPS = DEFAULT_STEPS["ddim"]  # deterministic steps of interpolations and strips (a student: its own)
 
 
 def deterministic_sampler(sampler: DiffusionSampler) -> str:
     """The model's deterministic sampler for pictures: the image is a smooth function of its starting noise."""
-    return PICTURE_SAMPLERS[sampler.objective][1]
+    return PICTURE_SAMPLERS[sampler.family][-1]
+
+
+def picture_steps(sampler: DiffusionSampler, steps: int | None) -> int | None:
+    """``steps``, or the pictures' default: PICTURE_STEPS, or a student's own (None)."""
+    return steps if steps is not None or sampler.family == "student" else PICTURE_STEPS
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -47,7 +54,7 @@ def _labels(sampler: DiffusionSampler, cls, n: int) -> torch.Tensor | None:
 
 
 def interpolate_noise(sampler: DiffusionSampler, seed_a: int, seed_b: int, points: int = 8, cls=None,
-                      guidance: float = 0.0, steps: int = PICTURE_STEPS, progress: bool = True) -> torch.Tensor:
+                      guidance: float = 0.0, steps: int | None = None, progress: bool = True) -> torch.Tensor:
     """Images along the great circle between the starting noises of ``seed_a`` and ``seed_b``, each decoded with
     the model's deterministic sampler (DDIM with eta = 0 for DDPM models), so the path in noise space becomes a
     smooth path in image space."""
@@ -57,12 +64,12 @@ def interpolate_noise(sampler: DiffusionSampler, seed_a: int, seed_b: int, point
     x_b, _ = sampler.noise([seed_b])
     x_T = torch.cat([slerp(x_a, x_b, i / (points - 1)) for i in range(points)])
     x0 = sampler.run(x_T, labels=_labels(sampler, cls, points), guidance=guidance,
-                     sampler=deterministic_sampler(sampler), steps=steps, progress=progress)
+                     sampler=deterministic_sampler(sampler), steps=picture_steps(sampler, steps), progress=progress)
     return sampler.to_images(x0)
 
 
 def interpolate_classes(sampler: DiffusionSampler, cls_a, cls_b, points: int = 8, seed: int = 0,
-                        guidance: float = 0.0, steps: int = PICTURE_STEPS,
+                        guidance: float = 0.0, steps: int | None = None,
                         progress: bool = True) -> torch.Tensor:
     """Images from one fixed noise with the label embedding moved linearly from class a to class b, decoded with
     the model's deterministic sampler."""
@@ -75,7 +82,8 @@ def interpolate_classes(sampler: DiffusionSampler, cls_a, cls_b, points: int = 8
         alphas * torch.nn.functional.one_hot(torch.tensor(b), k)
     x_T, _ = sampler.noise([seed])
     x0 = sampler.run(x_T.expand(points, -1, -1, -1), labels=weights.float(), guidance=guidance,
-                     sampler=deterministic_sampler(sampler), steps=steps, progress=progress)
+                     sampler=deterministic_sampler(sampler), steps=picture_steps(sampler, steps),
+                     progress=progress)
     return sampler.to_images(x0)
 
 
@@ -112,15 +120,17 @@ def record_denoising(sampler: DiffusionSampler, sampler_name: str, steps: int | 
 
 
 def denoising_strip(sampler: DiffusionSampler, frames: int = 10, cls=None, seed: int = 0, guidance: float = 0.0,
-                    stochastic_steps: int | None = None, deterministic_steps: int = PICTURE_STEPS,
+                    stochastic_steps: int | None = None, deterministic_steps: int | None = None,
                     progress: bool = True) -> Image.Image:
     """Four rows for one starting noise: x_t and the predicted x_0 at ``frames`` evenly spaced steps from the noise
     to the sample, for the model's stochastic and deterministic samplers (PICTURE_SAMPLERS: DDPM, all T steps by
-    default, and DDIM for a DDPM model). The last column is the final sample."""
+    default, and DDIM for a DDPM model; a distilled student's one sampler, two rows). The last column is the final
+    sample."""
     if frames < 2:
         raise DdpmkitError("a strip needs at least 2 frames")
     rows, labels = [], []
-    for name, steps in zip(PICTURE_SAMPLERS[sampler.objective], (stochastic_steps, deterministic_steps)):
+    samplers = PICTURE_SAMPLERS[sampler.family]
+    for name, steps in zip(samplers, (stochastic_steps, picture_steps(sampler, deterministic_steps))[-len(samplers):]):
         xs, x0s = record_denoising(sampler, name, steps, frames, [seed], _labels(sampler, cls, 1), guidance,
                                    progress)
         rows += [torch.cat(xs), torch.cat(x0s)]

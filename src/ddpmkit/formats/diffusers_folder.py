@@ -176,6 +176,10 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
     state = model.state
     cfg = config_from_dict(state["config"], f"the config inside {model.name}")
     spec = spec_from_dict(state["unet"])
+    if cfg.distill.method:
+        raise Unsupported(f"a distilled student ({cfg.distill.student_steps} steps) has no diffusers folder yet: its "
+                          f"sampler steps over the levels it was distilled at, which the exported scheduler would not "
+                          f"keep to; export it with --format safetensors, which ddpmkit reads back")
     if cfg.diffusion.objective == "edm":
         raise Unsupported("an edm model has no diffusers folder: its preconditioning (c_in, c_skip, c_out) is not "
                           "part of UNet2DModel and DDPMPipeline would not apply it; export it with --format "
