@@ -88,7 +88,7 @@ def steps_taken(cfg: Config, sampler: str, steps: int | None) -> int:
     T = cfg.diffusion.num_timesteps
     if steps is not None:
         return steps
-    if cfg.distill.method:  # a student: the steps it was distilled for
+    if sampler_family(cfg) == "student":  # the steps it was distilled for
         return cfg.distill.student_steps
     default = steps_for(cfg.diffusion.objective, sampler)
     if cfg.diffusion.objective != "ddpm":  # continuous noise levels: no T to cap at

@@ -22,6 +22,11 @@ from .samplers.continuous import LEVEL_OPTIONS, invert_objective, with_levels
 from .seeded_sampling import generate_images, seeded_noise
 
 
+def _ddpm_only_options(eta: float, spacing: str | None, threshold: float | None) -> list[str]:
+    """The names of the DDPM samplers' options that were given (edm, flow and student models take none of them)."""
+    return [name for name, value in (("eta", eta), ("spacing", spacing), ("threshold", threshold)) if value]
+
+
 class DiffusionSampler:
     """A trained model ready to draw images.
 
@@ -148,7 +153,7 @@ class DiffusionSampler:
                                f"{', '.join(samplers_of(self.objective))}")
         if steps is not None and steps < 1:
             raise DdpmkitError(f"steps must be at least 1, got {steps}")
-        unsupported = [name for name, value in (("eta", eta), ("spacing", spacing), ("threshold", threshold)) if value]
+        unsupported = _ddpm_only_options(eta, spacing, threshold)
         if unsupported:
             raise DdpmkitError(f"{', '.join(unsupported)}: options of ddpm models' samplers; {self.objective} models "
                                f"sample at their own noise levels (move them with {LEVEL_OPTIONS[self.objective]})")
@@ -165,7 +170,7 @@ class DiffusionSampler:
         if steps is not None and steps != d.student_steps:
             raise DdpmkitError(f"{what}: it was trained for exactly {d.student_steps} steps, not {steps}; leave "
                                f"--steps out, or sample its teacher ({d.teacher}) for more")
-        unsupported = [name for name, value in (("eta", eta), ("spacing", spacing), ("threshold", threshold)) if value]
+        unsupported = _ddpm_only_options(eta, spacing, threshold)
         if unsupported:
             raise DdpmkitError(f"{', '.join(unsupported)}: {what}, which steps over the levels it was distilled at")
 

@@ -67,9 +67,7 @@ class FlowPath:
     objective: RectifiedFlow
 
     def times(self, u: torch.Tensor | float) -> torch.Tensor:
-        t = 1 - _fractions(u)
-        s = self.objective.shift
-        return s * t / (1 + (s - 1) * t)
+        return self.objective.shifted(1 - _fractions(u))
 
     def alpha_sigma(self, u: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.times(u)
@@ -90,9 +88,8 @@ class EDMPath:
     objective: EDM
 
     def sigmas(self, u: torch.Tensor | float) -> torch.Tensor:
-        u, e = _fractions(u), self.objective
-        low, high = e.sigma_min ** (1 / e.rho), e.sigma_max ** (1 / e.rho)
-        return torch.where(u >= 1, 0.0, (high + u.clamp(max=1) * (low - high)) ** e.rho)
+        u = _fractions(u)
+        return torch.where(u >= 1, 0.0, self.objective.sigma_at(u.clamp(max=1)))
 
     def alpha_sigma(self, u: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         sigma = self.sigmas(u)

@@ -78,7 +78,10 @@ class EDM:
         """``steps`` levels from sigma_max down to sigma_min, uniform in sigma^(1/rho) (eq. 5), then 0: float64."""
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-        low, high = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
-        sigmas = (high + ramp * (low - high)) ** self.rho
+        sigmas = self.sigma_at(torch.linspace(0, 1, steps, dtype=torch.float64))
         return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+    def sigma_at(self, ramp: torch.Tensor) -> torch.Tensor:
+        """Eq. 5's level at ``ramp`` in [0, 1]: uniform in sigma^(1/rho) from sigma_max (0) to sigma_min (1)."""
+        low, high = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        return (high + ramp * (low - high)) ** self.rho

@@ -57,5 +57,8 @@ class RectifiedFlow:
         """``steps`` + 1 times from 1 to 0, uniform before the shift (SD3 eq. 23): float64."""
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        t = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+        return self.shifted(torch.linspace(1, 0, steps + 1, dtype=torch.float64))
+
+    def shifted(self, t: torch.Tensor) -> torch.Tensor:
+        """Times moved by the shift (SD3 eq. 23): shift t / (1 + (shift - 1) t)."""
         return self.shift * t / (1 + (self.shift - 1) * t)
