@@ -241,6 +241,12 @@ def test_two_processes_train_and_distil_a_flow_model_exactly_as_one(tiny_idx_roo
     # themselves are compared at the usual tolerance.
     _assert_same_training(tmp_path / "student_two" / "round1_1steps", tmp_path / "student_one" / "round1_1steps",
                           loss_rel=1e-4)
+    # Consistency distillation calls the replicated student twice per step, once without gradients for its target.
+    distill(teacher, tmp_path / "cd_one", method="consistency", steps=1, teacher_steps=2, round_steps=4,
+            progress=False)
+    _ok(_torchrun(["distill", "--checkpoint", teacher, "--method", "consistency", "--steps", "1", "--teacher-steps",
+                   "2", "--round-steps", "4", "--run-dir", str(tmp_path / "cd_two"), "--no-progress"]))
+    _assert_same_training(tmp_path / "cd_two" / "round1_grid2", tmp_path / "cd_one" / "round1_grid2", loss_rel=1e-4)
 
 
 def test_a_checkpoint_holds_nothing_tied_to_processes_or_devices(two_process_run):

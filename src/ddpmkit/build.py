@@ -9,7 +9,7 @@ import torch
 from .config import (COMPILE_MODES, DEFAULT_STEPS, Config, DiffusionConfig, linear_beta_scale, sampler_family,
                      steps_for)
 from .distill.paths import path_of
-from .distill.sampling import sample_distilled
+from .distill.sampling import sample_consistency, sample_distilled
 from .errors import DdpmkitError
 from .objectives import objective_of
 from .samplers import SAMPLERS, SPACINGS, ImageNoise
@@ -34,7 +34,8 @@ def unet_spec(cfg: Config, channels: int, num_classes: int) -> UNetSpec:
         num_classes=num_classes if m.class_conditional else 0,
         downsample=m.downsample, upsample=m.upsample, weight_standardization=m.weight_standardization,
         output_activation="sigmoid" if cfg.diffusion.loss == "bce" else "none",
-        embedding_sin_first=m.embedding_sin_first, embedding_frequency_shift=m.embedding_frequency_shift)
+        embedding_sin_first=m.embedding_sin_first, embedding_frequency_shift=m.embedding_frequency_shift,
+        guidance_input=m.guidance_input)
 
 
 def spec_from_dict(spec: dict) -> UNetSpec:
@@ -173,9 +174,9 @@ class CompiledDenoiser:
         self.mode = mode
         self.compiled = torch.compile(model, mode=mode, dynamic=False)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **inputs) -> torch.Tensor:
         torch.compiler.cudagraph_mark_step_begin()
-        return self.compiled(x, t, y).clone()
+        return self.compiled(x, t, y, **inputs).clone()
 
 
 def run_sampler(cfg: Config, sampler: str, network, schedule: NoiseSchedule, x_T: torch.Tensor, *,
@@ -186,8 +187,12 @@ def run_sampler(cfg: Config, sampler: str, network, schedule: NoiseSchedule, x_T
     Euler or Heun (samplers.continuous), or a distilled student's own (distill.sampling). ``network(x, level)`` has
     the labels bound in."""
     if sampler_family(cfg) == "student":
-        return sample_distilled(path_of(cfg, schedule), network, x_T, steps=steps or cfg.distill.student_steps,
-                                clip_range=clip_range(cfg), progress=progress, **kwargs)
+        steps = steps or cfg.distill.student_steps
+        if cfg.distill.method == "consistency":
+            return sample_consistency(path_of(cfg, schedule), network, x_T, steps=steps, noise=noise,
+                                      clip_range=clip_range(cfg), progress=progress, **kwargs)
+        return sample_distilled(path_of(cfg, schedule), network, x_T, steps=steps, clip_range=clip_range(cfg),
+                                progress=progress, **kwargs)
     objective = objective_of(cfg.diffusion)
     if objective is not None:
         return sample_objective(cfg.diffusion.objective, objective, sampler, network, x_T, steps, noise, progress,

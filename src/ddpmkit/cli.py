@@ -15,6 +15,7 @@ from .build import steps_taken
 from .config import (ALL_SAMPLER_NAMES, COMPILE_MODES, DATASETS, DEFAULT_SAMPLER, DEFAULT_STEPS, DISTILL_METHODS,
                      DISTILL_ROUND_STEPS, DISTILL_TEACHER_STEPS, OBJECTIVE_SAMPLERS, PRESETS, SPACINGS,
                      DiffusionConfig, default_sampler, linear_beta_scale, resolve_config, resolve_sampler)
+from .distill.presets import DISTILL_PRESETS
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
 from .version import __version__
@@ -184,19 +185,30 @@ def _train_parser(sub) -> None:
 def _distill_parser(sub) -> None:
     """The 'distill' command's arguments."""
     p = sub.add_parser("distill", help="distil a trained model into a few-step student",
-                       description="Train a student that samples in --steps network evaluations from a trained "
-                       "teacher, by progressive distillation (Salimans & Ho 2022): rounds that halve the teacher's "
-                       "DDIM steps, each a training run in RUN_DIR/roundR_Nsteps, the last linked as RUN_DIR/final.pt. "
-                       "Re-running the same command resumes. The student samples with --sampler distilled.")
+                       description="Train a student that samples in a few network evaluations from a trained "
+                       "teacher: by progressive distillation (Salimans & Ho 2022), rounds that halve the teacher's "
+                       "DDIM steps down to --steps, or by consistency distillation (Song et al. 2023), rounds whose "
+                       "targets take ever finer teacher steps. Each round is a training run in RUN_DIR/roundR_..., "
+                       "the last linked as RUN_DIR/final.pt; re-running the same command resumes. A conditional "
+                       "teacher's guidance is learnt as an input (w in [0, --max-guidance]): one evaluation per "
+                       "step. The student samples with its own sampler, --sampler distilled.")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="the teacher: " + CHECKPOINT_HELP)
-    p.add_argument("--method", default="progressive", choices=DISTILL_METHODS, help="(default progressive)")
-    p.add_argument("--steps", type=COUNT, default=4, metavar="K", help="the student's steps, a power of two (default 4)")
+    p.add_argument("--preset", choices=sorted(DISTILL_PRESETS),
+                   help="named settings for a budget (the options below override them): cpu_4step and cpu_1step "
+                   "for the quick model on a CPU, cifar10_gpu for the CIFAR-10 model on a GPU")
+    p.add_argument("--method", choices=DISTILL_METHODS, help="(default progressive)")
+    p.add_argument("--steps", type=COUNT, metavar="K",
+                   help="the student's steps (default 4): progressive, a power of two, the only steps it takes; "
+                   "consistency, its default (it samples in any number)")
     p.add_argument("--teacher-steps", type=COUNT, metavar="N",
-                   help=f"the teacher's DDIM steps that round 1 halves (default {DISTILL_TEACHER_STEPS})")
-    p.add_argument("--round-steps", type=COUNT, default=DISTILL_ROUND_STEPS, metavar="S",
+                   help=f"the teacher's DDIM steps: progressive's round 1 halves them, consistency's last round "
+                   f"steps at 1/N (default {DISTILL_TEACHER_STEPS})")
+    p.add_argument("--round-steps", type=COUNT, metavar="S",
                    help=f"optimizer steps per round (default {DISTILL_ROUND_STEPS})")
-    p.add_argument("--guidance", type=finite(0), default=0.0, metavar="W",
-                   help="a conditional teacher's guidance weight in its targets (default 0)")
+    p.add_argument("--max-guidance", type=finite(0), metavar="W",
+                   help="a conditional teacher: the student learns its guidance for every w in [0, W] and takes w "
+                   "as input (default 2; 0: learn the plain conditional model, guided later with two evaluations "
+                   "per step)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="change each round's config, e.g. --set train.lr=1e-4 --set train.batch_size=64")
     p.add_argument("--run-dir", required=True, metavar="DIR", help="where the rounds go")
@@ -206,10 +218,15 @@ def _distill_parser(sub) -> None:
 def _distill(args: argparse.Namespace) -> None:
     from .distill.rounds import distill
 
+    preset = DISTILL_PRESETS.get(args.preset, {})
+    given = {"method": args.method, "steps": args.steps, "teacher_steps": args.teacher_steps,
+             "round_steps": args.round_steps, "max_guidance": args.max_guidance}
+    options = {"method": "progressive", "steps": 4, "round_steps": DISTILL_ROUND_STEPS,
+               **{k: v for k, v in preset.items() if k != "set"},
+               **{k: v for k, v in given.items() if v is not None}}
     start = time.perf_counter()
-    path = distill(args.checkpoint, args.run_dir, method=args.method, steps=args.steps,
-                   teacher_steps=args.teacher_steps, round_steps=args.round_steps, guidance=args.guidance,
-                   overrides=args.overrides, progress=not args.no_progress)
+    path = distill(args.checkpoint, args.run_dir, overrides=[*preset.get("set", []), *args.overrides],
+                   progress=not args.no_progress, **options)
     if distributed.is_main():
         print(f"done in {time.perf_counter() - start:.0f} s: {path}")
 

@@ -50,12 +50,17 @@ DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "dpm++3m": 20, "sde-dpm++2m": 20, "h
 # for ddpm: in the objectives' race (docs/race.md, 2 seeds, 10 minutes) it gave both the lowest FD at 20 and at 50
 # evaluations (flow 4.32 against euler's 5.40 at 20; edm 8.16 against heun's 10.16).
 OBJECTIVES = ("ddpm", "edm", "flow")
-# A student distilled from a teacher (ddpmkit.distill, `ddpmkit distill`) samples with its own sampler only, in the
-# steps it was distilled for: "distilled".
+# A student distilled from a teacher (ddpmkit.distill, `ddpmkit distill`) samples with its own sampler only,
+# "distilled": a progressive student in exactly the steps it was distilled for, a consistency student in any number
+# (multistep consistency sampling), its distilled steps by default.
 STUDENT_SAMPLER = "distilled"
-DISTILL_METHODS = ("progressive",)
-DISTILL_ROUND_STEPS = 200    # optimizer steps per round of progressive distillation (distill/rounds.py)
-DISTILL_TEACHER_STEPS = 32   # the teacher's DDIM steps that its first round halves
+DISTILL_METHODS = ("progressive", "consistency")
+# The teacher's DDIM steps (progressive's first round halves them, consistency's last round's targets take steps of
+# 1/N) and the optimizer steps per round. On the quick model, 8 and 400 gave both methods a lower FD at every step
+# count than 16 or 32 with rounds of 200, in less time (docs/fewstep.md); a larger model whose 8-step DDIM is poor
+# wants more (the cifar10_gpu preset starts from 256).
+DISTILL_TEACHER_STEPS = 8
+DISTILL_ROUND_STEPS = 400
 ALL_SAMPLER_NAMES = (*SAMPLER_NAMES, "euler", STUDENT_SAMPLER)  # what --sampler accepts; which fit a model:
                                                                # samplers_of(sampler_family(cfg))
 _PATH_SOLVER_STEPS = {name: DEFAULT_STEPS[name] for name in ("sde-dpm++2m", "dpm++2m", "dpm++3m", "unipc")}
@@ -100,6 +105,8 @@ class ModelConfig:
     embedding_sin_first: bool = False           # timestep embedding [sin, cos] (the DDPM authors' code), not [cos, sin]
     embedding_frequency_shift: float = 0.0      # its frequencies 10000^(-k / (half - shift)); the authors' code: 1
     class_conditional: bool = False             # feed labels through a label embedding (needs a labelled dataset)
+    guidance_input: bool = False                # take the guidance weight w as an input (a guidance-distilled
+                                                # student, Meng et al. 2023); needs class_conditional
 
 
 @dataclass
@@ -204,12 +211,17 @@ class TrainConfig:
 @dataclass
 class DistillConfig:
     """A student distilled from a teacher (``ddpmkit distill``); method "" (the default) is a model trained on data.
-    Each round of progressive distillation is one run: its student learns in ``student_steps`` what its teacher
-    does in ``2 student_steps`` DDIM steps."""
-    method: str = ""                 # "" (not a student) or progressive (DISTILL_METHODS)
-    teacher: str = ""                # the teacher's checkpoint (what --checkpoint reads); the student starts from it
-    student_steps: int = 0           # K: the steps the student samples in, with the "distilled" sampler
-    teacher_guidance: float = 0.0    # conditional teachers: the guidance w of their predictions
+    Each round of distillation is one run. A progressive round's student learns in ``student_steps`` what its
+    teacher does in ``teacher_steps`` = 2 ``student_steps`` DDIM steps; a consistency round's student learns to map
+    every point of the teacher's ``teacher_steps``-step DDIM trajectories to their end."""
+    method: str = ""                 # "" (not a student), progressive or consistency (DISTILL_METHODS)
+    teacher: str = ""                # the teacher's checkpoint (what --checkpoint reads)
+    start: str = ""                  # the checkpoint whose weights the student starts from ("" = the teacher's)
+    student_steps: int = 0           # K: the steps the student samples in by default, with the "distilled" sampler
+    teacher_steps: int = 0           # the DDIM steps of the teacher's trajectories in this round's targets
+    max_guidance: float = 0.0        # conditional teachers: the student takes the guidance w as input and learns
+                                     # the teacher guided with every w in [0, max_guidance] (0: the plain
+                                     # conditional model)
 
 
 @dataclass
@@ -482,17 +494,28 @@ def check_trainable(cfg: Config) -> Config:
 def _check_distill(cfg: Config) -> None:
     s = cfg.distill
     if not s.method:
-        if s.teacher or s.student_steps:
-            raise ConfigError("distill.teacher and distill.student_steps describe a student: set distill.method too "
-                              "(`ddpmkit distill` does), or leave them empty")
+        if s.teacher or s.student_steps or s.start or s.teacher_steps or s.max_guidance:
+            raise ConfigError("distill.teacher, start, student_steps, teacher_steps and max_guidance describe a "
+                              "student: set distill.method too (`ddpmkit distill` does), or leave them empty")
+        if cfg.model.guidance_input:
+            raise ConfigError("model.guidance_input: only a guidance-distilled student takes w as input (`ddpmkit "
+                              "distill --max-guidance`); set it to false")
         return
     _choice("distill.method", s.method, DISTILL_METHODS)
     if s.student_steps < 1:
         raise ConfigError(f"distill.student_steps: a student takes at least 1 step, got {s.student_steps}")
     if not s.teacher:
         raise ConfigError("distill.teacher: a student needs its teacher's checkpoint")
-    if not (math.isfinite(s.teacher_guidance) and s.teacher_guidance >= 0):
-        raise ConfigError(f"distill.teacher_guidance: must be a finite number >= 0, got {s.teacher_guidance}")
+    if s.teacher_steps < 1:
+        raise ConfigError(f"distill.teacher_steps: the teacher's trajectories take at least 1 step, got "
+                          f"{s.teacher_steps}")
+    if not (math.isfinite(s.max_guidance) and s.max_guidance >= 0):
+        raise ConfigError(f"distill.max_guidance: must be a finite number >= 0, got {s.max_guidance}")
+    if cfg.model.guidance_input != (s.max_guidance > 0):
+        raise ConfigError("model.guidance_input and distill.max_guidance go together: a student takes w as input "
+                          "exactly when it learns guidance (max_guidance > 0)")
+    if s.max_guidance and not cfg.model.class_conditional:
+        raise ConfigError("distill.max_guidance: guidance needs a conditional teacher; set it to 0")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -128,15 +128,21 @@ def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
             with gr.Column(scale=1):
                 classes = gr.CheckboxGroup(sampler.class_names, value=sampler.class_names[:4], label="classes",
                                            visible=conditional, elem_id="classes")
-                guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="guidance weight w (classifier-free)",
-                                     visible=conditional, elem_id="guidance")
+                top = sampler.config.distill.max_guidance if sampler.model.spec.guidance_input else 10.0
+                guidance = gr.Slider(0, top, value=min(1.0, top), step=0.5 if top >= 2 else 0.1,
+                                     label="guidance weight w (classifier-free)", visible=conditional,
+                                     elem_id="guidance")
                 default = default_sampler(sampler.family)
                 sampler_name = gr.Dropdown(list(samplers_of(sampler.family)), value=default, label="sampler",
                                            elem_id="sampler")
-                student = sampler.family == "student"  # a distilled student takes its own steps only
-                steps = gr.Slider(1, T, value=min(steps_taken(sampler.config, default, None), T), step=1,
-                                  label="steps (the student's own)" if student else "steps", elem_id="steps",
-                                  interactive=not student)
+                # A progressive student takes its own steps only; a consistency student any, a few at most being
+                # what it is for (up to the grid it was distilled on).
+                d = sampler.config.distill
+                fixed = d.method == "progressive"
+                most = d.teacher_steps if d.method == "consistency" else T
+                steps = gr.Slider(1, most, value=min(steps_taken(sampler.config, default, None), most), step=1,
+                                  label="steps (the student's own)" if fixed else "steps", elem_id="steps",
+                                  interactive=not fixed)
                 seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_PAGE_SEED,
                                  label="seed (image j starts from seed + j)", elem_id="seed")
                 count = gr.Slider(1, 16, value=4, step=1, label="images per class" if conditional else "images",

@@ -9,7 +9,8 @@ from .errors import DdpmkitError
 from .samplers import Denoiser
 
 
-def guided_denoiser(model, labels: torch.Tensor, guidance: float, null_label: int, rescale: float = 0.0) -> Denoiser:
+def guided_denoiser(model, labels: torch.Tensor, guidance: float | torch.Tensor, null_label: int,
+                    rescale: float = 0.0) -> Denoiser:
     """A denoiser for ``labels`` with guidance weight w = ``guidance``:
 
         eps = (1 + w) eps(x_t, y) - w eps(x_t, null)          (Ho & Salimans 2022, eq. 6)
@@ -19,9 +20,9 @@ def guided_denoiser(model, labels: torch.Tensor, guidance: float, null_label: in
     pass. ``labels`` are class indices (B,) or mixture weights over the classes and the null label (B, K + 1); the
     formula is applied to the raw output, which for x_0 and v networks is equivalent because both are affine in eps.
     ``rescale`` phi > 0 rescales the guided output towards the conditional one's standard deviation (see
-    ``rescale_guidance``).
+    ``rescale_guidance``). ``guidance`` may also be one w per image, a (B,) tensor (distillation's teacher).
     """
-    if guidance == 0:
+    if not torch.is_tensor(guidance) and guidance == 0:
         return lambda x, t: model(x, t, labels)
     null = torch.full((labels.shape[0],), null_label, device=labels.device, dtype=torch.long)
     if labels.is_floating_point():
@@ -30,7 +31,8 @@ def guided_denoiser(model, labels: torch.Tensor, guidance: float, null_label: in
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
         cond, uncond = out.chunk(2)
-        guided = cond + guidance * (cond - uncond)
+        w = guidance.reshape(-1, *([1] * (cond.dim() - 1))).to(cond.dtype) if torch.is_tensor(guidance) else guidance
+        guided = cond + w * (cond - uncond)
         return rescale_guidance(guided, cond, rescale) if rescale else guided
 
     return denoise

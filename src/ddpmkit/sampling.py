@@ -105,6 +105,8 @@ class DiffusionSampler:
         elif not self.is_conditional:
             raise DdpmkitError("this model is unconditional (trained without labels): it takes no classes or "
                                "guidance; train with --set model.class_conditional=true")
+        elif self.model.spec.guidance_input:
+            network = self._guidance_as_input(labels.to(self.device), guidance, guidance_rescale)
         else:
             network = guided_denoiser(self.network, labels.to(self.device), guidance, self.model.spec.num_classes,
                                       rescale=guidance_rescale)
@@ -115,6 +117,18 @@ class DiffusionSampler:
             with autocast(self.device, self.precision):
                 return network(x, t)
         return reduced_precision
+
+    def _guidance_as_input(self, labels: torch.Tensor, guidance: float, guidance_rescale: float) -> Denoiser:
+        """A guidance-distilled student: w is the network's input, one evaluation per step instead of two."""
+        top = self.config.distill.max_guidance
+        if not 0 <= guidance <= top:
+            raise DdpmkitError(f"guidance {guidance:g}: this student learned its teacher's guidance for w in [0, "
+                               f"{top:g}]; choose one there, or sample its teacher ({self.config.distill.teacher})")
+        if guidance_rescale:
+            raise DdpmkitError("guidance_rescale: this student takes w as input and has no separate conditional "
+                               "prediction to rescale towards; leave it at 0")
+        w = torch.full((len(labels),), float(guidance), device=self.device)
+        return lambda x, t: self.network(x, t, labels, guidance=w)
 
     def run(self, x_T: torch.Tensor, noise: ImageNoise | None = None, labels: torch.Tensor | None = None,
             guidance: float = 0.0, sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
@@ -167,7 +181,9 @@ class DiffusionSampler:
         if sampler not in samplers_of("student"):
             raise DdpmkitError(f"{what}: it samples with its own sampler, --sampler {samplers_of('student')[0]}, "
                                f"not {sampler}; its teacher ({d.teacher}) takes the others")
-        if steps is not None and steps != d.student_steps:
+        if steps is not None and d.method == "consistency" and steps < 1:
+            raise DdpmkitError(f"steps must be at least 1, got {steps}")
+        if steps is not None and d.method == "progressive" and steps != d.student_steps:
             raise DdpmkitError(f"{what}: it was trained for exactly {d.student_steps} steps, not {steps}; leave "
                                f"--steps out, or sample its teacher ({d.teacher}) for more")
         unsupported = _ddpm_only_options(eta, spacing, threshold)

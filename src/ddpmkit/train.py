@@ -8,6 +8,7 @@ happens, is in docs/reliability.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -145,13 +146,16 @@ def _training_state(cfg: Config, device: torch.device, checkpoint: dict | None, 
     with distributed.local_rank_zero_first():  # one download or decoding pass per machine at a time
         run_split = split_for_run(cfg, load_images(cfg.data, "train"), checkpoint)
     data = run_split.train
-    spec = teacher.model.spec if teacher is not None else unet_spec(cfg, data.channels, data.num_classes)
+    if teacher is not None:  # the teacher's network, with a guidance input where the student learns guidance
+        spec = dataclasses.replace(teacher.model.spec, guidance_input=cfg.model.guidance_input)
+    else:
+        spec = unet_spec(cfg, data.channels, data.num_classes)
     state = TrainingState.new(cfg, spec, device, run_split.holds_out, data.class_names)
     notes = [run_split.note] if run_split.note else []
     if checkpoint is not None:
         notes += state.load(checkpoint, str(ckpt_path))
-    elif teacher is not None:
-        state.start_from(teacher.model)
+    elif teacher is not None:  # the teacher's weights, or those of the student a round continues
+        state.start_from(load_teacher(cfg.distill.start, device).model if cfg.distill.start else teacher.model)
     if cfg.train.batch_size > len(data):
         notes.append(f"train.batch_size={cfg.train.batch_size} is larger than the {len(data)} training images, so "
                      f"every batch holds each image about {cfg.train.batch_size / len(data):.0f} times; lower "

@@ -112,8 +112,11 @@ class TrainingState:
         return [note] if note else []
 
     def start_from(self, teacher: UNet) -> None:
-        """A student's start (distillation): the teacher's weights in the model and its EMA."""
-        weights = teacher.state_dict()
+        """A student's start (distillation): the teacher's weights in the model and its EMA. A guidance-distilled
+        student's guidance embedding, which its teacher lacks, keeps its initial weights (its last layer zero: the
+        student starts as the teacher for every w)."""
+        weights = {**{k: v for k, v in self.model.state_dict().items() if k.startswith("guidance_mlp.")},
+                   **teacher.state_dict()}
         load_weights(self.model, weights, "the teacher")
         load_weights(self.ema.model, weights, "the teacher")
 

@@ -37,6 +37,12 @@ class UNetSpec:
     output_activation: str = "none"       # "none" or "sigmoid" (an x_0 network trained with a BCE loss)
     embedding_sin_first: bool = False     # timestep embedding [sin, cos] (the DDPM authors' code) or [cos, sin]
     embedding_frequency_shift: float = 0.0  # its frequencies 10000^(-k / (half - shift)): the authors' code has 1
+    guidance_input: bool = False          # take the guidance weight w as an input (a guidance-distilled student)
+
+
+# The guidance weight w enters as the sinusoidal embedding of GUIDANCE_EMBEDDING_SCALE w, so that the w of practice
+# (0 to a few) spreads over the embedding's frequencies as timesteps 0 to a few hundred do.
+GUIDANCE_EMBEDDING_SCALE = 100.0
 
 
 DOWNSAMPLES = ("conv", "conv_asymmetric", "space_to_depth")
@@ -151,6 +157,11 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # Label num_classes is the "null" label of classifier-free guidance (Ho & Salimans 2022).
         self.label_emb = nn.Embedding(spec.num_classes + 1, emb_dim) if spec.num_classes > 0 else None
+        # A guidance-distilled student's w (Meng et al. 2023, §4.1: w embedded and added to the timestep's
+        # embedding). Its last layer starts at zero, so a student made from a teacher starts as the teacher for
+        # every w.
+        self.guidance_mlp = (nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, emb_dim)))
+                             if spec.guidance_input else None)
 
         def res(i: int, o: int) -> ResBlock:
             return ResBlock(i, o, emb_dim, spec.dropout, groups, conv, spec.norm_eps)
@@ -193,11 +204,18 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(groups, cur, eps=spec.norm_eps)
         self.conv_out = zero_module(nn.Conv2d(cur, spec.image_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) noisy images; t: (B,) integer timesteps; y: (B,) class indices (num_classes = null),
-        (B, num_classes + 1) float weights over the label embeddings, or None (the null label)."""
+        (B, num_classes + 1) float weights over the label embeddings, or None (the null label); guidance: (B,) the
+        guidance weights w of a network with spec.guidance_input (None: w = 0)."""
         emb = self.time_mlp(timestep_embedding(t, self.spec.base_channels, sin_first=self.spec.embedding_sin_first,
                                                frequency_shift=self.spec.embedding_frequency_shift))
+        if self.guidance_mlp is not None:
+            w = torch.zeros(x.shape[0], device=x.device) if guidance is None else guidance.to(x.device).float()
+            emb = emb + self.guidance_mlp(timestep_embedding(GUIDANCE_EMBEDDING_SCALE * w, self.spec.base_channels))
+        elif guidance is not None:
+            raise ValueError("this U-Net does not take the guidance weight as input (spec.guidance_input=False)")
         if self.label_emb is not None:
             if y is None:  # no label given: the null label, i.e. the unconditional model
                 y = torch.full((x.shape[0],), self.spec.num_classes, device=x.device, dtype=torch.long)

@@ -114,6 +114,22 @@ def path_of(cfg, schedule: NoiseSchedule) -> GaussianPath:
     return FlowPath(objective) if cfg.diffusion.objective == "flow" else EDMPath(objective)
 
 
+def grid_steps(u: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loop's uniform ``u`` (B,) -> each image's step i = floor(u n) of an n-step grid (float64) and
+    the rest u n - i, uniform in [0, 1) and independent of i: the draw of a guidance-distilled student's w, so that
+    distillation draws nothing beyond what the loop gives every loss (and stays exact under torchrun)."""
+    scaled = u.double() * n
+    step = torch.floor(scaled).clamp(0, n - 1)
+    return step, (scaled - step).clamp(0, 1)
+
+
+def with_guidance(network, guidance: torch.Tensor | None):
+    """``network`` with a guidance-distilled student's per-image w bound in (unchanged when ``guidance`` is None)."""
+    if guidance is None:
+        return network
+    return lambda x, level, y=None: network(x, level, y, guidance=guidance)
+
+
 def ddim_step(x: torch.Tensor, x0: torch.Tensor, here: tuple[torch.Tensor, torch.Tensor],
               there: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """DDIM's deterministic step (Song et al. 2020, eq. 12 with sigma = 0) on any Gaussian path: keep the x_0 and

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .paths import GaussianPath, column, ddim_step
+from .paths import GaussianPath, column, ddim_step, grid_steps, with_guidance
 
 
 def two_step_target(z_t: torch.Tensor, z_end: torch.Tensor, here: tuple[torch.Tensor, torch.Tensor],
@@ -34,34 +34,39 @@ def truncated_snr_weight(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tens
 class ProgressiveLoss:
     """The loss of one round, with the signature of the training loop's losses
     (``losses.training_loss``): ``(network, schedule, x0, t, u, noise, y) -> loss``. ``u`` (uniform in (0, 1), one
-    per image) picks each image's step i = floor(u N) of the student's N; ``t`` is not used.
+    per image) picks each image's step i = floor(u N) of the student's N (and, for a guidance-distilled student, its
+    w: paths.grid_steps); ``t`` is not used.
 
-    ``teacher_x0(z, u, y)``: the teacher's x_0 prediction (guidance bound in), called without gradients.
+    ``teacher_x0(z, u, y, w)``: the teacher's x_0 prediction, guided with the per-image w (None: unguided), called
+    without gradients. ``max_guidance`` > 0: the student takes w, drawn uniformly from [0, max_guidance], as input.
     """
 
-    def __init__(self, path: GaussianPath, teacher_x0, student_steps: int):
+    def __init__(self, path: GaussianPath, teacher_x0, student_steps: int, max_guidance: float = 0.0):
         if student_steps < 1:
             raise ValueError(f"student_steps must be at least 1, got {student_steps}")
         self.path, self.teacher_x0, self.student_steps = path, teacher_x0, student_steps
+        self.max_guidance = max_guidance
 
     @torch.no_grad()
-    def target(self, z_t: torch.Tensor, step: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def target(self, z_t: torch.Tensor, step: torch.Tensor, y: torch.Tensor | None,
+               guidance: torch.Tensor | None = None) -> torch.Tensor:
         """The teacher's two DDIM steps from z_t at the student's steps ``step`` (B,), as eq. 8's x_0."""
         n = self.student_steps
         fractions = [(step + k / 2) / n for k in (0, 1, 2)]  # u, u', u''
         points = [self.path.alpha_sigma(f) for f in fractions]
-        z_mid = ddim_step(z_t, self.teacher_x0(z_t, fractions[0], y), points[0], points[1])
-        z_end = ddim_step(z_mid, self.teacher_x0(z_mid, fractions[1], y), points[1], points[2])
+        z_mid = ddim_step(z_t, self.teacher_x0(z_t, fractions[0], y, guidance), points[0], points[1])
+        z_end = ddim_step(z_mid, self.teacher_x0(z_mid, fractions[1], y, guidance), points[1], points[2])
         return two_step_target(z_t, z_end, points[0], points[2])
 
     def __call__(self, network, schedule, x0: torch.Tensor, t: torch.Tensor, u: torch.Tensor, noise: torch.Tensor,
                  y: torch.Tensor | None = None) -> torch.Tensor:
-        step = torch.floor(u.double() * self.student_steps).clamp(max=self.student_steps - 1)
+        step, rest = grid_steps(u, self.student_steps)
+        guidance = (self.max_guidance * rest).float() if self.max_guidance and y is not None else None
         here = step / self.student_steps
         alpha, sigma = self.path.alpha_sigma(here)
         x0 = x0.float()
         z_t = column(alpha, x0) * x0 + column(sigma, x0) * noise.float()
-        target = self.target(z_t, step, y)
-        predicted = self.path.predict_x0(network, z_t, here, y).float()
+        target = self.target(z_t, step, y, guidance)
+        predicted = self.path.predict_x0(with_guidance(network, guidance), z_t, here, y).float()
         per_image = (predicted - target).square().flatten(1).mean(1)
         return (truncated_snr_weight(alpha, sigma).to(per_image) * per_image).mean()

@@ -11,6 +11,7 @@ from ..config import Config, config_from_dict
 from ..formats import read_model
 from ..guidance import guided_denoiser
 from ..unet import UNet
+from .consistency import ConsistencyLoss
 from .paths import path_of
 from .progressive import ProgressiveLoss
 
@@ -35,14 +36,20 @@ def load_teacher(checkpoint: str, device: torch.device) -> Teacher:
     return Teacher(config, model, list(loaded.state.get("class_names", [])), source)
 
 
-def distillation_loss(cfg: Config, teacher: Teacher, device: torch.device) -> ProgressiveLoss:
-    """The loss of a student run of ``cfg`` (distill.method progressive): the teacher's two DDIM steps, guided with
-    distill.teacher_guidance where the teacher is conditional, as its target."""
+def distillation_loss(cfg: Config, teacher: Teacher, device: torch.device) -> ProgressiveLoss | ConsistencyLoss:
+    """The loss of a student run of ``cfg`` (distill.method progressive or consistency), with the teacher's DDIM
+    steps guided, for a conditional teacher, with each image's w in [0, distill.max_guidance]."""
     path = path_of(teacher.config, noise_schedule(teacher.config.diffusion).to(device))
-    w, null = cfg.distill.teacher_guidance, teacher.model.spec.num_classes
+    null = teacher.model.spec.num_classes
 
-    def teacher_x0(z: torch.Tensor, u: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        network = teacher.model if y is None else guided_denoiser(teacher.model, y, w, null)
+    def teacher_x0(z: torch.Tensor, u: torch.Tensor, y: torch.Tensor | None,
+                   guidance: torch.Tensor | None) -> torch.Tensor:
+        network = teacher.model
+        if y is not None:
+            network = guided_denoiser(teacher.model, y, 0.0 if guidance is None else guidance, null)
         return path.predict_x0(network, z, u).float()
 
-    return ProgressiveLoss(path, teacher_x0, cfg.distill.student_steps)
+    d = cfg.distill
+    if d.method == "consistency":
+        return ConsistencyLoss(path, teacher_x0, d.teacher_steps, d.max_guidance)
+    return ProgressiveLoss(path, teacher_x0, d.student_steps, d.max_guidance)

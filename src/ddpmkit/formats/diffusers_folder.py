@@ -1,6 +1,7 @@
 """diffusers' folder format: what ``DDPMPipeline.from_pretrained`` loads and ``save_pretrained`` writes.
 
-    model_index.json                          the pipeline: DDPMPipeline = unet + scheduler
+    model_index.json                          the pipeline: DDPMPipeline = unet + scheduler (a progressive ddpm
+                                              student's: DDIMPipeline, with a DDIMScheduler at its grid)
     unet/config.json                          UNet2DModel's constructor arguments (diffusers_unet.py)
     unet/diffusion_pytorch_model.safetensors  its weights (or .bin, a pickled state dict, in older folders)
     scheduler/scheduler_config.json           the noise schedule (diffusers_scheduler.py)
@@ -26,7 +27,7 @@ from ..errors import DdpmkitError
 from ..files import atomic_write, recover_folder, write_folder_atomically, write_json, write_text
 from ..unet import UNetSpec
 from ..version import __version__
-from .diffusers_scheduler import ddpm_scheduler_config, diffusion_from_scheduler
+from .diffusers_scheduler import ddim_student_scheduler_config, ddpm_scheduler_config, diffusion_from_scheduler
 from .flow_scheduler import FLOW_SCHEDULER, diffusion_from_flow_scheduler, flow_scheduler_config
 
 SCHEDULER_CONFIGS = {"ddpm": ddpm_scheduler_config, "flow": flow_scheduler_config}  # by diffusion.objective
@@ -176,10 +177,9 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
     state = model.state
     cfg = config_from_dict(state["config"], f"the config inside {model.name}")
     spec = spec_from_dict(state["unet"])
-    if cfg.distill.method:
-        raise Unsupported(f"a distilled student ({cfg.distill.student_steps} steps) has no diffusers folder yet: its "
-                          f"sampler steps over the levels it was distilled at, which the exported scheduler would not "
-                          f"keep to; export it with --format safetensors, which ddpmkit reads back")
+    student = bool(cfg.distill.method)
+    if student:
+        _check_student(cfg, spec)
     if cfg.diffusion.objective == "edm":
         raise Unsupported("an edm model has no diffusers folder: its preconditioning (c_in, c_skip, c_out) is not "
                           "part of UNet2DModel and DDPMPipeline would not apply it; export it with --format "
@@ -188,7 +188,8 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
         raise Unsupported("this model works on images in [0, 1] (data.zero_one); diffusers' pipelines take and "
                           "return images in [-1, 1], so it cannot be exported for them")
     unet_config = unet2d_config(spec)
-    scheduler_config = SCHEDULER_CONFIGS[cfg.diffusion.objective](cfg.diffusion)
+    scheduler_config = (ddim_student_scheduler_config(cfg.diffusion) if student else
+                        SCHEDULER_CONFIGS[cfg.diffusion.objective](cfg.diffusion))
     weights, kind = weights_to_export(model, use_ema)
     weights = to_diffusers_weights(weights, spec)
     output = Path(output)
@@ -201,7 +202,7 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
     def fill(folder: Path) -> None:
         from safetensors.torch import save
 
-        write_json(folder / "model_index.json", {"_class_name": "DDPMPipeline",
+        write_json(folder / "model_index.json", {"_class_name": "DDIMPipeline" if student else "DDPMPipeline",
                                                  "_diffusers_version": DIFFUSERS_VERSION,
                                                  "scheduler": ["diffusers", scheduler_config["_class_name"]],
                                                  "unet": ["diffusers", "UNet2DModel"]})
@@ -215,6 +216,23 @@ def write_diffusers_folder(model: LoadedModel, output: str | Path, use_ema: bool
         write_text(folder / "README.md", card)
 
     return write_folder_atomically(output, fill)
+
+
+def _check_student(cfg: Config, spec) -> None:
+    """Refuse in one line a student that no diffusers scheduler steps as it was distilled: only a progressive ddpm
+    student without a guidance input has one (DDIMScheduler, trailing, at its K steps)."""
+    d, why = cfg.distill, None
+    if d.method != "progressive":
+        why = (f"a {d.method} student samples by multistep consistency sampling, which no diffusers scheduler does on "
+               f"its grid")
+    elif cfg.diffusion.objective != "ddpm":
+        why = (f"a {cfg.diffusion.objective} student steps over times that diffusers' FlowMatchEulerDiscreteScheduler "
+               f"does not visit (it spaces K steps from 1 to 1/1000, the student from 1 to 1/K)")
+    elif spec.guidance_input:
+        why = ("this student takes the guidance weight as an input, which diffusers' UNet2DModel does not have "
+               "(distil with --max-guidance 0 for one it can run)")
+    if why:
+        raise Unsupported(f"{why}; export it with --format safetensors, which ddpmkit reads back")
 
 
 def _check_output(output: Path, overwrite: bool) -> None:

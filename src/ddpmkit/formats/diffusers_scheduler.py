@@ -83,6 +83,15 @@ def ddpm_scheduler_config(d: DiffusionConfig) -> dict[str, Any]:
     return config
 
 
+def ddim_student_scheduler_config(d: DiffusionConfig) -> dict[str, Any]:
+    """The DDIMScheduler config that steps a progressive ddpm student over the timesteps it was distilled at: its
+    schedule's betas, trailing spacing (with K steps, the student's grid: distill/paths.py) and alpha-bar 1 after
+    the last step, so that the last step lands on x_0 as the student's does."""
+    config = ddpm_scheduler_config(d)
+    del config["variance_type"]  # DDIM has no reverse variance
+    return {**config, "_class_name": "DDIMScheduler", "timestep_spacing": "trailing", "set_alpha_to_one": True}
+
+
 def diffusion_from_scheduler(config: dict[str, Any], source: str, known: DiffusionConfig | None = None) -> dict:
     """The ``diffusion`` config section of a diffusers scheduler config, as a dict; Unsupported when the schedule is
     not one ddpmkit has. ``known`` (a ddpmkit export's own settings) lets explicit betas be recognised as its

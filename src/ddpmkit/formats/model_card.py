@@ -2,10 +2,11 @@
 then what the model is, how it was trained, how to sample it, what was measured and how to train it again."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..config import Config, default_sampler, linear_beta_scale, steps_for
+from ..config import Config, default_sampler, linear_beta_scale, sampler_family, steps_for
 from ..unet import UNetSpec
 from .diffusers_scheduler import TIMESTEP_SPACINGS
 
@@ -136,11 +137,25 @@ DIFFUSERS_SAMPLING = {
 }
 
 
+# A progressive ddpm student (the one student diffusers can run): DDIM's steps at its own K, trailing.
+STUDENT_SAMPLING = DiffusersSampling("DDIMScheduler", lambda T: T, "DDIMScheduler", lambda T: T,
+                                     DIFFUSERS_SAMPLING["ddpm"].step_call.replace("ddim", "distilled sampler"))
+
+
 def _diffusers_example(cfg: Config, spec: UNetSpec, null_label: int | None) -> list[str]:
     """Python that samples the folder with diffusers alone (tests run it and compare with ddpmkit): DDPMPipeline for
-    an unconditional model, a guided loop over the scheduler's timesteps for a conditional one."""
-    how = DIFFUSERS_SAMPLING[cfg.diffusion.objective]
+    an unconditional model (DDIMPipeline for a student), a guided loop over the scheduler's timesteps for a
+    conditional one."""
+    how = STUDENT_SAMPLING if cfg.distill.method else DIFFUSERS_SAMPLING[cfg.diffusion.objective]
     T, size = cfg.diffusion.num_timesteps, cfg.data.image_size
+    if cfg.distill.method:
+        K = cfg.distill.student_steps
+        how = dataclasses.replace(how, pipeline_steps=lambda T: K, loop_steps=lambda T: K)
+        if not spec.num_classes:
+            return ["from diffusers import DDIMPipeline", "",
+                    'pipeline = DDIMPipeline.from_pretrained("PATH_OR_HUB_ID")  # with its DDIMScheduler, trailing',
+                    f"images = pipeline(batch_size=16, num_inference_steps={K}, eta=0.0, "
+                    f"use_clipped_model_output=True).images  # its own {K} steps"]
     if not spec.num_classes:
         return ["from diffusers import DDPMPipeline", "",
                 f'pipeline = DDPMPipeline.from_pretrained("PATH_OR_HUB_ID")  # with its {how.pipeline_scheduler}',
@@ -167,10 +182,15 @@ def _diffusers_example(cfg: Config, spec: UNetSpec, null_label: int | None) -> l
 
 def _sampling_section(cfg: Config, spec: UNetSpec, null_label: int | None) -> list[str]:
     classes = " --class all --guidance 1" if spec.num_classes else ""
-    sampler = default_sampler(cfg.diffusion.objective)
+    sampler = default_sampler(sampler_family(cfg))
+    steps = cfg.distill.student_steps if cfg.distill.method else steps_for(cfg.diffusion.objective, sampler)
     command = (f"ddpmkit sample --checkpoint PATH_OR_HUB_ID --sampler {sampler} "
-               f"--steps {steps_for(cfg.diffusion.objective, sampler)}{classes} --num-samples 16")
-    if cfg.diffusion.objective == "flow":
+               f"--steps {steps}{classes} --num-samples 16")
+    if cfg.distill.method:
+        diffusers = (f"This is a {steps}-step student (progressive distillation from `{cfg.distill.teacher}`). With "
+                     f"diffusers, DDIMScheduler with `timestep_spacing` trailing and {steps} steps visits the "
+                     f"timesteps it was distilled at; `use_clipped_model_output=True` takes ddpmkit's step:")
+    elif cfg.diffusion.objective == "flow":
         diffusers = ("With diffusers, whose FlowMatchEulerDiscreteScheduler takes the Euler steps of ddpmkit's "
                      "`--sampler euler` (at its own times, 1 down to 1/1000, then 0):")
     else:
@@ -200,6 +220,8 @@ def model_card(cfg: Config, spec: UNetSpec, info: dict, metrics: Sequence[dict],
             *_sampling_section(cfg, spec, info["null_label"]), "",
             "## Metrics", "", *_metrics_table(metrics, info["weights"]), ""])
     kind = {"ddpm": "DDPM", "flow": "rectified-flow model"}[cfg.diffusion.objective]
+    if cfg.distill.method:
+        kind += f" distilled to {cfg.distill.student_steps} steps"
     title = f"# {task} {kind} of {DATASET_NAMES.get(cfg.data.dataset, cfg.data.dataset)}, {size}, trained with ddpmkit"
     lines = [*_front_matter(cfg.data.dataset, conditional), "", title, "",
              *_model_section(cfg, spec, info, num_params), "",
