@@ -221,8 +221,7 @@ def _distill(args: argparse.Namespace) -> None:
     preset = DISTILL_PRESETS.get(args.preset, {})
     given = {"method": args.method, "steps": args.steps, "teacher_steps": args.teacher_steps,
              "round_steps": args.round_steps, "max_guidance": args.max_guidance}
-    options = {"method": "progressive", "steps": 4, "round_steps": DISTILL_ROUND_STEPS,
-               **{k: v for k, v in preset.items() if k != "set"},
+    options = {**{k: v for k, v in preset.items() if k != "set"},  # the rest: distill's defaults
                **{k: v for k, v in given.items() if v is not None}}
     start = time.perf_counter()
     path = distill(args.checkpoint, args.run_dir, overrides=[*preset.get("set", []), *args.overrides],

@@ -181,11 +181,11 @@ class DiffusionSampler:
         if sampler not in samplers_of("student"):
             raise DdpmkitError(f"{what}: it samples with its own sampler, --sampler {samplers_of('student')[0]}, "
                                f"not {sampler}; its teacher ({d.teacher}) takes the others")
-        if steps is not None and d.method == "consistency" and steps < 1:
-            raise DdpmkitError(f"steps must be at least 1, got {steps}")
         if steps is not None and d.method == "progressive" and steps != d.student_steps:
             raise DdpmkitError(f"{what}: it was trained for exactly {d.student_steps} steps, not {steps}; leave "
                                f"--steps out, or sample its teacher ({d.teacher}) for more")
+        if steps is not None and steps < 1:  # a consistency student takes any number of steps
+            raise DdpmkitError(f"steps must be at least 1, got {steps}")
         unsupported = _ddpm_only_options(eta, spacing, threshold)
         if unsupported:
             raise DdpmkitError(f"{', '.join(unsupported)}: {what}, which steps over the levels it was distilled at")

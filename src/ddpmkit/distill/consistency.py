@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .paths import GaussianPath, column, ddim_step, grid_steps, with_guidance
+from .paths import GaussianPath, column, ddim_step, grid_draw, on_path, with_guidance
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class ConsistencyLoss:
     """The loss of one round on the teacher's ``teacher_steps``-step grid, with the signature of the training loop's
     losses: ``(network, schedule, x0, t, u, noise, y) -> loss``. ``u`` (one per image) picks each image's grid step
-    n = floor(u N) (and a guidance-distilled student's w: paths.grid_steps); ``t`` is not used.
+    n = floor(u N) (and a guidance-distilled student's w: paths.grid_draw); ``t`` is not used.
 
     ``teacher_x0(z, u, y, w)``: the teacher's x_0 prediction, guided with the per-image w (None: unguided).
     ``max_guidance`` > 0: the student takes w, drawn uniformly from [0, max_guidance], as input.
@@ -54,21 +54,15 @@ class ConsistencyLoss:
         here, there = step / self.teacher_steps, (step + 1) / self.teacher_steps
         z_next = ddim_step(z_n, self.teacher_x0(z_n, here, y, guidance), self.path.alpha_sigma(here),
                            self.path.alpha_sigma(there))
-        end = there >= 1
-        if bool(end.all()):
-            return z_next
         ahead = self.path.predict_x0(student, z_next, there.clamp(max=1), y).float()
-        return torch.where(column(end, z_next).bool(), z_next, ahead)
+        return torch.where(column(there >= 1, z_next).bool(), z_next, ahead)
 
     def __call__(self, network, schedule, x0: torch.Tensor, t: torch.Tensor, u: torch.Tensor, noise: torch.Tensor,
                  y: torch.Tensor | None = None) -> torch.Tensor:
-        step, rest = grid_steps(u, self.teacher_steps)
-        guidance = (self.max_guidance * rest).float() if self.max_guidance and y is not None else None
+        step, guidance = grid_draw(u, self.teacher_steps, self.max_guidance, y)
         student = with_guidance(network, guidance)
         here = step / self.teacher_steps
-        alpha, sigma = self.path.alpha_sigma(here)
-        x0 = x0.float()
-        z_n = column(alpha, x0) * x0 + column(sigma, x0) * noise.float()
+        z_n = on_path(x0.float(), noise.float(), self.path.alpha_sigma(here))
         target = self.target(student, z_n, step, y, guidance)
         predicted = self.path.predict_x0(student, z_n, here, y).float()
         return pseudo_huber(predicted, target).mean()

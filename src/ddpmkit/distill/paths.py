@@ -114,13 +114,23 @@ def path_of(cfg, schedule: NoiseSchedule) -> GaussianPath:
     return FlowPath(objective) if cfg.diffusion.objective == "flow" else EDMPath(objective)
 
 
-def grid_steps(u: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training loop's uniform ``u`` (B,) -> each image's step i = floor(u n) of an n-step grid (float64) and
-    the rest u n - i, uniform in [0, 1) and independent of i: the draw of a guidance-distilled student's w, so that
-    distillation draws nothing beyond what the loop gives every loss (and stays exact under torchrun)."""
+def grid_draw(u: torch.Tensor, n: int, max_guidance: float,
+              labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The training loop's uniform ``u`` (B,) -> each image's step i = floor(u n) of an n-step grid (float64), and a
+    guidance-distilled student's w (None when it learns no guidance, or for unconditional images): max_guidance
+    times the rest u n - i, which is uniform in [0, 1) and independent of i. So distillation draws nothing beyond
+    what the loop gives every loss (and stays exact under torchrun)."""
     scaled = u.double() * n
     step = torch.floor(scaled).clamp(0, n - 1)
-    return step, (scaled - step).clamp(0, 1)
+    if not max_guidance or labels is None:
+        return step, None
+    return step, (max_guidance * (scaled - step).clamp(0, 1)).float()
+
+
+def on_path(x0: torch.Tensor, eps: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """z = alpha x_0 + sigma eps at ``at`` = (alpha, sigma), one pair per image."""
+    alpha, sigma = at
+    return column(alpha, x0) * x0 + column(sigma, x0) * eps
 
 
 def with_guidance(network, guidance: torch.Tensor | None):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .paths import GaussianPath, column, ddim_step, grid_steps, with_guidance
+from .paths import GaussianPath, column, ddim_step, grid_draw, on_path, with_guidance
 
 
 def two_step_target(z_t: torch.Tensor, z_end: torch.Tensor, here: tuple[torch.Tensor, torch.Tensor],
@@ -35,7 +35,7 @@ class ProgressiveLoss:
     """The loss of one round, with the signature of the training loop's losses
     (``losses.training_loss``): ``(network, schedule, x0, t, u, noise, y) -> loss``. ``u`` (uniform in (0, 1), one
     per image) picks each image's step i = floor(u N) of the student's N (and, for a guidance-distilled student, its
-    w: paths.grid_steps); ``t`` is not used.
+    w: paths.grid_draw); ``t`` is not used.
 
     ``teacher_x0(z, u, y, w)``: the teacher's x_0 prediction, guided with the per-image w (None: unguided), called
     without gradients. ``max_guidance`` > 0: the student takes w, drawn uniformly from [0, max_guidance], as input.
@@ -60,12 +60,10 @@ class ProgressiveLoss:
 
     def __call__(self, network, schedule, x0: torch.Tensor, t: torch.Tensor, u: torch.Tensor, noise: torch.Tensor,
                  y: torch.Tensor | None = None) -> torch.Tensor:
-        step, rest = grid_steps(u, self.student_steps)
-        guidance = (self.max_guidance * rest).float() if self.max_guidance and y is not None else None
+        step, guidance = grid_draw(u, self.student_steps, self.max_guidance, y)
         here = step / self.student_steps
         alpha, sigma = self.path.alpha_sigma(here)
-        x0 = x0.float()
-        z_t = column(alpha, x0) * x0 + column(sigma, x0) * noise.float()
+        z_t = on_path(x0.float(), noise.float(), (alpha, sigma))
         target = self.target(z_t, step, y, guidance)
         predicted = self.path.predict_x0(with_guidance(network, guidance), z_t, here, y).float()
         per_image = (predicted - target).square().flatten(1).mean(1)

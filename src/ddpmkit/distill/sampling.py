@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..samplers.common import ImageNoise, StepCallback
-from .paths import EDMPath, GaussianPath, column, ddim_step
+from .paths import EDMPath, GaussianPath, ddim_step, on_path
 
 
 def shown(path: GaussianPath, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -58,8 +58,7 @@ def sample_consistency(path: GaussianPath, network, noise_images: torch.Tensor, 
         here = _fraction(i / steps, x)
         alpha, sigma = path.alpha_sigma(here)
         if i:
-            fresh = noise.randn(x0.shape, x0.device)
-            x = column(alpha, x0) * x0 + column(sigma, x0) * fresh
+            x = on_path(x0, noise.randn(x0.shape, x0.device), (alpha, sigma))
         x0 = path.predict_x0(network, x, here).float()
         if clip_range is not None:
             x0 = x0.clamp(*clip_range)

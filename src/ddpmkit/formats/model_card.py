@@ -2,7 +2,6 @@
 then what the model is, how it was trained, how to sample it, what was measured and how to train it again."""
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -137,20 +136,20 @@ DIFFUSERS_SAMPLING = {
 }
 
 
-# A progressive ddpm student (the one student diffusers can run): DDIM's steps at its own K, trailing.
-STUDENT_SAMPLING = DiffusersSampling("DDIMScheduler", lambda T: T, "DDIMScheduler", lambda T: T,
-                                     DIFFUSERS_SAMPLING["ddpm"].step_call.replace("ddim", "distilled sampler"))
+def _student_sampling(steps: int) -> DiffusersSampling:
+    """A progressive ddpm student (the one student diffusers can run): DDIM's steps at its own K, trailing."""
+    return DiffusersSampling("DDIMScheduler", lambda T: steps, "DDIMScheduler", lambda T: steps,
+                             DIFFUSERS_SAMPLING["ddpm"].step_call.replace("ddim", "distilled sampler"))
 
 
 def _diffusers_example(cfg: Config, spec: UNetSpec, null_label: int | None) -> list[str]:
     """Python that samples the folder with diffusers alone (tests run it and compare with ddpmkit): DDPMPipeline for
     an unconditional model (DDIMPipeline for a student), a guided loop over the scheduler's timesteps for a
     conditional one."""
-    how = STUDENT_SAMPLING if cfg.distill.method else DIFFUSERS_SAMPLING[cfg.diffusion.objective]
+    K = cfg.distill.student_steps
+    how = _student_sampling(K) if cfg.distill.method else DIFFUSERS_SAMPLING[cfg.diffusion.objective]
     T, size = cfg.diffusion.num_timesteps, cfg.data.image_size
     if cfg.distill.method:
-        K = cfg.distill.student_steps
-        how = dataclasses.replace(how, pipeline_steps=lambda T: K, loop_steps=lambda T: K)
         if not spec.num_classes:
             return ["from diffusers import DDIMPipeline", "",
                     'pipeline = DDIMPipeline.from_pretrained("PATH_OR_HUB_ID")  # with its DDIMScheduler, trailing',
