@@ -12,7 +12,7 @@ from ddpmkit.build import noise_schedule, run_sampler, sampler_options
 from ddpmkit.checkpoint import read_checkpoint
 from ddpmkit.cli import main
 from ddpmkit.config import config_from_dict
-from ddpmkit.distill.paths import DDPMPath, EDMPath, FlowPath, ddim_step
+from ddpmkit.paths import DDPMPath, EDMPath, FlowPath, ddim_step
 from ddpmkit.distill.progressive import ProgressiveLoss, two_step_target
 from ddpmkit.distill.rounds import plan_rounds
 from ddpmkit.distill.sampling import sample_consistency, sample_distilled

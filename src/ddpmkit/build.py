@@ -8,7 +8,7 @@ import torch
 
 from .config import (COMPILE_MODES, DEFAULT_STEPS, Config, DiffusionConfig, linear_beta_scale, sampler_family,
                      steps_for)
-from .distill.paths import path_of
+from .paths import path_of
 from .distill.sampling import sample_consistency, sample_distilled
 from .errors import DdpmkitError
 from .objectives import objective_of

@@ -16,6 +16,8 @@ from .config import (ALL_SAMPLER_NAMES, COMPILE_MODES, DATASETS, DEFAULT_SAMPLER
                      DISTILL_ROUND_STEPS, DISTILL_TEACHER_STEPS, OBJECTIVE_SAMPLERS, PRESETS, SPACINGS,
                      DiffusionConfig, default_sampler, linear_beta_scale, resolve_config, resolve_sampler)
 from .distill.presets import DISTILL_PRESETS
+from .editing.edits import EDIT_SAMPLERS, INPAINT_METHODS, SDEDIT_STEPS, SDEDIT_STRENGTH
+from .editing.masks import MASK_SHAPES
 from .errors import DdpmkitError
 from .files import atomic_write, write_json
 from .version import __version__
@@ -167,6 +169,77 @@ def _add_picture_args(p: argparse.ArgumentParser) -> None:
     _add_precision_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_class_args(p, "the class to draw")
+
+
+COMPLETIONS = 4  # results per picture of 'inpaint' and 'edit'
+
+
+def _add_edit_input_args(p: argparse.ArgumentParser, output: str) -> None:
+    """What every editing command reads and writes, and how it runs the model."""
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=CHECKPOINT_HELP)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="PATH", help="pictures, or folders of them, of the model's "
+                        "size and channel count (greyscale or colour)")
+    source.add_argument("--dataset-images", type=COUNT, metavar="N", help="the first N pictures of the model's own "
+                        "dataset (its test split, else its training split), with their classes")
+    p.add_argument("--sampler", choices=list(EDIT_SAMPLERS), default="ddpm", help="ddpm: ancestral steps (eta 1, "
+                   "default); ddim: deterministic steps (eta 0). Multistep solvers and heun don't keep known pixels")
+    p.add_argument("--eta", type=finite(0), metavar="ETA", help="noise of each step, 0 (ddim) to 1 (ddpm)")
+    p.add_argument("--completions", type=COUNT, metavar="K", help=f"results per picture (default {COMPLETIONS}; "
+                   "invert: 1)")
+    p.add_argument("--seed", type=SEED, default=0, metavar="S", help="result j of picture i uses seed "
+                   "S + i * K + j (default 0)")
+    p.add_argument("--batch-size", type=COUNT, default=64, help="results per forward pass (results don't depend on "
+                   "it)")
+    p.add_argument("--output-dir", default=output, metavar="DIR", help=f"where to write grid.png (before, mask, "
+                   f"after), images/ and results.npz (default: {output})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_precision_arg(p)
+    p.add_argument("--no-ema", action="store_true", help="use the raw trained weights instead of the EMA")
+    p.add_argument("--no-clip", action="store_true", help="don't clip predicted x_0 to the data range")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _inpaint_parser(sub) -> None:
+    """The 'inpaint' command's arguments."""
+    p = sub.add_parser("inpaint", help="fill in masked parts of pictures (RePaint or replacement)",
+                       description="Generate where the mask is white so that it fits the rest of each picture, "
+                       "which is kept exactly. Writes OUTPUT_DIR/grid.png (before, mask, after), "
+                       "OUTPUT_DIR/images/ and OUTPUT_DIR/results.npz.")
+    _add_edit_input_args(p, "inpainted")
+    p.add_argument("--mask", required=True, metavar="MASK", help=f"a PNG of the model's size (white = generate) "
+                   f"or one of {', '.join(MASK_SHAPES)}")
+    p.add_argument("--method", choices=list(INPAINT_METHODS), default="repaint", help="repaint: resampling with "
+                   "jumps (Lugmayr et al. 2022; default); replace: the known part replaced by the noised original "
+                   "at each step")
+    p.add_argument("--steps", type=COUNT, metavar="S", help="steps of one pass from noise to picture (default " +
+                   ", ".join(f"{name} {m.steps}" for name, m in INPAINT_METHODS.items()) + ")")
+    p.add_argument("--jump-length", type=COUNT, metavar="J", help="repaint: steps noised back at each jump "
+                   f"(default {INPAINT_METHODS['repaint'].jump_length})")
+    p.add_argument("--jump-n-sample", type=COUNT, metavar="R", help="repaint: passes over each stretch of J steps "
+                   f"(default {INPAINT_METHODS['repaint'].jump_n_sample})")
+    _add_class_args(p, "the pictures' class, which the completions follow; with --dataset-images their own")
+
+
+def _edit_parser(sub) -> None:
+    """The 'edit' command's arguments."""
+    p = sub.add_parser("edit", help="image-to-image: change pictures, e.g. into another class (SDEdit)",
+                       description="SDEdit (Meng et al. 2022): noise each picture to --strength and denoise it, "
+                       "towards --class with --guidance for a class swap; or --method invert, DDIM inversion and "
+                       "back, the faithful route. Writes OUTPUT_DIR/grid.png, OUTPUT_DIR/images/ and "
+                       "OUTPUT_DIR/results.npz.")
+    _add_edit_input_args(p, "edited")
+    p.add_argument("--method", choices=["sdedit", "invert"], default="sdedit",
+                   help="sdedit (default) or invert (deterministic: one result per picture)")
+    p.add_argument("--strength", type=finite(0), default=SDEDIT_STRENGTH, metavar="S",
+                   help=f"sdedit: how far towards noise, 0 (keep) to 1 (a new picture); default {SDEDIT_STRENGTH}")
+    p.add_argument("--steps", type=COUNT, metavar="S", help=f"steps of a whole trajectory (default {SDEDIT_STEPS}); "
+                   "sdedit runs about strength x S of them")
+    p.add_argument("--source-class", metavar="CLASS", help="invert: the pictures' own class (default: with "
+                   "--dataset-images their own, else the null label)")
+    p.add_argument("--refine", type=whole(0), default=0, metavar="N", help="invert: fixed-point iterations per "
+                   "inversion step (0 = plain DDIM inversion)")
+    _add_class_args(p, "the class to turn the pictures into")
 
 
 def _train_parser(sub) -> None:
@@ -473,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in (_train_parser, _distill_parser, _sample_parser, _interpolate_parser, _strip_parser,
-                        _animate_parser, _plot_schedule_parser, _classifier_parser, _evaluate_parser, _export_parser,
+                        _animate_parser, _inpaint_parser, _edit_parser, _plot_schedule_parser, _classifier_parser, _evaluate_parser, _export_parser,
                         _demo_parser, _config_parser):
         add_command(sub)
     return parser
@@ -515,6 +588,71 @@ def _sample(args: argparse.Namespace) -> None:
                                 **sampler.recorded_with_samples)
         print(f"{len(images)} samples ({args.sampler}) in {time.perf_counter() - start:.1f} s: {written['grid']}, "
               f"{written['npz']}, {written['images']}/")
+
+
+def _editing_inputs(args: argparse.Namespace):
+    """(the sampler, pictures, their names and dataset labels or None) for 'inpaint' and 'edit'."""
+    from .editing.files import dataset_pictures, read_pictures
+    from .sampling import DiffusionSampler
+
+    sampler = DiffusionSampler(args.checkpoint, device=args.device, use_ema=not args.no_ema,
+                               precision=args.precision, compile=args.compile)
+    if args.input:
+        return sampler, *read_pictures(args.input, sampler.image_shape), None
+    images, names, labels = dataset_pictures(sampler, args.dataset_images)
+    return sampler, images, names, labels if sampler.is_conditional else None
+
+
+def _write_edits(args, sampler, images, names, results, labels, what: str, start: float, masks=None) -> None:
+    from .editing.files import write_edits
+
+    per_image = len(results) // len(images)
+    seeds = [args.seed + k for k in range(len(results))]
+    rows = labels.repeat_interleave(per_image).tolist() if labels is not None else None
+    out = write_edits(args.output_dir, images, results, names, seeds, rows, masks, **sampler.recorded_with_samples)
+    print(f"{len(results)} results ({what}) in {time.perf_counter() - start:.1f} s: {out / 'grid.png'}, "
+          f"{out / 'results.npz'}, {out / 'images'}/")
+
+
+def _inpaint(args: argparse.Namespace) -> None:
+    from .editing.edits import labels_for
+    from .editing.masks import masks_for
+
+    sampler, images, names, labels = _editing_inputs(args)
+    args.completions = args.completions or COMPLETIONS
+    if args.classes is not None:
+        labels = labels_for(sampler, args.classes, len(images))
+    start = time.perf_counter()
+    results = sampler.inpaint(images, args.mask, method=args.method, completions=args.completions, seed=args.seed,
+                              labels=labels, guidance=args.guidance, steps=args.steps, jump_length=args.jump_length,
+                              jump_n_sample=args.jump_n_sample, sampler_name=args.sampler, eta=args.eta,
+                              clip=not args.no_clip, batch_size=args.batch_size, progress=not args.no_progress)
+    masks = masks_for(args.mask, len(images), sampler.image_shape[-1],
+                      [args.seed + i * args.completions for i in range(len(images))])
+    _write_edits(args, sampler, images, names, results, labels, f"{args.method}, mask {args.mask}", start, masks)
+
+
+def _edit(args: argparse.Namespace) -> None:
+    from .editing.edits import labels_for
+
+    sampler, images, names, source = _editing_inputs(args)
+    target = labels_for(sampler, args.classes, len(images)) if args.classes is not None else source
+    start = time.perf_counter()
+    options = {"labels": target, "guidance": args.guidance, "steps": args.steps, "progress": not args.no_progress}
+    if args.method == "invert":
+        if (args.completions or 1) != 1:
+            raise DdpmkitError("--method invert is deterministic: one result per picture; leave --completions out")
+        if args.source_class is not None:
+            source = labels_for(sampler, args.source_class, len(images))
+        results = sampler.edit(images, method="invert", source_labels=source, refine=args.refine, **options)
+        what = "DDIM inversion and back"
+    else:
+        args.completions = args.completions or COMPLETIONS
+        results = sampler.edit(images, args.strength, completions=args.completions, seed=args.seed,
+                               sampler_name=args.sampler, eta=args.eta, clip=not args.no_clip,
+                               batch_size=args.batch_size, **options)
+        what = f"SDEdit at strength {args.strength:g}"
+    _write_edits(args, sampler, images, names, results, target, what, start)
 
 
 def _pictures(args: argparse.Namespace) -> None:
@@ -698,6 +836,10 @@ def main(argv: list[str] | None = None) -> int:
             _sample(args)
         elif args.command == "distill":
             _distill(args)
+        elif args.command == "inpaint":
+            _inpaint(args)
+        elif args.command == "edit":
+            _edit(args)
         elif args.command in ("interpolate", "strip", "animate", "plot-schedule"):
             _pictures(args)
         elif args.command == "evaluate":

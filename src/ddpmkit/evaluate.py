@@ -216,7 +216,7 @@ def evaluate(checkpoint: str | Path | None = None, samples: str | Path | None = 
 
         model = DiffusionSampler(checkpoint, device=device, precision=precision, compile=compile)
         sampler = resolve_sampler(model.family, sampler)
-        real_cfg = _real_config_of_model(model.config.data, dataset, data_root, resize_mode)
+        real_cfg = real_config_of_model(model.config.data, dataset, data_root, resize_mode)
         judge = _judge(metrics, classifier, real_cfg.dataset)
         if judge is not None:  # before sampling: a judge that does not fit stops at once
             channels, size, _ = model.image_shape
@@ -312,7 +312,7 @@ def _resize_mode_of_samples(asked: str | None, recorded: dict) -> str:
     return asked or trained or "pad"
 
 
-def _real_config_of_model(data: DataConfig, dataset: str | None, data_root: str,
+def real_config_of_model(data: DataConfig, dataset: str | None, data_root: str,
                           resize_mode: str | None) -> DataConfig:
     """The real images as the model saw them in training: its size, resizing and channels, and its data root unless
     ``data_root`` is given. The whole split, whatever the run's ``max_images``."""

@@ -13,6 +13,7 @@ from .build import (CompiledDenoiser, autocast, inference_precision, noise_sched
 from .checkpoint import load_weights
 from .config import DEFAULT_STEPS, config_from_dict, resolve_sampler, sampler_family, samplers_of
 from .data import from_model_range, to_model_range
+from .editing.edits import SDEDIT_STRENGTH, inpaint_images, inverted_edit_images, sdedit_images
 from .errors import DdpmkitError
 from .formats import LoadedModel, read_diffusers, read_model
 from .guidance import guided_denoiser, parse_classes
@@ -258,6 +259,32 @@ class DiffusionSampler:
             return self.to_images(self.run(latents, labels=labels, sampler="euler", steps=steps, progress=progress))
         return self.to_images(self.run(latents, labels=labels, sampler="ddim", steps=steps, clip=False,
                                        progress=progress))
+
+    def inpaint(self, images: torch.Tensor, mask, **options) -> torch.Tensor:
+        """Inpainting: generate where ``mask`` is 1 (white) so that it fits the known rest of each image, which comes
+        back unchanged. ``images``: (N, C, H, W), uint8 or float in [0, 1]; ``mask``: a shape name (editing.masks:
+        left, right, top, bottom, centre, random-boxes), a PNG file, or a tensor of zeros and ones.
+
+        >>> completed = sampler.inpaint(images, "right", method="repaint", completions=4, seed=0)
+
+        method: ``repaint`` (Lugmayr et al. 2022: resampling with ``jump_length``, ``jump_n_sample``) or
+        ``replace`` (the known part replaced by the noised original at each step); steps, sampler_name (ddpm, or ddim
+        with ``eta``), labels and guidance, completions per image, seed, batch_size: editing.edits.inpaint_images."""
+        return inpaint_images(self, images, mask, **options)
+
+    def edit(self, images: torch.Tensor, strength: float = SDEDIT_STRENGTH, method: str = "sdedit",
+             **options) -> torch.Tensor:
+        """Image-to-image. ``sdedit`` (Meng et al. 2022): noise each image to ``strength`` (0 keeps it, 1 draws anew)
+        and denoise, towards ``labels`` with ``guidance`` for a class swap (editing.edits.sdedit_images). ``invert``:
+        the faithful route, DDIM inversion with ``source_labels`` then the deterministic sampler towards ``labels``
+        (editing.edits.inverted_edit_images; strength does not apply)."""
+        if method == "sdedit":
+            return sdedit_images(self, images, strength, **options)
+        if method == "invert":
+            if strength != SDEDIT_STRENGTH:
+                raise DdpmkitError("strength is SDEdit's; the invert route always goes all the way to noise and back")
+            return inverted_edit_images(self, images, **options)
+        raise DdpmkitError(f"unknown edit method {method!r}; choose sdedit or invert")
 
     def _refuse_student(self, what: str) -> None:
         if self.family == "student":

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .paths import GaussianPath, column, ddim_step, grid_draw, on_path, with_guidance
+from ..paths import GaussianPath, column, ddim_step, grid_draw, on_path, with_guidance
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

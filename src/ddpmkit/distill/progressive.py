@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .paths import GaussianPath, column, ddim_step, grid_draw, on_path, with_guidance
+from ..paths import GaussianPath, column, ddim_step, grid_draw, on_path, with_guidance
 
 
 def two_step_target(z_t: torch.Tensor, z_end: torch.Tensor, here: tuple[torch.Tensor, torch.Tensor],

@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..samplers.common import ImageNoise, StepCallback
-from .paths import EDMPath, GaussianPath, ddim_step, on_path
+from ..paths import EDMPath, GaussianPath, ddim_step, on_path
 
 
 def shown(path: GaussianPath, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

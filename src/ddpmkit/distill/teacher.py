@@ -12,7 +12,7 @@ from ..formats import read_model
 from ..guidance import guided_denoiser
 from ..unet import UNet
 from .consistency import ConsistencyLoss
-from .paths import path_of
+from ..paths import path_of
 from .progressive import ProgressiveLoss
 
 

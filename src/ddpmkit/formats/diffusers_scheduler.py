@@ -85,7 +85,7 @@ def ddpm_scheduler_config(d: DiffusionConfig) -> dict[str, Any]:
 
 def ddim_student_scheduler_config(d: DiffusionConfig) -> dict[str, Any]:
     """The DDIMScheduler config that steps a progressive ddpm student over the timesteps it was distilled at: its
-    schedule's betas, trailing spacing (with K steps, the student's grid: distill/paths.py) and alpha-bar 1 after
+    schedule's betas, trailing spacing (with K steps, the student's grid: paths.py) and alpha-bar 1 after
     the last step, so that the last step lands on x_0 as the student's does."""
     config = ddpm_scheduler_config(d)
     del config["variance_type"]  # DDIM has no reverse variance

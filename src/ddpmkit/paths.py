@@ -1,5 +1,5 @@
-"""Each objective as a Gaussian path over the fraction of a sampling run, the view in which distillation is written
-once for ddpm, edm and flow models.
+"""Each objective as a Gaussian path over the fraction of a sampling run, the view in which distillation
+(distill/) and editing (editing/) are written once for ddpm, edm and flow models.
 
 Progressive distillation (Salimans & Ho 2022) is stated for any noised data z_t = alpha_t x + sigma_t eps: a DDIM
 step, its two-steps-in-one target (their eq. 8 and Algorithm 2) and the truncated-SNR weight use nothing else. So a
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..objectives import EDM, RectifiedFlow, objective_of
-from ..schedule import NoiseSchedule
+from .objectives import EDM, RectifiedFlow, objective_of
+from .schedule import NoiseSchedule
 
 
 def column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Editing trained models' images: inpainting (replacement, RePaint) and image-to-image (SDEdit, inversion)."""
