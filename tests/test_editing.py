@@ -195,6 +195,8 @@ def test_the_inversion_route_gives_the_image_back_without_a_class_change(tiny_id
     (lambda s, x: s.inpaint(x, "left", method="repaint", steps=4, jump_length=4, jump_n_sample=2), "smaller"),
     (lambda s, x: s.inpaint(x, "left", method="replace", jump_n_sample=3), "RePaint's resampling"),
     (lambda s, x: s.inpaint(x, "left", eta=1.5), "eta"),
+    (lambda s, x: s.inpaint(x, "left", method="replace", steps=11), "between 1 and T=10"),
+    (lambda s, x: s.edit(x, 0.5, steps=20), "between 1 and T=10"),
     (lambda s, x: s.edit(x, 1.5), "strength"),
     (lambda s, x: s.edit(x, -0.1), "strength"),
     (lambda s, x: s.edit(x, float("nan")), "strength"),

@@ -84,6 +84,17 @@ def _check_count(value: int, what: str, low: int = 1) -> None:
         raise DdpmkitError(f"{what} must be a whole number of at least {low}, got {value}")
 
 
+def _steps(sampler, steps: int | None, default: int) -> int:
+    """The steps asked for, checked, or the default; for a ddpm model at most T (its T timesteps are all a run can
+    visit), the default capped there."""
+    if steps is None:
+        return min(default, sampler.schedule.num_timesteps) if sampler.objective == "ddpm" else default
+    _check_count(steps, "steps")
+    if sampler.objective == "ddpm":
+        sampler.check_steps(steps)
+    return steps
+
+
 def _in_batches(sampler, originals: torch.Tensor, labels: torch.Tensor | None, completions: int, seed: int,
                 batch_size: int, edit: Callable) -> torch.Tensor:
     """Run ``edit(x_T, noise, rows, y)`` over every (image, completion) pair in batches; ``rows`` indexes
@@ -112,13 +123,12 @@ def inpaint_images(sampler, images: torch.Tensor, mask, *, method: str = "repain
     if method not in INPAINT_METHODS:
         raise DdpmkitError(f"unknown inpainting method {method!r}; choose one of {', '.join(INPAINT_METHODS)}")
     defaults = INPAINT_METHODS[method]
-    steps = steps or defaults.steps
+    steps = _steps(sampler, steps, defaults.steps)
     jump_length = jump_length or defaults.jump_length
     jump_n_sample = jump_n_sample or defaults.jump_n_sample
     if method == "replace" and (jump_length, jump_n_sample) != (1, 1):
         raise DdpmkitError("jump_length and jump_n_sample are RePaint's resampling; use method repaint for them")
     eta = _eta(sampler_name, eta)
-    _check_count(steps, "steps")
     _check_count(jump_length, "jump_length")
     _check_count(jump_n_sample, "jump_n_sample")
     if jump_n_sample > 1 and jump_length >= steps:
@@ -160,8 +170,7 @@ def sdedit_images(sampler, images: torch.Tensor, strength: float = SDEDIT_STRENG
     sampler._refuse_student("image-to-image")
     if not (isinstance(strength, (int, float)) and math.isfinite(strength) and 0 <= strength <= 1):
         raise DdpmkitError(f"strength must be between 0 (keep the image) and 1 (a new image), got {strength}")
-    steps = steps or SDEDIT_STEPS
-    _check_count(steps, "steps")
+    steps = _steps(sampler, steps, SDEDIT_STEPS)
     eta = _eta(sampler_name, eta)
     originals = check_images(sampler, images)
     labels = labels_for(sampler, labels, len(originals))
@@ -194,7 +203,7 @@ def inverted_edit_images(sampler, images: torch.Tensor, *, labels=None, source_l
     originals = check_images(sampler, images)
     labels = labels_for(sampler, labels, len(originals))
     source = labels_for(sampler, source_labels, len(originals))
-    steps = steps or SDEDIT_STEPS
+    steps = _steps(sampler, steps, SDEDIT_STEPS)
     latents = sampler.invert(originals, source, steps=steps, refine=refine, progress=progress)
     back = "euler" if sampler.objective != "ddpm" else "ddim"
     options = {} if sampler.objective != "ddpm" else {"clip": False}
