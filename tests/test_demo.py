@@ -237,7 +237,6 @@ def test_stopping_the_demo_exits_as_a_shell_expects_and_deletes_its_files(tiny_c
     import signal
     import subprocess
     import sys
-    import time
 
     from gradio_client import Client
 
@@ -262,3 +261,166 @@ def test_stopping_the_demo_exits_as_a_shell_expects_and_deletes_its_files(tiny_c
     assert err.strip().splitlines()[-1] == "ddpmkit: interrupted"
     assert not list((tmp_path / "tmp").glob("ddpmkit-demo-*"))
     assert not [p for p in (tmp_path / "gradio").rglob("*") if p.is_file()]
+
+
+# -- the Edit tab (src/ddpmkit/demo_edit.py) -------------------------------------------------------------------------
+
+def painted_layer(side: int, block: int, pixels: list[tuple[int, int]], alpha: int = 255) -> Image.Image:
+    """An editor layer of ``side`` pixels with the model pixels ``pixels`` (row, column; ``block`` editor pixels a
+    side) painted over entirely."""
+    import numpy as np
+
+    layer = np.zeros((side, side, 4), np.uint8)
+    for row, col in pixels:
+        layer[row * block: (row + 1) * block, col * block: (col + 1) * block] = (255, 0, 255, alpha)
+    return Image.fromarray(layer)
+
+
+def test_the_editor_value_becomes_the_image_and_the_mask():
+    """The page's own enlargement comes back exactly; painted (any opacity, any layer) = generate, a model pixel
+    counting as painted when its centre is (nearest); other pictures are converted to the model's size and mode."""
+    import numpy as np
+    import torch
+
+    from ddpmkit.demo_edit import EDITOR_SIDE, as_the_model_sees, editor_image, editor_value, painted_mask
+
+    shape = (1, 8, 8)
+    image = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    value = editor_value(image)
+    assert value["background"].size == (EDITOR_SIDE, EDITOR_SIDE) and value["layers"] == []
+    assert torch.equal(editor_image(value, shape), image)
+
+    block = EDITOR_SIDE // 8
+    stroke = np.asarray(painted_layer(EDITOR_SIDE, block, [(2, 1), (2, 2), (3, 1), (3, 2)])).copy()
+    stroke[6 * block: 6 * block + 8, 5 * block: 5 * block + 8, 3] = 255  # a corner of pixel (6, 5), not its centre
+    faint = painted_layer(EDITOR_SIDE, block, [(7, 7)], alpha=20)
+    expected = torch.zeros(8, 8)
+    expected[2:4, 1:3] = 1
+    expected[7, 7] = 1
+    mask = painted_mask({**value, "layers": [Image.fromarray(stroke), faint]}, shape)
+    assert torch.equal(mask, expected)
+
+    red = Image.new("RGB", (40, 30), (255, 0, 0))  # another size, another mode: ITU-R 601 luma of red is 76
+    assert torch.equal(editor_image({"background": red}, shape), torch.full(shape, 76, dtype=torch.uint8))
+    clear = Image.new("RGBA", (5, 5), (0, 0, 0, 0))  # transparency is white; greyscale to RGB for an RGB model
+    assert torch.equal(editor_image({"background": clear}, (3, 8, 8)), torch.full((3, 8, 8), 255, dtype=torch.uint8))
+    # The editor reports every image it loads as an upload; one shown as the model sees it stays, and its strokes.
+    assert as_the_model_sees({**value, "layers": [faint]}, shape) is None
+    shown = as_the_model_sees({"background": red, "layers": [], "composite": red}, shape)  # an upload, converted
+    assert shown["background"].size == (EDITOR_SIDE, EDITOR_SIDE)
+    assert torch.equal(editor_image(shown, shape), torch.full(shape, 76, dtype=torch.uint8))
+
+
+def test_the_edit_tab_is_a_thin_layer_over_inpaint_and_edit(tiny_conditional_checkpoint):
+    import torch
+
+    from ddpmkit.data import to_unit_range
+    from ddpmkit.demo_edit import EDITOR_SIDE, NO_CLASS, editor_value, image_to_image, inpaint_painted
+    from ddpmkit.sampling import DiffusionSampler
+
+    sampler = DiffusionSampler(tiny_conditional_checkpoint, device="cpu")
+    image = torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    painted = [(r, c) for r in range(2, 5) for c in range(1, 6)]
+    value = {**editor_value(image), "layers": [painted_layer(EDITOR_SIDE, EDITOR_SIDE // 8, painted)]}
+    mask = torch.zeros(8, 8)
+    mask[2:5, 1:6] = 1
+
+    completed = inpaint_painted(sampler, value, "replace", 1, 2.0, 3, 5, 4)
+    assert torch.equal(completed, sampler.inpaint(image[None], mask, method="replace", completions=3, seed=5, steps=4,
+                                                  labels=1, guidance=2.0, progress=False))
+    unit = to_unit_range(image)[0]
+    assert torch.equal(completed[:, 0][:, mask == 0], unit[mask == 0].expand(3, -1))
+    assert all(bool((c[0][mask == 1] != unit[mask == 1]).any()) for c in completed)
+
+    kept = image_to_image(sampler, value, 0.0, NO_CLASS, 2.0, 2, 0, None)  # strength 0 keeps the image
+    assert torch.equal(kept, unit[None, None].expand(2, 1, 8, 8))
+    assert torch.equal(image_to_image(sampler, value, 0.6, 0, 2.0, 2, 3, 4),
+                       sampler.edit(image[None], 0.6, labels=0, guidance=2.0, completions=2, seed=3, steps=4,
+                                    progress=False))
+
+
+def test_the_edit_tab_says_what_is_wrong_in_one_line(served, tmp_path):
+    """What the editor sends that cannot be inpainted comes back as the page's error message, not a bare "Error"."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from ddpmkit.demo_edit import EDITOR_SIDE
+
+    _, running = served
+    client = Client(running.url, verbose=False)
+    Image.new("L", (EDITOR_SIDE, EDITOR_SIDE), 100).save(tmp_path / "background.png")
+    block = EDITOR_SIDE // 8
+    painted_layer(EDITOR_SIDE, block, [(3, 3)]).save(tmp_path / "stroke.png")
+    painted_layer(EDITOR_SIDE, block, [(r, c) for r in range(8) for c in range(8)]).save(tmp_path / "all.png")
+
+    def value(*layers):
+        return {"background": handle_file(str(tmp_path / "background.png")), "composite": None,
+                "layers": [handle_file(str(tmp_path / name)) for name in layers]}
+
+    ask = dict(value=value("stroke.png"), method="replace", class_index=0, guidance=1.0, completions=2, seed=0,
+               steps=3, api_name="/inpaint")
+    assert len(client.predict(**ask)) == 2
+    for change, message in [(dict(value=None), "upload an image or pick a test image first"),
+                            (dict(value=value()), "paint over the part of the image to generate"),
+                            (dict(value=value("all.png")), "the mask is all white: nothing is known"),
+                            (dict(method="repaint"), r"jump_length 5 must be smaller than steps \(3\)"),
+                            (dict(seed=None), "fill in the seed")]:
+        with pytest.raises(AppError, match=message):
+            client.predict(**{**ask, **change})
+    sdedit = {**{k: v for k, v in ask.items() if k != "method"}, "strength": 0.5, "api_name": "/sdedit"}
+    with pytest.raises(AppError, match="upload an image or pick a test image first"):
+        client.predict(**{**sdedit, "value": None})
+
+
+@needs_browser
+def test_the_edit_tab_inpaints_where_the_mouse_painted(served, browser, tmp_path):
+    """Pick a test image, drag the brush across its middle with the mouse, press Inpaint: every completion keeps
+    the unpainted pixels exactly and changes the painted ones."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ddpmkit.data import load_images
+    from ddpmkit.sampling import DiffusionSampler
+
+    checkpoint, running = served
+    sampler = DiffusionSampler(checkpoint, device="cpu")
+    try:
+        original = load_images(replace(sampler.config.data, download=False), "test").images[0]
+    except DdpmkitError:
+        pytest.skip("the model's test images are not on this machine")
+    c, h, w = sampler.image_shape
+
+    browser.get(running.url)
+    edit = (By.XPATH, "//button[@role='tab'][normalize-space()='Edit']")
+    WebDriverWait(browser, 60).until(EC.element_to_be_clickable(edit)).click()
+    first = (By.CSS_SELECTOR, "#test-images button.thumbnail-item")
+    WebDriverWait(browser, 30).until(EC.element_to_be_clickable(first)).click()
+    pan = (By.CSS_SELECTOR, "#editor button[title=Pan]")  # enabled once the editor holds the image
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(*pan).is_enabled())
+    canvas = browser.find_elements(By.CSS_SELECTOR, "#editor canvas")[-1]
+    stroke = ActionChains(browser).move_to_element_with_offset(canvas, -100, 0).click_and_hold()
+    for _ in range(4):  # through the middle rows, in steps, as a hand moves
+        stroke.move_by_offset(50, 0)
+    stroke.release().perform()
+    set_number(browser, "edit-steps", 6)
+    set_number(browser, "completions", 3)
+    browser.find_element(By.ID, "inpaint").click()
+    thumbnails = "#results button.thumbnail-item img[src]"
+    shown = WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, thumbnails)
+                                             if len(d.find_elements(By.CSS_SELECTOR, thumbnails)) == 3 else None)
+
+    band = torch.zeros(h, w, dtype=torch.bool)  # the stroke's rows and a margin: the only place that may change
+    band[h // 4: 3 * h // 4] = True
+    for k, img in enumerate(shown):
+        with urllib.request.urlopen(img.get_attribute("src")) as response:
+            (tmp_path / f"{k}.png").write_bytes(response.read())
+        picture = Image.open(tmp_path / f"{k}.png").convert("L" if c == 1 else "RGB").resize((w, h), Image.NEAREST)
+        completed = torch.from_numpy(np.asarray(picture).reshape(h, w, c).copy()).permute(2, 0, 1)
+        assert torch.equal(completed[:, ~band], original[:, ~band]), f"completion {k} changed unpainted pixels"
+        assert bool((completed[:, band] != original[:, band]).any()), f"completion {k} left the painted part"

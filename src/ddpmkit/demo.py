@@ -1,8 +1,9 @@
 """``ddpmkit demo``: a web page to draw samples from a trained model, a thin layer over DiffusionSampler.
 
-Choose classes (conditional models), the guidance weight, the sampler, its steps, the seed and the number of
-images; the page shows the grid and the denoising animation and offers every image as a PNG. It is served by
-Gradio (``pip install 'ddpmkit[demo]'``), on localhost unless told otherwise.
+Generate: choose classes (conditional models), the guidance weight, the sampler, its steps, the seed and the number
+of images; the page shows the grid and the denoising animation and offers every image as a PNG. Edit (demo_edit.py):
+paint over part of an image to inpaint it, or turn the whole image towards a class (SDEdit). It is served by Gradio
+(``pip install 'ddpmkit[demo]'``), on localhost unless told otherwise.
 
 ``draw`` does the work and knows nothing of the page; ``build_page`` lays the page out; ``serve`` starts it.
 Each request draws into a folder of its own, deleted at the next request (Gradio has copied the files into its
@@ -61,8 +62,7 @@ def draw(sampler: DiffusionSampler, out_dir: Path, classes: list[str], per_class
         raise DdpmkitError(f"ask for at least one image, got {per_class}")
     if per_class * len(rows) > MAX_IMAGES:
         raise DdpmkitError(f"{per_class * len(rows)} images asked for; the demo draws at most {MAX_IMAGES} at once")
-    if not 0 <= seed <= MAX_SEED - per_class + 1:
-        raise DdpmkitError(f"the seed must be a whole number from 0 to {MAX_SEED - per_class + 1}, got {seed}")
+    check_seed(seed, per_class)
     sampler.check_steps(steps)
     seeds = [seed + j for _ in rows for j in range(per_class)]
     labels = torch.tensor([c for c in rows for _ in range(per_class)]) if sampler.is_conditional else None
@@ -78,6 +78,12 @@ def draw(sampler: DiffusionSampler, out_dir: Path, classes: list[str], per_class
              for c, s in zip(labels.tolist() if labels is not None else [None] * len(seeds), seeds)]
     pngs = [save_png(image, out_dir / name) for image, name in zip(images, names)]
     return Drawn(grid, animation, pngs)
+
+
+def check_seed(seed: int, count: int) -> None:
+    """Seeds seed .. seed + count - 1 must fit an int64, as on the command line and in the config."""
+    if not 0 <= seed <= MAX_SEED - count + 1:
+        raise DdpmkitError(f"the seed must be a whole number from 0 to {MAX_SEED - count + 1}, got {seed}")
 
 
 def number(value, what: str) -> float:
@@ -101,7 +107,9 @@ def whole_number(value, what: str) -> int:
 
 def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
     """The Gradio page for ``sampler``; each request writes into its own folder under ``out_root``, and deletes
-    the earlier ones (requests run one at a time: Gradio's default queue)."""
+    the earlier ones (requests run one at a time: they share one Gradio queue, "model")."""
+    from .demo_edit import edit_tab  # here, not above: it uses this module's helpers
+
     gr = _gradio()
     T = sampler.schedule.num_timesteps
     conditional = sampler.is_conditional
@@ -124,37 +132,41 @@ def build_page(sampler: DiffusionSampler, name: str, out_root: Path):
         gr.Markdown(f"## ddpmkit demo\n`{name}`: {kind}, {sampler.image_shape[1]}x{sampler.image_shape[2]}, "
                     f"{sum(p.numel() for p in sampler.model.parameters()) / 1e6:.2f}M parameters, "
                     f"trained {sampler.step:,} steps")
-        with gr.Row():
-            with gr.Column(scale=1):
-                classes = gr.CheckboxGroup(sampler.class_names, value=sampler.class_names[:4], label="classes",
-                                           visible=conditional, elem_id="classes")
-                top = sampler.config.distill.max_guidance if sampler.model.spec.guidance_input else 10.0
-                guidance = gr.Slider(0, top, value=min(1.0, top), step=0.5 if top >= 2 else 0.1,
-                                     label="guidance weight w (classifier-free)", visible=conditional,
-                                     elem_id="guidance")
-                default = default_sampler(sampler.family)
-                sampler_name = gr.Dropdown(list(samplers_of(sampler.family)), value=default, label="sampler",
-                                           elem_id="sampler")
-                # A progressive student takes its own steps only; a consistency student any, a few at most being
-                # what it is for (up to the grid it was distilled on).
-                d = sampler.config.distill
-                fixed = d.method == "progressive"
-                most = d.teacher_steps if d.method == "consistency" else T
-                steps = gr.Slider(1, most, value=min(steps_taken(sampler.config, default, None), most), step=1,
-                                  label="steps (the student's own)" if fixed else "steps", elem_id="steps",
-                                  interactive=not fixed)
-                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_PAGE_SEED,
-                                 label="seed (image j starts from seed + j)", elem_id="seed")
-                count = gr.Slider(1, 16, value=4, step=1, label="images per class" if conditional else "images",
-                                  elem_id="count")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
-            with gr.Column(scale=2):
-                grid = gr.Image(label="samples", type="filepath", elem_id="grid")
-                animation = gr.Image(label="denoising, from noise to the samples", type="filepath",
-                                     elem_id="animation")
-                files = gr.File(label="the images as PNGs", file_count="multiple", elem_id="files")
-        button.click(generate, inputs=[classes, guidance, sampler_name, steps, seed, count],
-                     outputs=[grid, animation, files])
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    classes = gr.CheckboxGroup(sampler.class_names, value=sampler.class_names[:4], label="classes",
+                                               visible=conditional, elem_id="classes")
+                    top = sampler.config.distill.max_guidance if sampler.model.spec.guidance_input else 10.0
+                    guidance = gr.Slider(0, top, value=min(1.0, top), step=0.5 if top >= 2 else 0.1,
+                                         label="guidance weight w (classifier-free)", visible=conditional,
+                                         elem_id="guidance")
+                    default = default_sampler(sampler.family)
+                    sampler_name = gr.Dropdown(list(samplers_of(sampler.family)), value=default, label="sampler",
+                                               elem_id="sampler")
+                    # A progressive student takes its own steps only; a consistency student any, a few at most being
+                    # what it is for (up to the grid it was distilled on).
+                    d = sampler.config.distill
+                    fixed = d.method == "progressive"
+                    most = d.teacher_steps if d.method == "consistency" else T
+                    steps = gr.Slider(1, most, value=min(steps_taken(sampler.config, default, None), most), step=1,
+                                      label="steps (the student's own)" if fixed else "steps", elem_id="steps",
+                                      interactive=not fixed)
+                    seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_PAGE_SEED,
+                                     label="seed (image j starts from seed + j)", elem_id="seed")
+                    count = gr.Slider(1, 16, value=4, step=1, label="images per class" if conditional else "images",
+                                      elem_id="count")
+                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Column(scale=2):
+                    grid = gr.Image(label="samples", type="filepath", elem_id="grid")
+                    animation = gr.Image(label="denoising, from noise to the samples", type="filepath",
+                                         elem_id="animation")
+                    files = gr.File(label="the images as PNGs", file_count="multiple", elem_id="files")
+            button.click(generate, inputs=[classes, guidance, sampler_name, steps, seed, count],
+                         outputs=[grid, animation, files], concurrency_id="model")
+        if sampler.family != "student":  # editing runs the ODE over many steps, which a student does not learn
+            with gr.Tab("Edit"):
+                edit_tab(gr, sampler)
     return page
 
 
