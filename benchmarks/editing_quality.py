@@ -310,7 +310,7 @@ def settings_of(args: argparse.Namespace, sampler: DiffusionSampler) -> dict:
 
 
 def floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",")]
+    return [float(v) for v in text.split(",") if v.strip()]
 
 
 def main() -> None:
