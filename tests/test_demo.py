@@ -363,7 +363,7 @@ def test_the_edit_tab_says_what_is_wrong_in_one_line(served, tmp_path):
     for change, message in [(dict(value=None), "upload an image or pick a test image first"),
                             (dict(value=value()), "paint over the part of the image to generate"),
                             (dict(value=value("all.png")), "the mask is all white: nothing is known"),
-                            (dict(method="repaint"), r"jump_length 5 must be smaller than steps \(3\)"),
+                            (dict(method="repaint", steps=2), r"jump_length 2 must be smaller than steps \(2\)"),
                             (dict(seed=None), "fill in the seed")]:
         with pytest.raises(AppError, match=message):
             client.predict(**{**ask, **change})
