@@ -5,7 +5,9 @@ Run by hand (not a test), e.g. on a GPU:
     python benchmarks/throughput.py --preset ddpm-cifar10 --device cuda --precision bf16 --batch-sizes 128,512 \\
         --compile --full-loop --json throughput.json
 
-(--compile takes an optional torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ...)
+(--compile takes an optional torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ...;
+--measure train,forward leaves DDIM out, --systems diffusers measures diffusers alone: scripts/gpu_check.sh splits
+its compiled runs so, each compilation in a window of its own)
 
 In one process, for each system and batch size, it times
   train    the bare training step: forward, MSE eps loss (ddpmkit.losses.diffusion_loss), backward, AdamW step
@@ -98,18 +100,23 @@ class StepMarked(nn.Module):
         return self.compiled(*args)
 
 
-def build_systems(spec: UNetSpec, skip_diffusers: bool) -> dict[str, Callable[[], nn.Module]]:
-    """Name -> constructor of each network to measure; diffusers only when asked for and installed."""
-    systems: dict[str, Callable[[], nn.Module]] = {"ddpmkit": lambda: UNet(spec)}
-    if skip_diffusers:
-        return systems
-    try:
-        from diffusers import UNet2DModel
-    except ImportError:
-        print("diffusers is not installed: measuring ddpmkit only")
-        return systems
-    config = diffusers_config(spec)
-    systems["diffusers"] = lambda: DiffusersDenoiser(UNet2DModel(**config))
+SYSTEMS = ("ddpmkit", "diffusers")
+
+
+def build_systems(spec: UNetSpec, names: list[str]) -> dict[str, Callable[[], nn.Module]]:
+    """Name -> constructor of each network to measure, in the order of ``names``; diffusers only when installed."""
+    systems: dict[str, Callable[[], nn.Module]] = {}
+    for name in names:
+        if name == "ddpmkit":
+            systems["ddpmkit"] = lambda: UNet(spec)
+            continue
+        try:
+            from diffusers import UNet2DModel
+        except ImportError:
+            print("diffusers is not installed: measuring ddpmkit only")
+            continue
+        config = diffusers_config(spec)
+        systems["diffusers"] = lambda: DiffusersDenoiser(UNet2DModel(**config))
     return systems
 
 
@@ -226,17 +233,23 @@ def measure_ddim(network: nn.Module, schedule, cfg: Config, x_T: torch.Tensor, y
     return x_T.shape[0] / seconds, peak.mib
 
 
+MEASUREMENTS = {"train": "train_images_per_s", "forward": "forward_images_per_s", "ddim": "ddim_samples_per_s"}
+
+
 def measure(network: nn.Module, parameters: list[nn.Parameter], cfg: Config, spec: UNetSpec, batch_size: int,
             args: argparse.Namespace, device: torch.device) -> dict:
-    """Training step, denoiser forward and DDIM sampling of one network at one batch size."""
+    """Training step, denoiser forward and DDIM sampling (those of --measure) of one network at one batch size."""
     schedule = noise_schedule(cfg.diffusion).to(device)
     x, t, y = inputs(spec, batch_size, device, cfg.train.channels_last)
-    train_rate, train_peak = measure_train(network, parameters, schedule, cfg, x, y, args, device)
-    forward_rate, forward_peak = measure_forward(network, x, t, y, args, device)
-    ddim_rate, ddim_peak = measure_ddim(network, schedule, cfg, torch.randn_like(x), y, args, device)
-    return {"batch_size": batch_size, "train_images_per_s": train_rate, "forward_images_per_s": forward_rate,
-            "ddim_samples_per_s": ddim_rate, "train_peak_mib": train_peak, "forward_peak_mib": forward_peak,
-            "ddim_peak_mib": ddim_peak}
+    measured = {}  # name -> (rate, peak MiB)
+    if "train" in args.measure:
+        measured["train"] = measure_train(network, parameters, schedule, cfg, x, y, args, device)
+    if "forward" in args.measure:
+        measured["forward"] = measure_forward(network, x, t, y, args, device)
+    if "ddim" in args.measure:
+        measured["ddim"] = measure_ddim(network, schedule, cfg, torch.randn_like(x), y, args, device)
+    return {"batch_size": batch_size, **{MEASUREMENTS[name]: rate for name, (rate, _) in measured.items()},
+            **{f"{name}_peak_mib": peak for name, (_, peak) in measured.items()}}
 
 
 def full_loop_images_per_s(cfg: Config, args: argparse.Namespace, batch_size: int) -> float:
@@ -282,9 +295,10 @@ COLUMNS = [  # (result key, heading)
 
 def add_tflops(result: dict, flops_per_image: int, ddim_steps: int) -> None:
     """Achieved TFLOP/s: training counts 3 forwards (forward + backward), a DDIM sample ``ddim_steps`` forwards."""
-    result["train_tflops"] = 3 * flops_per_image * result["train_images_per_s"] / 1e12
-    result["forward_tflops"] = flops_per_image * result["forward_images_per_s"] / 1e12
-    result["ddim_tflops"] = ddim_steps * flops_per_image * result["ddim_samples_per_s"] / 1e12
+    forwards = {"train": 3, "forward": 1, "ddim": ddim_steps}
+    for name, key in MEASUREMENTS.items():
+        if result.get(key) is not None:
+            result[f"{name}_tflops"] = forwards[name] * flops_per_image * result[key] / 1e12
 
 
 def fmt(value: float | None) -> str:
@@ -370,6 +384,17 @@ def batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+def choices_list(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """A comma-separated subset of ``allowed``, for argparse."""
+    def parse(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        unknown = [name for name in names if name not in allowed]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(allowed)}, got {text!r}")
+        return names
+    return parse
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick", choices=list(PRESETS), help="the U-Net and recipe to measure")
@@ -386,11 +411,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
                         help="torch.compile both networks, in MODE (default: 'default'; reduce-overhead = CUDA "
                         "graphs)")
-    parser.add_argument("--skip-diffusers", action="store_true", help="measure ddpmkit only")
+    parser.add_argument("--skip-diffusers", action="store_true", help="measure ddpmkit only (= --systems ddpmkit)")
+    parser.add_argument("--systems", type=choices_list(SYSTEMS), default=list(SYSTEMS),
+                        help="comma-separated systems to measure, in this order (default ddpmkit,diffusers)")
+    parser.add_argument("--measure", type=choices_list(tuple(MEASUREMENTS)), default=list(MEASUREMENTS),
+                        help="comma-separated: train, forward, ddim (default all three)")
     parser.add_argument("--full-loop", action="store_true",
                         help="also time ddpmkit.train.train (needs the preset's dataset on disk)")
     parser.add_argument("--json", metavar="OUT.json", help="write the results and the machine here")
     args = parser.parse_args()
+    if args.skip_diffusers:
+        args.systems = [name for name in args.systems if name != "diffusers"]
+    if not args.systems:
+        parser.error("--systems: nothing left to measure")
     if args.iters < 1 or args.warmup < 0 or args.ddim_steps < 1 or args.repeats < 1:
         parser.error("--iters, --ddim-steps and --repeats must be >= 1, --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -413,7 +446,7 @@ def main() -> None:
           f"{f', compiled ({args.compile})' if args.compile else ''}")
 
     systems, networks, flops_of = {}, {}, {}
-    for name, build in build_systems(spec, args.skip_diffusers).items():
+    for name, build in build_systems(spec, args.systems).items():
         torch.manual_seed(0)
         model = build().to(device)
         if cfg.train.channels_last:
@@ -433,9 +466,10 @@ def main() -> None:
                 if args.full_loop and name == "ddpmkit":
                     result["full_loop_images_per_s"] = full_loop_images_per_s(cfg, args, batch_size)
                 runs.setdefault((name, batch_size), []).append(result)
-                if args.repeats > 1:
-                    print(f"repeat {repeat + 1}/{args.repeats}, {name}, batch {batch_size}: "
-                          f"train {result['train_images_per_s']:.1f} img/s", flush=True)
+                rates = ", ".join(f"{key} {value:,.1f}" for key, value in result.items()
+                                  if key.endswith("_per_s") and value is not None)
+                print(f"{f'repeat {repeat + 1}/{args.repeats}, ' if args.repeats > 1 else ''}{name}, batch "
+                      f"{batch_size}: {rates}", flush=True)  # as it goes: a run cut short keeps what it measured
     results = []
     for (name, batch_size), repeats in runs.items():
         result = {"system": name, "batch_size": batch_size, "repeats": repeats}
