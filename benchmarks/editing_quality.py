@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from ddpmkit.data import load_images, to_uint8, to_unit_range
-from ddpmkit.editing.edits import INPAINT_METHODS, SDEDIT_STEPS, inpaint_evaluations, sdedit_start
+from ddpmkit.editing.edits import INPAINT_METHODS, SDEDIT_STEPS, inpaint_evaluations, inpaint_masks, sdedit_start
 from ddpmkit.editing.masks import masks_for
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.evaluate import real_config_of_model, read_samples
@@ -159,11 +159,10 @@ def measure_inpaint(bench: Bench, row: dict) -> tuple[dict, torch.Tensor]:
     completed, seconds = timed(lambda: bench.sampler.inpaint(
         bench.originals, row["mask"], method=row["method"], seed=bench.seed,
         labels=bench.labels if row["guidance"] is not None else None, guidance=row["guidance"] or 0.0,
-        steps=row["steps"],
-        jump_length=row["jump_length"], jump_n_sample=row["jump_n_sample"], batch_size=bench.batch_size,
+        steps=row["steps"], jump_length=row["jump_length"], jump_n_sample=row["jump_n_sample"], batch_size=bench.batch_size,
         progress=False))
-    n, size = len(completed), bench.sampler.image_shape[-1]
-    masks = masks_for(row["mask"], n, size, [bench.seed + i for i in range(n)])  # as inpaint draws them
+    n = len(completed)
+    masks = inpaint_masks(bench.sampler, row["mask"], n, bench.seed)  # the masks inpaint drew
     known = (masks < 0.5).expand_as(completed)
     as_saved = to_unit_range(to_uint8(completed, zero_one=True))  # what a PNG of the completions holds
     accuracy = bench.accuracy(as_saved, bench.labels)

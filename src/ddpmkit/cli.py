@@ -546,8 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in (_train_parser, _distill_parser, _sample_parser, _interpolate_parser, _strip_parser,
-                        _animate_parser, _inpaint_parser, _edit_parser, _plot_schedule_parser, _classifier_parser, _evaluate_parser, _export_parser,
-                        _demo_parser, _config_parser):
+                        _animate_parser, _inpaint_parser, _edit_parser, _plot_schedule_parser, _classifier_parser,
+                        _evaluate_parser, _export_parser, _demo_parser, _config_parser):
         add_command(sub)
     return parser
 
@@ -615,20 +615,18 @@ def _write_edits(args, sampler, images, names, results, labels, what: str, start
 
 
 def _inpaint(args: argparse.Namespace) -> None:
-    from .editing.edits import labels_for
-    from .editing.masks import masks_for
+    from .editing.edits import inpaint_masks, labels_for
 
     sampler, images, names, labels = _editing_inputs(args)
     args.completions = args.completions or COMPLETIONS
     if args.classes is not None:
         labels = labels_for(sampler, args.classes, len(images))
+    masks = inpaint_masks(sampler, args.mask, len(images), args.seed, args.completions)  # read once, drawn in grid.png
     start = time.perf_counter()
-    results = sampler.inpaint(images, args.mask, method=args.method, completions=args.completions, seed=args.seed,
+    results = sampler.inpaint(images, masks, method=args.method, completions=args.completions, seed=args.seed,
                               labels=labels, guidance=args.guidance, steps=args.steps, jump_length=args.jump_length,
                               jump_n_sample=args.jump_n_sample, sampler_name=args.sampler, eta=args.eta,
                               clip=not args.no_clip, batch_size=args.batch_size, progress=not args.no_progress)
-    masks = masks_for(args.mask, len(images), sampler.image_shape[-1],
-                      [args.seed + i * args.completions for i in range(len(images))])
     _write_edits(args, sampler, images, names, results, labels, f"{args.method}, mask {args.mask}", start, masks)
 
 

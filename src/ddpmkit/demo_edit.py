@@ -9,15 +9,14 @@ that a brush can pick pixels out); an uploaded image is converted to that at onc
 (No ``from __future__ import annotations`` here: Gradio reads the ``gr.SelectData`` annotation of a handler to pass
 it the click, and cannot resolve it from a string.)
 """
-from dataclasses import replace
-
 import numpy as np
 import torch
 from PIL import Image
 
-from .data import load_images, to_unit_range
+from .data import to_unit_range
 from .demo import MAX_PAGE_SEED, check_seed, number, whole_number
 from .editing.edits import INPAINT_METHODS, SDEDIT_STEPS, SDEDIT_STRENGTH
+from .editing.files import dataset_pictures
 from .errors import DdpmkitError
 from .sampling import DiffusionSampler
 from .viz import pil_image, upscale
@@ -125,16 +124,10 @@ def examples_from_test_split(sampler: DiffusionSampler) -> tuple[torch.Tensor, l
     """The first TEST_IMAGES of the model's test split (uint8, the model's shape) and their classes (NO_CLASS where
     unknown); None when that data is not on this machine (it is never downloaded): then the tab offers upload only."""
     try:
-        data = load_images(replace(sampler.config.data, download=False, in_memory="no"), "test")
-    except (DdpmkitError, OSError):
+        images, _, labels = dataset_pictures(sampler, TEST_IMAGES, splits=("test",))
+    except DdpmkitError:
         return None
-    count = min(TEST_IMAGES, len(data))
-    if data.images is not None:
-        images = data.images[:count]
-        labels = data.labels[:count].tolist() if data.labels is not None else [NO_CLASS] * count
-    else:
-        items = [data.dataset[i] for i in range(count)]
-        images, labels = torch.stack([image for image, _ in items]), [int(label) for _, label in items]
+    labels = labels.tolist() if labels is not None else [NO_CLASS] * len(images)
     known = range(len(sampler.class_names)) if sampler.is_conditional else ()
     return images, [label if label in known else NO_CLASS for label in labels]
 

@@ -251,14 +251,15 @@ class DiffusionSampler:
                            prediction=self.config.diffusion.prediction, refine=refine, progress=progress)
 
     def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None, steps: int = DEFAULT_STEPS["ddim"],
-               progress: bool = True) -> torch.Tensor:
+               progress: bool = True, guidance: float = 0.0) -> torch.Tensor:
         """The exact counterpart of ``invert`` -> images in [0, 1]: deterministic DDIM (eta = 0, no clipping) for
-        ddpm models, Euler for edm and flow models."""
+        ddpm models, Euler for edm and flow models; ``guidance`` w towards ``labels`` (edit's invert route)."""
         self._refuse_student("decoding inverted latents")
         if self.objective != "ddpm":
-            return self.to_images(self.run(latents, labels=labels, sampler="euler", steps=steps, progress=progress))
-        return self.to_images(self.run(latents, labels=labels, sampler="ddim", steps=steps, clip=False,
-                                       progress=progress))
+            return self.to_images(self.run(latents, labels=labels, guidance=guidance, sampler="euler", steps=steps,
+                                           progress=progress))
+        return self.to_images(self.run(latents, labels=labels, guidance=guidance, sampler="ddim", steps=steps,
+                                       clip=False, progress=progress))
 
     def inpaint(self, images: torch.Tensor, mask, **options) -> torch.Tensor:
         """Inpainting: generate where ``mask`` is 1 (white) so that it fits the known rest of each image, which comes

@@ -135,8 +135,7 @@ def inpaint_images(sampler, images: torch.Tensor, mask, *, method: str = "repain
     if jump_n_sample > 1 and jump_length >= steps:
         raise DdpmkitError(f"jump_length {jump_length} must be smaller than steps ({steps}) for RePaint to resample")
     originals = check_images(sampler, images)
-    seeds = [seed + i * completions for i in range(len(originals))]
-    masks = masks_for(mask, len(originals), sampler.image_shape[-1], seeds)
+    masks = inpaint_masks(sampler, mask, len(originals), seed, completions)
     labels = labels_for(sampler, labels, len(originals))
     path = path_of(sampler.config, sampler.schedule)
     known = to_model_range(originals, sampler.config.data.zero_one)
@@ -151,6 +150,12 @@ def inpaint_images(sampler, images: torch.Tensor, mask, *, method: str = "repain
         results = _in_batches(sampler, originals, labels, completions, seed, batch_size, edit)
     rows = torch.arange(len(originals)).repeat_interleave(completions)
     return torch.where(masks[rows] > 0.5, results, originals[rows])  # the known pixels, exactly as given
+
+
+def inpaint_masks(sampler, mask, count: int, seed: int = 0, completions: int = 1) -> torch.Tensor:
+    """The (count, 1, H, W) masks an inpainting run of ``count`` pictures uses: picture i's (for random-boxes) from
+    its first result's seed, seed + i * completions."""
+    return masks_for(mask, count, sampler.image_shape[-1], [seed + i * completions for i in range(count)])
 
 
 def inpaint_evaluations(method: str = "repaint", steps: int | None = None, jump_length: int | None = None,
@@ -206,11 +211,8 @@ def inverted_edit_images(sampler, images: torch.Tensor, *, labels=None, source_l
     source = labels_for(sampler, source_labels, len(originals))
     steps = _steps(sampler, steps, SDEDIT_STEPS)
     latents = sampler.invert(originals, source, steps=steps, refine=refine, progress=progress)
-    back = "euler" if sampler.objective != "ddpm" else "ddim"
-    options = {} if sampler.objective != "ddpm" else {"clip": False}
     with torch.no_grad():
-        return sampler.to_images(sampler.run(latents, labels=labels, guidance=guidance, sampler=back, steps=steps,
-                                             progress=progress, **options))
+        return sampler.decode(latents, labels, steps, progress, guidance=guidance)
 
 
 def _eta(sampler_name: str, eta: float | None) -> float:

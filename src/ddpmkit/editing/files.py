@@ -3,6 +3,7 @@ output folder with a before / mask / after grid, each result as a PNG and all of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +60,14 @@ def read_pictures(paths: Sequence[str | Path], image_shape: tuple[int, int, int]
     return torch.from_numpy(np.stack(arrays)), names
 
 
-def dataset_pictures(sampler, count: int) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
-    """The first ``count`` pictures of the model's own dataset (its test split, else its training split), their
-    names and labels: something to edit without pictures of one's own."""
-    for split in ("test", "train"):
+def dataset_pictures(sampler, count: int, splits: Sequence[str] = ("test", "train")
+                     ) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
+    """The first ``count`` pictures of the model's own dataset (the first of ``splits`` that is on this machine:
+    nothing is downloaded), their names and labels: something to edit without pictures of one's own."""
+    for split in splits:
         try:
-            data = load_images(sampler.config.data, split)
-        except DdpmkitError:
+            data = load_images(replace(sampler.config.data, download=False, in_memory="no"), split)
+        except (DdpmkitError, OSError):
             continue
         if data.images is not None:
             images = data.images[:count]

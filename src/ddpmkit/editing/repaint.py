@@ -20,13 +20,11 @@ along one smooth trajectory, which replacing pixels, and jumping back, breaks.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from tqdm.auto import tqdm
 
 from ..samplers import ImageNoise
-from ..paths import GaussianPath, column
+from ..paths import GaussianPath, column, on_path
 
 
 def repaint_positions(steps: int, jump_length: int = 1, jump_n_sample: int = 1, start: int = 0) -> list[int]:
@@ -76,9 +74,7 @@ def denoise_step(x: torch.Tensor, x0: torch.Tensor, here: tuple[torch.Tensor, to
 def edit_sample(path: GaussianPath, network, x: torch.Tensor, *, steps: int, noise: ImageNoise,
                 known: torch.Tensor | None = None, mask: torch.Tensor | None = None, start: int = 0,
                 jump_length: int = 1, jump_n_sample: int = 1, eta: float = 1.0,
-                clip_range: tuple[float, float] | None = None,
-                on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-                progress: bool = True) -> torch.Tensor:
+                clip_range: tuple[float, float] | None = None, progress: bool = True) -> torch.Tensor:
     """Run the editing sampler from ``x`` (the state at position ``start`` of ``steps``) to the image.
 
     known, mask: the original images in the model's range and (N, 1, H, W) masks, 1 = generate; None for SDEdit.
@@ -97,11 +93,9 @@ def edit_sample(path: GaussianPath, network, x: torch.Tensor, *, steps: int, noi
         x0 = path.predict_x0(network, x, u)
         if clip_range is not None:
             x0 = x0.clamp(*clip_range)
-        if on_step is not None:
-            on_step(k, x, x0)
         x = denoise_step(x, x0, here, there, eta, z)
         if known is not None:  # Lugmayr et al. 2022, Algorithm 1 lines 5-6: the known part noised to the new level
-            x = torch.where(mask > 0.5, x, known * column(there[0], x) + column(there[1], x) * z)
+            x = torch.where(mask > 0.5, x, on_path(known, z, there))
         bar.update()
     bar.close()
     return x
